@@ -1,0 +1,225 @@
+//! Captured guest state and the normalisers that make it comparable from run
+//! to run.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::console::{Console, ConsoleError};
+use crate::scenario::{CaptureSpec, Normalizer};
+
+/// How long one capture command may take.
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One piece of recorded guest state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The capture's name from the scenario.
+    pub name: String,
+    /// The command that produced it.
+    pub command: String,
+    /// Exit status of the command.
+    pub status: i32,
+    /// Normalised standard output (standard error appended, marked, when the
+    /// command wrote any).
+    pub text: String,
+    /// The output exactly as the guest printed it.
+    pub raw: String,
+}
+
+/// Facts about the guest that normalisers replace with placeholders.
+#[derive(Debug, Clone, Default)]
+pub struct GuestFacts {
+    /// The guest's host name.
+    pub hostname: String,
+    /// `uname -r` of the running kernel.
+    pub kernel_release: String,
+}
+
+impl GuestFacts {
+    /// Reads the facts from the guest.
+    pub fn read(console: &mut Console) -> Result<GuestFacts, ConsoleError> {
+        let out = console.run(
+            "reading host name and kernel release",
+            "hostname; uname -r",
+            CAPTURE_TIMEOUT,
+        )?;
+        let mut lines = out.stdout.lines();
+        Ok(GuestFacts {
+            hostname: lines.next().unwrap_or_default().trim().to_owned(),
+            kernel_release: lines.next().unwrap_or_default().trim().to_owned(),
+        })
+    }
+}
+
+/// Runs every capture command and normalises the output.
+pub fn take(
+    console: &mut Console,
+    specs: &[CaptureSpec],
+    facts: &GuestFacts,
+    when: &str,
+) -> Result<Vec<Capture>, ConsoleError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let out = console.run(
+                &format!("capture {:?} ({when})", spec.name),
+                &spec.command,
+                CAPTURE_TIMEOUT,
+            )?;
+            let mut raw = out.stdout.clone();
+            if !out.stderr.trim().is_empty() {
+                if !raw.is_empty() && !raw.ends_with('\n') {
+                    raw.push('\n');
+                }
+                raw.push_str("[stderr]\n");
+                raw.push_str(&out.stderr);
+            }
+            let normalizers: Vec<Normalizer> = Normalizer::DEFAULT
+                .iter()
+                .chain(spec.normalize.iter())
+                .copied()
+                .collect();
+            Ok(Capture {
+                name: spec.name.clone(),
+                command: spec.command.clone(),
+                status: out.status,
+                text: normalize(&raw, &normalizers, facts),
+                raw,
+            })
+        })
+        .collect()
+}
+
+fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    cell.get_or_init(|| {
+        Regex::new(pattern).unwrap_or_else(|e| panic!("built-in pattern {pattern}: {e}"))
+    })
+}
+
+/// Applies normalisers in order.
+pub fn normalize(text: &str, normalizers: &[Normalizer], facts: &GuestFacts) -> String {
+    let mut out = text.replace("\r\n", "\n");
+    for normalizer in normalizers {
+        out = apply(&out, *normalizer, facts);
+    }
+    out
+}
+
+fn apply(text: &str, normalizer: Normalizer, facts: &GuestFacts) -> String {
+    static SYSLOG: OnceLock<Regex> = OnceLock::new();
+    static ISO: OnceLock<Regex> = OnceLock::new();
+    static MONO: OnceLock<Regex> = OnceLock::new();
+    static CTIME: OnceLock<Regex> = OnceLock::new();
+    static PID: OnceLock<Regex> = OnceLock::new();
+    static COUNTERS: OnceLock<Regex> = OnceLock::new();
+    static RULE_COUNTERS: OnceLock<Regex> = OnceLock::new();
+    static IPT_COMMENT: OnceLock<Regex> = OnceLock::new();
+    match normalizer {
+        Normalizer::Timestamps => {
+            let t = re(
+                &SYSLOG,
+                r"(?m)^[A-Z][a-z]{2} [ 0-9]\d \d{2}:\d{2}:\d{2}(\.\d+)?",
+            )
+            .replace_all(text, "[TIME]");
+            let t = re(
+                &ISO,
+                r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:?\d{2}|Z| [A-Z]{3,4})?",
+            )
+            .replace_all(&t, "[TIME]");
+            let t = re(&CTIME, r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-9]\d \d{2}:\d{2}:\d{2} \d{4}")
+                .replace_all(&t, "[TIME]");
+            re(&MONO, r"\[\s*\d+\.\d+\]")
+                .replace_all(&t, "[MONOTONIC]")
+                .into_owned()
+        }
+        Normalizer::Pids => re(&PID, r"([A-Za-z0-9_.@-]+)\[\d+\]:")
+            .replace_all(text, "$1[PID]:")
+            .into_owned(),
+        Normalizer::Hostname => replace_word(text, &facts.hostname, "[HOSTNAME]"),
+        Normalizer::KernelRelease => {
+            if facts.kernel_release.is_empty() {
+                text.to_owned()
+            } else {
+                text.replace(&facts.kernel_release, "[KERNEL]")
+            }
+        }
+        Normalizer::Iptables => {
+            let t = re(&COUNTERS, r"(?m)^(:\S+ \S+) \[\d+:\d+\]").replace_all(text, "$1 [0:0]");
+            let t = re(&RULE_COUNTERS, r"(?m)^\[\d+:\d+\] ").replace_all(&t, "");
+            re(&IPT_COMMENT, r"(?m)^# (Generated by|Completed on) .*$")
+                .replace_all(&t, "# $1 [IPTABLES]")
+                .into_owned()
+        }
+        Normalizer::SortLines => {
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.sort_unstable();
+            let mut out = lines.join("\n");
+            if text.ends_with('\n') {
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+/// Replaces whole-word occurrences of `word`.
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    if word.is_empty() {
+        return text.to_owned();
+    }
+    match Regex::new(&format!(r"\b{}\b", regex::escape(word))) {
+        Ok(r) => r.replace_all(text, with).into_owned(),
+        Err(_) => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> GuestFacts {
+        GuestFacts {
+            hostname: "vmrepro".into(),
+            kernel_release: "6.1.0-50-cloud-amd64".into(),
+        }
+    }
+
+    #[test]
+    fn journal_lines_lose_time_pid_host_and_kernel() {
+        let line = "Nov 25 09:40:01 vmrepro systemd-modules-load[3452]: could not open moddep file '/lib/modules/6.1.0-50-cloud-amd64/modules.dep.bin'\n";
+        assert_eq!(
+            normalize(line, Normalizer::DEFAULT, &facts()),
+            "[TIME] [HOSTNAME] systemd-modules-load[PID]: could not open moddep file '/lib/modules/[KERNEL]/modules.dep.bin'\n"
+        );
+    }
+
+    #[test]
+    fn iptables_save_loses_counters_and_dates() {
+        let text = "# Generated by iptables-save v1.8.9 (nf_tables) on Wed Nov 25 09:40:01 2026\n*filter\n:INPUT DROP [12:3456]\n:FORWARD ACCEPT [0:0]\n[5:300] -A INPUT -i lo -j ACCEPT\nCOMMIT\n# Completed on Wed Nov 25 09:40:01 2026\n";
+        let mut n = Normalizer::DEFAULT.to_vec();
+        n.push(Normalizer::Iptables);
+        assert_eq!(
+            normalize(text, &n, &facts()),
+            "# Generated by [IPTABLES]\n*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n# Completed on [IPTABLES]\n"
+        );
+    }
+
+    #[test]
+    fn hostname_is_replaced_only_as_a_word() {
+        let f = facts();
+        assert_eq!(
+            normalize("vmrepro vmreprox", &[Normalizer::Hostname], &f),
+            "[HOSTNAME] vmreprox"
+        );
+    }
+
+    #[test]
+    fn sorting_keeps_the_final_newline() {
+        assert_eq!(
+            normalize("b\na\n", &[Normalizer::SortLines], &facts()),
+            "a\nb\n"
+        );
+    }
+}

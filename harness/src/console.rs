@@ -1,0 +1,476 @@
+//! The control channel: a root shell on the guest's second serial port, driven
+//! with `rexpect`.
+//!
+//! Nothing here matches a shell prompt. Every command travels base64-encoded
+//! into a file, runs with its output redirected, and its standard output,
+//! standard error and exit status come back base64-encoded between markers
+//! that carry a per-command id. The markers are assembled by `printf` in the
+//! guest, so the echo of the command line itself can never match them, and
+//! terminal escapes, banners or a stray kernel line cannot corrupt a result.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use regex::Regex;
+use rexpect::session::StreamSession;
+
+use crate::vm;
+
+/// How long one low-level read waits before the loop checks its deadline.
+const POLL: u64 = 500;
+/// How often the readiness probe is repeated while the guest boots.
+const PROBE_EVERY: Duration = Duration::from_secs(3);
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Standard output, lossily decoded as UTF-8.
+    pub stdout: String,
+    /// Standard error, lossily decoded as UTF-8.
+    pub stderr: String,
+    /// Exit status.
+    pub status: i32,
+}
+
+/// Why the control channel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// A wait ran out of time.
+    #[error("timed out after {}s waiting for {what}\n--- control port, last output ---\n{control_tail}\n--- kernel console (ttyS0), last lines ---\n{console_tail}", .waited.as_secs())]
+    Timeout {
+        /// What was being waited for (names the step).
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// The last unmatched text on the control port.
+        control_tail: String,
+        /// The last lines of the kernel console log.
+        console_tail: String,
+    },
+    /// The control port closed (QEMU exited).
+    #[error("the control port closed while waiting for {what}\n--- kernel console (ttyS0), last lines ---\n{console_tail}")]
+    Closed {
+        /// What was being waited for.
+        what: String,
+        /// The last lines of the kernel console log.
+        console_tail: String,
+    },
+    /// Reading or writing the port failed.
+    #[error("control port I/O while {what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        message: String,
+    },
+    /// The guest answered something that is not a framed result.
+    #[error("malformed answer while {what}: {message}")]
+    Protocol {
+        /// What was being done.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A root shell in the guest.
+pub struct Console {
+    session: StreamSession<UnixStream>,
+    kernel_log: Option<PathBuf>,
+    next_id: u64,
+    nonce: String,
+    boot_id: Option<String>,
+}
+
+enum Wait {
+    Matched(String),
+    Deadline(String),
+}
+
+impl Console {
+    /// Attaches to a control port. `kernel_log` is the kernel console log,
+    /// whose tail goes into error messages.
+    pub fn attach(
+        stream: UnixStream,
+        kernel_log: Option<PathBuf>,
+    ) -> Result<Console, ConsoleError> {
+        let reader = stream.try_clone().map_err(|e| ConsoleError::Io {
+            what: "attaching".into(),
+            message: e.to_string(),
+        })?;
+        let session = rexpect::session::StreamSession::new(
+            reader,
+            stream,
+            rexpect::reader::Options::default().timeout_ms(Some(POLL)),
+        );
+        let nonce = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
+                .unwrap_or(0)
+        );
+        Ok(Console {
+            session,
+            kernel_log,
+            next_id: 0,
+            nonce,
+            boot_id: None,
+        })
+    }
+
+    /// The boot id of the boot the shell runs in (known once ready).
+    pub fn boot_id(&self) -> Option<&str> {
+        self.boot_id.as_deref()
+    }
+
+    /// Waits for a shell on the control port (of a boot other than the last
+    /// one seen) and prepares it for framed commands.
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        let deadline = Instant::now() + timeout;
+        let probe =
+            Regex::new(r"VMRR-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+                .map_err(|e| self.protocol(what, e.to_string()))?;
+        let previous = self.boot_id.clone();
+        loop {
+            self.send(
+                what,
+                "printf '%s-%s\\n' VMRR \"$(cat /proc/sys/kernel/random/boot_id)\"\n",
+            )?;
+            let probe_deadline = (Instant::now() + PROBE_EVERY).min(deadline);
+            loop {
+                match self.wait_for(&probe, probe_deadline, what)? {
+                    Wait::Matched(text) => {
+                        let id = probe
+                            .captures(&text)
+                            .and_then(|c| c.get(1))
+                            .map(|m| m.as_str().to_owned())
+                            .unwrap_or_default();
+                        if previous.as_deref() == Some(id.as_str()) {
+                            // The old boot's shell, still answering: keep going.
+                            continue;
+                        }
+                        self.boot_id = Some(id);
+                        return self.prepare(what, deadline);
+                    }
+                    Wait::Deadline(pending) => {
+                        if Instant::now() >= deadline {
+                            return Err(self.timeout(what, timeout, pending));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn prepare(&mut self, what: &str, deadline: Instant) -> Result<(), ConsoleError> {
+        let id = self.fresh_id();
+        // Quiet the terminal so that nothing but results comes back, then
+        // confirm with a marker so any queued probe answers are drained.
+        self.send(
+            what,
+            &format!(
+                "stty -echo 2>/dev/null; export PS1= PS2= PROMPT_COMMAND= TERM=dumb LC_ALL=C SYSTEMD_PAGER= PAGER=cat SYSTEMD_COLORS=0; bind 'set enable-bracketed-paste off' 2>/dev/null; printf '%s-%s\\n' VMRS {id}\n"
+            ),
+        )?;
+        let marker =
+            Regex::new(&format!("VMRS-{id}")).map_err(|e| self.protocol(what, e.to_string()))?;
+        let started = Instant::now();
+        match self.wait_for(&marker, deadline, what)? {
+            Wait::Matched(_) => Ok(()),
+            Wait::Deadline(pending) => Err(self.timeout(what, started.elapsed(), pending)),
+        }
+    }
+
+    /// Waits until systemd has finished starting up (`is-system-running`
+    /// leaves `initializing`/`starting`) and returns the state it reached.
+    /// Polls rather than using `--wait`, which old systemd lacks.
+    pub fn wait_settled(&mut self, what: &str, timeout: Duration) -> Result<String, ConsoleError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let out = self.run(what, "systemctl is-system-running", remaining)?;
+            let state = out.stdout.trim().to_owned();
+            if !matches!(state.as_str(), "initializing" | "starting" | "") {
+                return Ok(state);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(
+                    what,
+                    timeout,
+                    format!("systemctl is-system-running still says {state:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs a bash script as root and returns its output and exit status.
+    pub fn run(
+        &mut self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        let deadline = Instant::now() + timeout;
+        let id = self.fresh_id();
+        // Per-console file names: two consoles may share one /tmp (the fake
+        // guest of the unit tests does).
+        let tmp = format!("/tmp/.vmrepro-{}", self.nonce);
+        let mut text = format!("base64 -d > {tmp}-cmd <<'VMREPRO_EOF'\n");
+        text.push_str(&wrapped_base64(script.as_bytes()));
+        text.push_str("VMREPRO_EOF\n");
+        text.push_str(&format!(
+            "bash {tmp}-cmd </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s-%s\\n%s\\n%s\\n%s-%s-%s\\n' VMRB {id} \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" VMRE {id} \"$__vmrepro\"\n"
+        ));
+        self.send(what, &text)?;
+        let frame = Regex::new(&format!(
+            r"VMRB-{id}\r?\n([A-Za-z0-9+/=]*)\r?\n([A-Za-z0-9+/=]*)\r?\nVMRE-{id}-(\d+)"
+        ))
+        .map_err(|e| self.protocol(what, e.to_string()))?;
+        match self.wait_for(&frame, deadline, what)? {
+            Wait::Deadline(pending) => Err(self.timeout(what, timeout, pending)),
+            Wait::Matched(text) => {
+                let caps = frame
+                    .captures(&text)
+                    .ok_or_else(|| self.protocol(what, "frame did not parse".into()))?;
+                let decode = |i: usize| -> Result<String, ConsoleError> {
+                    let field = caps.get(i).map(|m| m.as_str()).unwrap_or("");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(field)
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                        .map_err(|e| self.protocol(what, format!("bad base64: {e}")))
+                };
+                let status = caps
+                    .get(3)
+                    .and_then(|m| m.as_str().parse().ok())
+                    .ok_or_else(|| self.protocol(what, "no exit status".into()))?;
+                Ok(CommandOutput {
+                    stdout: decode(1)?,
+                    stderr: decode(2)?,
+                    status,
+                })
+            }
+        }
+    }
+
+    /// Writes a file in the guest (creating its directory) with a mode.
+    pub fn write_file(
+        &mut self,
+        what: &str,
+        path: &str,
+        content: &str,
+        mode: u32,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        let quoted = shell_quote(path);
+        let script = format!(
+            "set -e\nmkdir -p \"$(dirname {quoted})\"\nbase64 -d > {quoted} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\nchmod {mode:o} {quoted}\n",
+            wrapped_base64(content.as_bytes())
+        );
+        self.run(what, &script, timeout)
+    }
+
+    /// Reboots the guest and waits until a shell of the new boot is ready.
+    pub fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        if self.boot_id.is_none() {
+            return Err(self.protocol(what, "reboot before the shell was ready".into()));
+        }
+        // Not framed: the shell dies with the old boot. `systemctl reboot`
+        // may complain that it cannot reach the bus and still reboot.
+        self.send(what, "systemctl reboot\n")?;
+        self.wait_ready(what, timeout)
+    }
+
+    fn fresh_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}{}", self.nonce, self.next_id)
+    }
+
+    fn send(&mut self, what: &str, text: &str) -> Result<(), ConsoleError> {
+        self.session
+            .send(text)
+            .and_then(|_| self.session.flush())
+            .map(|_| ())
+            .map_err(|e| ConsoleError::Io {
+                what: what.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    fn wait_for(
+        &mut self,
+        regex: &Regex,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<Wait, ConsoleError> {
+        loop {
+            match self.session.exp_regex(regex.as_str()) {
+                Ok((_, matched)) => return Ok(Wait::Matched(matched)),
+                Err(rexpect::error::Error::Timeout { got, .. }) => {
+                    if Instant::now() >= deadline {
+                        return Ok(Wait::Deadline(got));
+                    }
+                }
+                Err(rexpect::error::Error::EOF { .. }) => {
+                    return Err(ConsoleError::Closed {
+                        what: what.to_owned(),
+                        console_tail: self.console_tail(),
+                    })
+                }
+                Err(e) => {
+                    return Err(ConsoleError::Io {
+                        what: what.to_owned(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn console_tail(&self) -> String {
+        self.kernel_log
+            .as_deref()
+            .map(|p| vm::tail_of(p, vm::TAIL_LINES))
+            .unwrap_or_else(|| "(no kernel console log)".into())
+    }
+
+    fn timeout(&self, what: &str, waited: Duration, pending: String) -> ConsoleError {
+        let clean = vm::strip_escapes(&pending);
+        let lines: Vec<&str> = clean.lines().collect();
+        ConsoleError::Timeout {
+            what: what.to_owned(),
+            waited,
+            control_tail: lines[lines.len().saturating_sub(10)..].join("\n"),
+            console_tail: self.console_tail(),
+        }
+    }
+
+    fn protocol(&self, what: &str, message: String) -> ConsoleError {
+        ConsoleError::Protocol {
+            what: what.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Base64 in 76-column lines, each ending in a newline: short enough for any
+/// terminal's line buffer.
+fn wrapped_base64(bytes: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 + 1);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protocol against a fake guest: a local bash behind a pty (via
+    //! `script`), with terminal echo on. This tests the framing, not a guest.
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    struct FakeGuest {
+        child: Child,
+        console: Console,
+    }
+
+    impl Drop for FakeGuest {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for suffix in ["cmd", "out", "err"] {
+                let _ =
+                    std::fs::remove_file(format!("/tmp/.vmrepro-{}-{suffix}", self.console.nonce));
+            }
+        }
+    }
+
+    fn fake_guest() -> FakeGuest {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let input = theirs.try_clone().expect("clone");
+        let child = Command::new("script")
+            .args(["-q", "-f", "-c", "bash --norc --noprofile -i", "/dev/null"])
+            .env("PS1", "fake-guest# ")
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(input)))
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let mut console = Console::attach(ours, None).expect("attach");
+        console
+            .wait_ready("fake guest", Duration::from_secs(20))
+            .expect("ready");
+        FakeGuest { child, console }
+    }
+
+    #[test]
+    fn framed_commands_carry_output_and_status() {
+        let mut guest = fake_guest();
+        let c = &mut guest.console;
+        let t = Duration::from_secs(10);
+        let out = c
+            .run("echo", "echo hello; echo oops >&2; exit 3", t)
+            .expect("run");
+        assert_eq!(out.stdout, "hello\n");
+        assert_eq!(out.stderr, "oops\n");
+        assert_eq!(out.status, 3);
+        // Output that looks like our markers or has escapes stays data.
+        let tricky = "printf 'VMRE-1-0\\n\\033[31mred\\033[0m\\n'; printf 'no newline'";
+        let out = c.run("tricky", tricky, t).expect("run");
+        assert_eq!(out.stdout, "VMRE-1-0\n\u{1b}[31mred\u{1b}[0m\nno newline");
+        assert_eq!(out.status, 0);
+        let script =
+            "for i in $(seq 1 3000); do echo \"line $i with 'quotes' and \\\"more\\\"\"; done";
+        let out = c.run("long", script, t).expect("run");
+        assert_eq!(out.stdout.lines().count(), 3000);
+        assert!(out
+            .stdout
+            .ends_with("line 3000 with 'quotes' and \"more\"\n"));
+    }
+
+    #[test]
+    fn files_are_written_verbatim() {
+        let mut guest = fake_guest();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/dir/file with space");
+        let content = "line 1\n'quoted' $HOME `tick`\n\u{e9}t\u{e9}\n";
+        let out = guest
+            .console
+            .write_file(
+                "write",
+                &path.to_string_lossy(),
+                content,
+                0o600,
+                Duration::from_secs(10),
+            )
+            .expect("write");
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), content);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_command_that_hangs_times_out_naming_the_step() {
+        let mut guest = fake_guest();
+        let err = guest
+            .console
+            .run("step 4 (sleep)", "sleep 30", Duration::from_secs(2))
+            .expect_err("must time out");
+        let text = err.to_string();
+        assert!(text.contains("step 4 (sleep)"), "{text}");
+        assert!(text.contains("timed out after 2s"), "{text}");
+    }
+}

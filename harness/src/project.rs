@@ -1,0 +1,126 @@
+//! A vmrepro project: the directory holding `images/`, `scenarios/` and
+//! `snapshots/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::image::{self, ImageError, ImageRecipe};
+use crate::scenario::{Scenario, ScenarioError};
+
+/// Why a project could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// No project directory was found.
+    #[error("no vmrepro project (a directory with images/ and scenarios/) at or above {0}; set VMREPRO_ROOT")]
+    NotFound(PathBuf),
+    /// A recipe is invalid.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A scenario is invalid.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// A scenario named on the command line does not exist.
+    #[error("no scenario named {name:?} (known: {known})")]
+    UnknownScenario {
+        /// The name asked for.
+        name: String,
+        /// The scenarios that exist.
+        known: String,
+    },
+    /// Listing a directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The project's directories and its release recipes.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The project root.
+    pub root: PathBuf,
+    /// Release recipes by release name.
+    pub recipes: BTreeMap<String, ImageRecipe>,
+}
+
+impl Project {
+    /// Opens the project at `VMREPRO_ROOT`, or the first directory at or above
+    /// `start` that has `images/` and `scenarios/`.
+    pub fn discover(start: &Path) -> Result<Project, ProjectError> {
+        let root = match std::env::var_os("VMREPRO_ROOT") {
+            Some(root) => PathBuf::from(root),
+            None => start
+                .ancestors()
+                .find(|d| d.join("images").is_dir() && d.join("scenarios").is_dir())
+                .map(Path::to_path_buf)
+                .ok_or_else(|| ProjectError::NotFound(start.to_owned()))?,
+        };
+        Project::open(&root)
+    }
+
+    /// Opens the project at `root`.
+    pub fn open(root: &Path) -> Result<Project, ProjectError> {
+        let recipes = image::load_recipes(&root.join("images"))?;
+        Ok(Project {
+            root: root.to_owned(),
+            recipes,
+        })
+    }
+
+    /// `snapshots/`.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// `scenarios/`.
+    pub fn scenarios_dir(&self) -> PathBuf {
+        self.root.join("scenarios")
+    }
+
+    /// Where a run's artifacts go: `target/vmrepro/<scenario>/<cell>/`.
+    pub fn artifacts_dir(&self, scenario: &str, cell: &str) -> PathBuf {
+        self.root.join("target/vmrepro").join(scenario).join(cell)
+    }
+
+    /// Every scenario file, sorted by name.
+    pub fn scenarios(&self) -> Result<Vec<Scenario>, ProjectError> {
+        let dir = self.scenarios_dir();
+        let io = |source| ProjectError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        let releases: Vec<String> = self.recipes.keys().cloned().collect();
+        let mut scenarios = Vec::new();
+        for path in paths {
+            scenarios.push(Scenario::load(&path, &releases)?);
+        }
+        Ok(scenarios)
+    }
+
+    /// Loads a scenario by name, or from a path.
+    pub fn scenario(&self, name_or_path: &str) -> Result<Scenario, ProjectError> {
+        let releases: Vec<String> = self.recipes.keys().cloned().collect();
+        let as_path = Path::new(name_or_path);
+        if name_or_path.ends_with(".toml") && as_path.exists() {
+            return Ok(Scenario::load(as_path, &releases)?);
+        }
+        let path = self.scenarios_dir().join(format!("{name_or_path}.toml"));
+        if path.exists() {
+            return Ok(Scenario::load(&path, &releases)?);
+        }
+        let known: Vec<String> = self.scenarios()?.into_iter().map(|s| s.name).collect();
+        Err(ProjectError::UnknownScenario {
+            name: name_or_path.to_owned(),
+            known: known.join(", "),
+        })
+    }
+}

@@ -1,0 +1,670 @@
+//! Scenario files: what to do inside a guest, what to look at afterwards, and
+//! what must be true.
+//!
+//! A scenario is a TOML file in `scenarios/`. It is parsed strictly: an unknown
+//! key, a wrong type or a missing field is an error that names the file, the
+//! line and the key, because a typo in a regression test must never turn into a
+//! silently weaker test.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default time one `run` step or capture may take inside the guest.
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A parsed, validated scenario file.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short name, used in trial names, snapshot names and reports.
+    pub name: String,
+    /// What the scenario reproduces, in prose.
+    pub description: String,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Releases and kernel flavours the scenario runs on.
+    pub matrix: Matrix,
+    /// What is done inside the guest, in order.
+    pub steps: Vec<Step>,
+    /// Guest state recorded at the end of the flow (and before its last reboot).
+    pub captures: Vec<CaptureSpec>,
+    /// What must hold at the end of the flow, whatever the snapshot says.
+    pub expect: Expectations,
+}
+
+/// The matrix cells a scenario runs on: every release with every kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matrix {
+    /// Debian release code names, each with a recipe in `images/`.
+    pub releases: Vec<String>,
+    /// Kernel flavours.
+    pub kernels: Vec<KernelFlavour>,
+}
+
+impl Matrix {
+    /// Every (release, kernel) pair, releases outermost.
+    pub fn cells(&self) -> Vec<Cell> {
+        self.releases
+            .iter()
+            .flat_map(|release| {
+                self.kernels.iter().map(move |kernel| Cell {
+                    release: release.clone(),
+                    kernel: *kernel,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One matrix cell: a release booted with a kernel flavour.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cell {
+    /// Debian release code name.
+    pub release: String,
+    /// Kernel flavour.
+    pub kernel: KernelFlavour,
+}
+
+impl fmt::Display for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.release, self.kernel)
+    }
+}
+
+/// Which kernel boots the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelFlavour {
+    /// The release's own kernel package, with its initrd and its module tree in
+    /// the guest.
+    Stock,
+}
+
+impl KernelFlavour {
+    /// Every flavour, in the order tables list them.
+    pub const ALL: &'static [KernelFlavour] = &[KernelFlavour::Stock];
+
+    /// The flavour's name as scenario files and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFlavour::Stock => "stock",
+        }
+    }
+
+    /// Parses a flavour name as the command line spells it.
+    pub fn from_name(name: &str) -> Option<KernelFlavour> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for KernelFlavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One thing done inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// A human label for progress output and reports.
+    pub title: String,
+    /// What the step does.
+    pub action: Action,
+    /// How long the step may take before the trial fails.
+    pub timeout: Duration,
+}
+
+/// The kinds of step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run a shell script (bash) as root; its exit status must equal `status`.
+    Run {
+        /// The script.
+        command: String,
+        /// The exit status the script must end with.
+        status: i32,
+    },
+    /// Write a file, replacing what was there.
+    Write {
+        /// Absolute path in the guest.
+        path: String,
+        /// The file's whole content.
+        content: String,
+        /// Octal permission bits, such as `0644`.
+        mode: u32,
+    },
+    /// Reboot the guest inside the same QEMU process and wait until it is back.
+    Reboot,
+}
+
+/// A named piece of guest state recorded into the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSpec {
+    /// Section name in the snapshot; also what expectations refer to.
+    pub name: String,
+    /// Shell script whose standard output is recorded.
+    pub command: String,
+    /// Extra normalisers, applied after the ones every capture gets.
+    pub normalize: Vec<Normalizer>,
+}
+
+/// Rewrites that make captured text stable from run to run.
+///
+/// Every capture gets [`Normalizer::DEFAULT`]; scenarios add the others by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalizer {
+    /// Wall-clock and monotonic timestamps (syslog, ISO 8601, `[   1.234]`).
+    Timestamps,
+    /// Process IDs in `name[1234]:` log prefixes.
+    Pids,
+    /// The guest's host name.
+    Hostname,
+    /// The running kernel's release string.
+    KernelRelease,
+    /// iptables-save output: packet and byte counters, and the dated
+    /// `# Generated by` / `# Completed on` comments.
+    Iptables,
+    /// Sort the lines, for output whose order is not meaningful.
+    SortLines,
+}
+
+impl Normalizer {
+    /// The normalisers applied to every capture.
+    pub const DEFAULT: &'static [Normalizer] = &[
+        Normalizer::Timestamps,
+        Normalizer::Pids,
+        Normalizer::Hostname,
+        Normalizer::KernelRelease,
+    ];
+}
+
+/// Assertions checked at the end of the flow, independent of the snapshot, so
+/// that accepting a snapshot cannot turn a regression into a pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectations {
+    /// Unit name → the `systemctl is-active` answer it must give.
+    pub units: BTreeMap<String, String>,
+    /// Captures that must read the same before the last reboot and after it.
+    pub survive_reboot: Vec<String>,
+}
+
+/// Why a scenario file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read scenario: {source}")]
+    Read {
+        /// The scenario file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The scenario file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file. `known_releases` are the releases
+    /// that have an image recipe; a matrix naming any other is an error.
+    pub fn load(path: &Path, known_releases: &[String]) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Scenario::parse(path, &text, known_releases)
+    }
+
+    /// Parses scenario text; `path` is only used in messages and the result.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        known_releases: &[String],
+    ) -> Result<Scenario, ScenarioError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+            ScenarioError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawScenario =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                Some(raw.name.span()),
+                format!("key `name`: {name:?} must be non-empty and use only letters, digits, `-` and `_`"),
+            ));
+        }
+
+        let mut releases = Vec::new();
+        for release in &raw.matrix.get_ref().releases {
+            if !known_releases.iter().any(|k| k == release.get_ref()) {
+                return Err(invalid(
+                    Some(release.span()),
+                    format!(
+                        "key `matrix.releases`: no image recipe for release {:?} (known: {})",
+                        release.get_ref(),
+                        known_releases.join(", ")
+                    ),
+                ));
+            }
+            releases.push(release.get_ref().clone());
+        }
+        if releases.is_empty() {
+            return Err(invalid(
+                Some(raw.matrix.span()),
+                "key `matrix.releases`: name at least one release".into(),
+            ));
+        }
+        let kernels: Vec<KernelFlavour> = raw
+            .matrix
+            .get_ref()
+            .kernels
+            .iter()
+            .map(|k| *k.get_ref())
+            .collect();
+        if kernels.is_empty() {
+            return Err(invalid(
+                Some(raw.matrix.span()),
+                "key `matrix.kernels`: name at least one kernel flavour".into(),
+            ));
+        }
+
+        let mut steps = Vec::new();
+        for (index, spanned) in raw.steps.iter().enumerate() {
+            let step = spanned.get_ref();
+            let timeout = step
+                .timeout
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_STEP_TIMEOUT);
+            let given: Vec<&str> = [
+                step.run.as_ref().map(|_| "run"),
+                step.write.as_ref().map(|_| "write"),
+                step.reboot.filter(|r| *r).map(|_| "reboot"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let here = Some(spanned.span());
+            let action = match given.as_slice() {
+                ["run"] => Action::Run {
+                    command: step.run.clone().unwrap_or_default(),
+                    status: step.status.unwrap_or(0),
+                },
+                ["write"] => {
+                    let content = step.content.clone().ok_or_else(|| {
+                        invalid(
+                            here.clone(),
+                            format!("step {}: key `content` is missing (a `write` step needs the file's content)", index + 1),
+                        )
+                    })?;
+                    let path = step.write.clone().unwrap_or_default();
+                    if !path.starts_with('/') {
+                        return Err(invalid(
+                            here,
+                            format!(
+                                "step {}: key `write`: {path:?} must be an absolute path",
+                                index + 1
+                            ),
+                        ));
+                    }
+                    let mode = match &step.mode {
+                        None => 0o644,
+                        Some(m) => u32::from_str_radix(m, 8).map_err(|_| {
+                            invalid(
+                                here.clone(),
+                                format!("step {}: key `mode`: {m:?} is not an octal mode such as \"0644\"", index + 1),
+                            )
+                        })?,
+                    };
+                    Action::Write {
+                        path,
+                        content,
+                        mode,
+                    }
+                }
+                ["reboot"] => Action::Reboot,
+                [] => {
+                    return Err(invalid(
+                        here,
+                        format!(
+                            "step {}: give one of the keys `run`, `write` or `reboot = true`",
+                            index + 1
+                        ),
+                    ))
+                }
+                several => {
+                    return Err(invalid(
+                        here,
+                        format!(
+                            "step {}: keys `{}` cannot be combined; one action per step",
+                            index + 1,
+                            several.join("`, `")
+                        ),
+                    ))
+                }
+            };
+            let stray: Vec<&str> = [
+                (
+                    step.status.is_some() && !matches!(action, Action::Run { .. }),
+                    "status",
+                ),
+                (
+                    (step.content.is_some() || step.mode.is_some())
+                        && !matches!(action, Action::Write { .. }),
+                    "content/mode",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(bad, key)| bad.then_some(key))
+            .collect();
+            if let Some(key) = stray.first() {
+                return Err(invalid(
+                    here,
+                    format!(
+                        "step {}: key `{key}` does not apply to a `{}` step",
+                        index + 1,
+                        given[0]
+                    ),
+                ));
+            }
+            let title = step.title.clone().unwrap_or_else(|| match &action {
+                Action::Run { command, .. } => first_line(command),
+                Action::Write { path, .. } => format!("write {path}"),
+                Action::Reboot => "reboot".into(),
+            });
+            steps.push(Step {
+                title,
+                action,
+                timeout,
+            });
+        }
+
+        let mut captures: Vec<CaptureSpec> = Vec::new();
+        for spanned in &raw.captures {
+            let capture = spanned.get_ref();
+            if captures.iter().any(|c| c.name == capture.name) {
+                return Err(invalid(
+                    Some(spanned.span()),
+                    format!("key `capture.name`: {:?} is used twice", capture.name),
+                ));
+            }
+            captures.push(CaptureSpec {
+                name: capture.name.clone(),
+                command: capture.run.clone(),
+                normalize: capture.normalize.clone(),
+            });
+        }
+
+        let mut expect = Expectations::default();
+        if let Some(raw_expect) = &raw.expect {
+            for name in &raw_expect.survive_reboot {
+                if !captures.iter().any(|c| &c.name == name.get_ref()) {
+                    return Err(invalid(
+                        Some(name.span()),
+                        format!(
+                            "key `expect.survive_reboot`: no capture is named {:?}",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                expect.survive_reboot.push(name.get_ref().clone());
+            }
+            if !expect.survive_reboot.is_empty()
+                && !steps.iter().any(|s| s.action == Action::Reboot)
+            {
+                return Err(invalid(
+                    raw_expect.survive_reboot.first().map(|s| s.span()),
+                    "key `expect.survive_reboot`: the scenario has no reboot step".into(),
+                ));
+            }
+            for (unit, state) in &raw_expect.units {
+                expect.units.insert(unit.clone(), state.get_ref().clone());
+            }
+        }
+
+        Ok(Scenario {
+            name,
+            description: raw.description.trim().to_owned(),
+            path: path.to_owned(),
+            matrix: Matrix { releases, kernels },
+            steps,
+            captures,
+            expect,
+        })
+    }
+
+    /// Whether the flow reboots the guest at least once.
+    pub fn has_reboot(&self) -> bool {
+        self.steps.iter().any(|s| s.action == Action::Reboot)
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.len() > 60 {
+        let cut = (0..=60)
+            .rev()
+            .find(|i| line.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("{}…", &line[..cut])
+    } else {
+        line.to_owned()
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    description: String,
+    matrix: Spanned<RawMatrix>,
+    #[serde(rename = "step", default)]
+    steps: Vec<Spanned<RawStep>>,
+    #[serde(rename = "capture", default)]
+    captures: Vec<Spanned<RawCapture>>,
+    expect: Option<RawExpect>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    releases: Vec<Spanned<String>>,
+    kernels: Vec<Spanned<KernelFlavour>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    title: Option<String>,
+    run: Option<String>,
+    status: Option<i32>,
+    write: Option<String>,
+    content: Option<String>,
+    mode: Option<String>,
+    reboot: Option<bool>,
+    timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    name: String,
+    run: String,
+    #[serde(default)]
+    normalize: Vec<Normalizer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(default)]
+    units: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    survive_reboot: Vec<Spanned<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn releases() -> Vec<String> {
+        vec!["bookworm".into(), "trixie".into()]
+    }
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("scenarios/x.toml"), text, &releases())
+    }
+
+    const GOOD: &str = r#"
+name = "x"
+description = "d"
+
+[matrix]
+releases = ["bookworm", "trixie"]
+kernels = ["stock"]
+
+[[step]]
+run = "echo loop >> /etc/modules"
+
+[[step]]
+write = "/etc/x.conf"
+content = "a\n"
+mode = "0600"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "rules"
+run = "iptables-save"
+normalize = ["iptables"]
+
+[expect]
+survive_reboot = ["rules"]
+units = { "netfilter-persistent.service" = "active" }
+"#;
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let s = parse(GOOD).expect("valid");
+        assert_eq!(s.matrix.cells().len(), 2);
+        assert_eq!(s.steps.len(), 3);
+        assert_eq!(
+            s.steps[0].action,
+            Action::Run {
+                command: "echo loop >> /etc/modules".into(),
+                status: 0
+            }
+        );
+        assert_eq!(s.steps[0].title, "echo loop >> /etc/modules");
+        assert!(matches!(
+            s.steps[1].action,
+            Action::Write { mode: 0o600, .. }
+        ));
+        assert_eq!(s.steps[2].action, Action::Reboot);
+        assert_eq!(s.captures[0].normalize, vec![Normalizer::Iptables]);
+        assert_eq!(s.expect.units["netfilter-persistent.service"], "active");
+    }
+
+    fn error_of(text: &str) -> (usize, String) {
+        match parse(text) {
+            Err(ScenarioError::Invalid { line, message, .. }) => (line, message),
+            other => panic!("expected an invalid-scenario error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_key() {
+        let text = GOOD.replace("reboot = true", "rebot = true");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 18, "{message}");
+        assert!(message.contains("rebot"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_line() {
+        let text = GOOD.replace("kernels = [\"stock\"]", "kernels = \"stock\"");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 7, "{message}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let text = GOOD.replace("description = \"d\"\n", "");
+        let (_, message) = error_of(&text);
+        assert!(message.contains("description"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_release_or_kernel_is_rejected_where_it_is_written() {
+        let (line, message) = error_of(&GOOD.replace("\"trixie\"]", "\"jessy\"]"));
+        assert_eq!(line, 6);
+        assert!(message.contains("jessy"), "{message}");
+        let (line, message) = error_of(&GOOD.replace("[\"stock\"]", "[\"stok\"]"));
+        assert_eq!(line, 7);
+        assert!(message.contains("stok"), "{message}");
+    }
+
+    #[test]
+    fn steps_need_exactly_one_action() {
+        let (line, message) =
+            error_of(&GOOD.replace("reboot = true", "reboot = true\nrun = \"x\""));
+        assert_eq!(line, 17);
+        assert!(message.contains("cannot be combined"), "{message}");
+        let (_, message) = error_of(&GOOD.replace("content = \"a\\n\"\n", ""));
+        assert!(message.contains("content"), "{message}");
+    }
+
+    #[test]
+    fn expectations_must_name_real_captures() {
+        let (line, message) = error_of(&GOOD.replace(
+            "survive_reboot = [\"rules\"]",
+            "survive_reboot = [\"rulez\"]",
+        ));
+        assert_eq!(line, 26);
+        assert!(message.contains("rulez"), "{message}");
+    }
+}

@@ -1,0 +1,107 @@
+//! Turning a trial's captures into an `insta` snapshot and comparing it with
+//! the committed one in `snapshots/`.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Once;
+
+use crate::capture::Capture;
+use crate::run::Outcome;
+use crate::scenario::Scenario;
+
+/// A snapshot did not match (or did not exist yet).
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot {name} does not match {path} (diff above; review with `cargo insta review`)")]
+pub struct SnapshotError {
+    /// The snapshot's name.
+    pub name: String,
+    /// The committed file.
+    pub path: String,
+}
+
+/// The snapshot name of a trial: `scenario@release-kernel`.
+pub fn name(scenario: &str, cell: &str) -> String {
+    format!("{scenario}@{cell}")
+}
+
+/// Renders captures as the snapshot's text: one section per capture, with
+/// its exit status.
+pub fn render(captures: &[Capture]) -> String {
+    let mut out = String::new();
+    for capture in captures {
+        out.push_str(&format!(
+            "== {} (exit {}) ==\n",
+            capture.name, capture.status
+        ));
+        out.push_str(&capture.text);
+        if !capture.text.is_empty() && !capture.text.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Compares a trial's end-of-flow captures with its committed snapshot.
+pub fn compare_outcome(
+    snapshots_dir: &Path,
+    scenario: &Scenario,
+    outcome: &Outcome,
+) -> Result<(), SnapshotError> {
+    compare(
+        snapshots_dir,
+        &name(&scenario.name, &outcome.cell.to_string()),
+        &scenario.description,
+        &render(&outcome.captures),
+    )
+}
+
+/// Compares `content` with `snapshots_dir/NAME.snap` through insta, which
+/// prints the diff and, outside CI, writes `NAME.snap.new` for review.
+pub fn compare(
+    snapshots_dir: &Path,
+    name: &str,
+    description: &str,
+    content: &str,
+) -> Result<(), SnapshotError> {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(snapshots_dir);
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.set_description(description);
+    quiet_insta_panics();
+    let result = settings.bind(|| {
+        COMPARING.with(|c| c.set(true));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            insta::assert_snapshot!(name.to_owned(), content);
+        }));
+        COMPARING.with(|c| c.set(false));
+        result
+    });
+    result.map_err(|_| SnapshotError {
+        name: name.to_owned(),
+        path: snapshots_dir
+            .join(format!("{name}.snap"))
+            .display()
+            .to_string(),
+    })
+}
+
+thread_local! {
+    static COMPARING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// insta reports a mismatch by printing its diff and then panicking; the
+/// panic is caught and turned into a [`SnapshotError`], so its message and
+/// backtrace would only be noise after the diff.
+fn quiet_insta_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !COMPARING.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+}

@@ -1,0 +1,400 @@
+//! One QEMU guest: a throwaway overlay over a cached base disk, a kernel booted
+//! directly, the kernel console in a log file and a control serial port on a
+//! unix socket.
+//!
+//! QEMU never outlives the harness: it is killed when the [`Vm`] is dropped
+//! (normal end, error or panic), by the [`Supervisor`] on SIGINT/SIGTERM/SIGHUP,
+//! and by the kernel (`PR_SET_PDEATHSIG`) if the harness dies any other way.
+
+use std::fs::{self, File};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::image::Kernel;
+use crate::process::{self, Registration, Supervisor};
+
+/// How many console lines an error message carries.
+pub const TAIL_LINES: usize = 30;
+
+/// The CPU accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation; slower, works everywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// The name QEMU and `VMREPRO_ACCEL` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The accelerator chosen for this host, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelChoice {
+    /// The accelerator.
+    pub accel: Accel,
+    /// Why it was chosen, for logs and reports.
+    pub reason: String,
+}
+
+/// Chooses the accelerator: `VMREPRO_ACCEL` if set, else KVM only when
+/// `/dev/kvm` can be opened *and* the CPU advertises VMX or SVM. A present
+/// `/dev/kvm` alone is not enough: on some hosts it exists and guests hang.
+pub fn choose_accel() -> Result<AccelChoice, VmError> {
+    match std::env::var("VMREPRO_ACCEL").ok().as_deref() {
+        Some("kvm") => {
+            return Ok(AccelChoice {
+                accel: Accel::Kvm,
+                reason: "forced by VMREPRO_ACCEL=kvm".into(),
+            })
+        }
+        Some("tcg") => {
+            return Ok(AccelChoice {
+                accel: Accel::Tcg,
+                reason: "forced by VMREPRO_ACCEL=tcg".into(),
+            })
+        }
+        Some("") | None => {}
+        Some(other) => return Err(VmError::BadAccel(other.to_owned())),
+    }
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt_flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let device = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    Ok(match (device, virt_flag) {
+        (Ok(_), true) => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "/dev/kvm is usable and the CPU has VMX/SVM".into(),
+        },
+        (Ok(_), false) => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "/dev/kvm exists but the CPU flags show no VMX/SVM (nested KVM here hangs guests); using TCG".into(),
+        },
+        (Err(e), _) => AccelChoice {
+            accel: Accel::Tcg,
+            reason: format!("/dev/kvm is not usable ({e}); using TCG"),
+        },
+    })
+}
+
+/// What a guest boots.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The base disk; opened read-only through an overlay, never written.
+    pub base_disk: PathBuf,
+    /// The kernel booted directly.
+    pub kernel: Kernel,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The accelerator.
+    pub accel: AccelChoice,
+    /// Directory for the run's artifacts (console log, QEMU's own output).
+    pub artifacts: PathBuf,
+}
+
+/// Why a guest could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `VMREPRO_ACCEL` has a value other than `kvm` or `tcg`.
+    #[error("VMREPRO_ACCEL={0:?}: use kvm or tcg")]
+    BadAccel(String),
+    /// Creating the overlay failed.
+    #[error("creating the overlay: {0}")]
+    Overlay(#[from] process::ProcessError),
+    /// QEMU could not be started.
+    #[error("starting QEMU: {0}")]
+    Spawn(std::io::Error),
+    /// QEMU exited while it should have been running.
+    #[error("QEMU exited early ({status}); its output:\n{output}\n--- console tail ---\n{tail}")]
+    Exited {
+        /// Exit status.
+        status: String,
+        /// What QEMU printed.
+        output: String,
+        /// The last console lines.
+        tail: String,
+    },
+    /// The control socket did not come up.
+    #[error("QEMU's control socket {path} did not come up: {source}")]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// The last connect error.
+        source: std::io::Error,
+    },
+    /// File system trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A running guest. Dropping it kills QEMU and removes the overlay.
+pub struct Vm {
+    child: Child,
+    workdir: tempfile::TempDir,
+    control: UnixStream,
+    console_log: PathBuf,
+    qemu_log: PathBuf,
+    started: Instant,
+    _registration: Registration,
+}
+
+impl Vm {
+    /// Creates a throwaway overlay, starts QEMU and connects the control port.
+    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| VmError::Io { path, source }
+        };
+        fs::create_dir_all(&config.artifacts).map_err(io(&config.artifacts))?;
+        // Sockets live in a short /tmp path: unix socket paths are limited to
+        // 108 bytes, which a deep artifacts directory could exceed.
+        let workdir = tempfile::Builder::new()
+            .prefix("vmrepro-vm-")
+            .tempdir()
+            .map_err(io(&std::env::temp_dir()))?;
+        let registration = Supervisor::global().register(None, Some(workdir.path().to_owned()));
+        let overlay = workdir.path().join("overlay.qcow2");
+        let base = fs::canonicalize(&config.base_disk).map_err(io(&config.base_disk))?;
+        let mut create = Command::new("qemu-img");
+        create
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&overlay);
+        process::run_logged(
+            "creating the overlay",
+            create,
+            &workdir.path().join("qemu-img.log"),
+            Duration::from_secs(60),
+        )?;
+
+        let control_path = workdir.path().join("control.sock");
+        let console_log = config.artifacts.join("console.log");
+        let qemu_log = config.artifacts.join("qemu.log");
+        let mut cmdline = vec!["console=ttyS0", "root=/dev/vda", "rw"];
+        if config.kernel.initrd.is_none() {
+            cmdline.push("rootfstype=ext4");
+        }
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-machine", "q35", "-accel", config.accel.accel.name()])
+            .args(["-smp", "1", "-m", &config.memory_mib.to_string()]);
+        if config.accel.accel == Accel::Kvm {
+            qemu.args(["-cpu", "host"]);
+        }
+        qemu.arg("-kernel").arg(&config.kernel.image);
+        if let Some(initrd) = &config.kernel.initrd {
+            qemu.arg("-initrd").arg(initrd);
+        }
+        qemu.arg("-append")
+            .arg(cmdline.join(" "))
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe",
+                overlay.display()
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", console_log.display()))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=control,path={},server=on,wait=off",
+                control_path.display()
+            ))
+            .args(["-serial", "chardev:control", "-nic", "none"]);
+        let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
+        let log2 = log.try_clone().map_err(io(&qemu_log))?;
+        qemu.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = qemu.spawn().map_err(VmError::Spawn)?;
+        let registration_qemu =
+            Supervisor::global().register(Some(child.id() as i32), Some(workdir.path().to_owned()));
+        drop(registration);
+
+        let mut vm_child = child;
+        let control = match connect(&control_path, &mut vm_child) {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = vm_child.kill();
+                let status = vm_child.wait().map(|s| s.to_string()).unwrap_or_default();
+                return Err(match e {
+                    ConnectError::Exited => VmError::Exited {
+                        status,
+                        output: fs::read_to_string(&qemu_log).unwrap_or_default(),
+                        tail: tail_of(&console_log, TAIL_LINES),
+                    },
+                    ConnectError::Io(source) => VmError::Control {
+                        path: control_path,
+                        source,
+                    },
+                });
+            }
+        };
+        Ok(Vm {
+            child: vm_child,
+            workdir,
+            control,
+            console_log,
+            qemu_log,
+            started: Instant::now(),
+            _registration: registration_qemu,
+        })
+    }
+
+    /// A new handle on the control serial port.
+    pub fn control(&self) -> Result<UnixStream, VmError> {
+        self.control.try_clone().map_err(|source| VmError::Io {
+            path: self.workdir.path().join("control.sock"),
+            source,
+        })
+    }
+
+    /// The kernel console log (ttyS0).
+    pub fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    /// Time since QEMU started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether QEMU is still running; an error describes its exit.
+    pub fn check_running(&mut self) -> Result<(), VmError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(VmError::Exited {
+                status: status.to_string(),
+                output: fs::read_to_string(&self.qemu_log).unwrap_or_default(),
+                tail: tail_of(&self.console_log, TAIL_LINES),
+            }),
+            Err(source) => Err(VmError::Io {
+                path: self.qemu_log.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Stops QEMU; the guest's disk is thrown away with the overlay.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+enum ConnectError {
+    Exited,
+    Io(std::io::Error),
+}
+
+fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(ConnectError::Exited);
+        }
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() > deadline => return Err(ConnectError::Io(e)),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The last `lines` lines of a log file, with terminal escapes removed.
+pub fn tail_of(path: &Path, lines: usize) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let clean = strip_escapes(&text);
+    let all: Vec<&str> = clean.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Removes ANSI escape sequences and carriage returns.
+pub fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(
+            strip_escapes("\u{1b}[0;32m  OK  \u{1b}[0m] Started\r\n\u{1b}[?2004hroot# "),
+            "  OK  ] Started\nroot# "
+        );
+    }
+
+    #[test]
+    fn accel_can_be_forced() {
+        std::env::set_var("VMREPRO_ACCEL", "tcg");
+        let choice = choose_accel().expect("tcg is valid");
+        std::env::remove_var("VMREPRO_ACCEL");
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert!(choice.reason.contains("forced"));
+    }
+}
