@@ -168,10 +168,13 @@ impl Vm {
         fs::create_dir_all(&config.artifacts).map_err(io(&config.artifacts))?;
         // Sockets live in a short /tmp path: unix socket paths are limited to
         // 108 bytes, which a deep artifacts directory could exceed.
+        sweep_stale_workdirs();
         let workdir = tempfile::Builder::new()
-            .prefix("vmrepro-vm-")
+            .prefix(WORKDIR_PREFIX)
             .tempdir()
             .map_err(io(&std::env::temp_dir()))?;
+        let owner = workdir.path().join(OWNER_FILE);
+        fs::write(&owner, std::process::id().to_string()).map_err(io(&owner))?;
         let registration = Supervisor::global().register(None, Some(workdir.path().to_owned()));
         let overlay = workdir.path().join("overlay.qcow2");
         let base = fs::canonicalize(&config.base_disk).map_err(io(&config.base_disk))?;
@@ -321,6 +324,42 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+const WORKDIR_PREFIX: &str = "vmrepro-vm-";
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the work directories (overlays, sockets) of harness processes that
+/// died without cleaning up, such as one killed with SIGKILL. Their QEMU died
+/// with them through `PR_SET_PDEATHSIG`.
+fn sweep_stale_workdirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(WORKDIR_PREFIX)
+        {
+            continue;
+        }
+        let owner = fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        let alive = match owner {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            Some(pid) => {
+                let exists = unsafe { libc::kill(pid, 0) } == 0;
+                exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            }
+            // No owner file yet: a directory being set up right now.
+            None => true,
+        };
+        if !alive {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
