@@ -121,18 +121,7 @@ pub fn ensure_tools() -> Result<(), HostError> {
     }
     let plan = InstallPlan::for_host();
     let names: Vec<String> = missing.iter().map(|t| t.command.to_owned()).collect();
-    let no_install = std::env::var("VMREPRO_NO_INSTALL").is_ok_and(|v| v == "1");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let apt = find_command("apt-get").is_some();
-    if no_install || !root || !apt {
-        let why = if no_install {
-            "VMREPRO_NO_INSTALL=1 is set"
-        } else if !apt {
-            "this host has no apt-get"
-        } else {
-            "installing needs root"
-        };
+    if let Some(why) = install_refusal() {
         return Err(HostError::Missing {
             missing: names,
             hint: format!(
@@ -295,6 +284,72 @@ pub fn os_codename() -> Option<String> {
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
         .map(|v| v.trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The installed version of a Debian package, if it is installed.
+pub fn package_version(package: &str) -> Option<String> {
+    let out = process::output(
+        "dpkg-query",
+        &["-W", "-f", "${Status} ${Version}", package],
+        Duration::from_secs(20),
+    )
+    .ok()?;
+    let version = out.strip_prefix("install ok installed ")?;
+    Some(version.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Makes sure Debian packages are installed, installing them when allowed
+/// (as [`ensure_tools`] does for the basic tools).
+pub fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), HostError> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| package_version(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if let Some(why) = install_refusal() {
+        return Err(HostError::Missing {
+            missing: missing.iter().map(|p| p.to_string()).collect(),
+            hint: format!("{purpose} needs them; vmrepro does not install them because {why}. Run, as root:\n{command}"),
+        });
+    }
+    progress::note(
+        "host setup",
+        &format!("installing {} ({purpose})", missing.join(" ")),
+    );
+    let log = std::env::temp_dir().join("vmrepro-host-setup.log");
+    for args in [
+        vec!["update"],
+        [vec!["install", "-y"], missing.clone()].concat(),
+    ] {
+        let mut apt = Command::new("apt-get");
+        apt.args(&args).env("DEBIAN_FRONTEND", "noninteractive");
+        process::run_logged(
+            &format!("apt-get {}", args[0]),
+            apt,
+            &log,
+            Duration::from_secs(1200),
+        )?;
+    }
+    Ok(())
+}
+
+/// Why installing is not allowed here, if it is not.
+fn install_refusal() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if std::env::var("VMREPRO_NO_INSTALL").is_ok_and(|v| v == "1") {
+        Some("VMREPRO_NO_INSTALL=1 is set")
+    } else if find_command("apt-get").is_none() {
+        Some("this host has no apt-get")
+    } else if !root {
+        Some("installing needs root")
+    } else {
+        None
+    }
 }
 
 fn dpkg_version(package: &str) -> Option<String> {

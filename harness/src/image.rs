@@ -11,8 +11,7 @@
 //! the same entry build it once.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,14 +19,19 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cache::{Cache, CacheError};
 use crate::host;
-use crate::process::{self, ProcessError, Supervisor};
+use crate::kernel::Kernel;
+use crate::process::{self, ProcessError};
 use crate::progress;
 use crate::scenario::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
 /// entries are not reused.
-const IMAGE_FORMAT: &str = "vmrepro-image-3";
+const IMAGE_FORMAT: &str = "vmrepro-image-4";
+
+/// The keyring that holds the keys of retired releases.
+const REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg";
 
 /// The serial port the guest's root shell listens on (the second one; the
 /// first carries the kernel console).
@@ -45,6 +49,11 @@ pub struct ImageRecipe {
     /// mirror (or the bootstrap tool's default).
     #[serde(default)]
     pub mirror: Option<String>,
+    /// Whether the release lives in the archive of retired releases: its
+    /// Release files have expired and its signing key has too, so apt must
+    /// not check `Valid-Until` and cannot verify the signature.
+    #[serde(default)]
+    pub archived: bool,
     /// Packages installed on top of the minimal base.
     pub packages: Vec<String>,
     /// The release's stock kernel package.
@@ -52,6 +61,10 @@ pub struct ImageRecipe {
     /// debconf answers given before packages are configured, so nothing prompts.
     #[serde(default)]
     pub debconf: Vec<String>,
+    /// ext4 feature switches for `mke2fs -O`, such as `^orphan_file`: today's
+    /// mke2fs turns on features that old kernels and old e2fsck reject.
+    #[serde(default)]
+    pub ext4_features: Vec<String>,
     /// Size of the root file system in MiB.
     #[serde(default = "default_disk_mib")]
     pub disk_mib: u64,
@@ -105,7 +118,10 @@ pub enum ImageError {
         message: String,
     },
     /// File system trouble in the cache.
-    #[error("image cache {path}: {source}")]
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Other file system trouble.
+    #[error("{path}: {source}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -187,10 +203,40 @@ impl ImageRecipe {
                 shell_quote(&selections)
             ));
         }
-        command.arg(&self.suite).arg(target);
-        if let Some(mirror) = self.mirror() {
-            command.arg(mirror);
+        if self.archived {
+            command
+                .arg("--aptopt=Acquire::Check-Valid-Until \"false\"")
+                .arg(format!("--keyring={REMOVED_KEYS}"));
         }
+        command.arg(&self.suite).arg(target);
+        match (self.mirror(), self.archived) {
+            // The archive's key has expired, so its signature cannot verify;
+            // trust the archive explicitly rather than turning checks off
+            // globally. apt still checks every index against the Release
+            // file's hashes.
+            (Some(mirror), true) => {
+                command.arg(format!("deb [trusted=yes] {mirror} {} main", self.suite));
+            }
+            (Some(mirror), false) => {
+                command.arg(mirror);
+            }
+            (None, _) => {}
+        }
+        command
+    }
+
+    /// The `mke2fs` command that makes the root file system from a tree.
+    pub fn mke2fs_command(&self, tree: &Path, output: &Path) -> Command {
+        let mut command = Command::new("mke2fs");
+        command.args(["-q", "-F", "-t", "ext4", "-L", "vmrepro"]);
+        if !self.ext4_features.is_empty() {
+            command.arg("-O").arg(self.ext4_features.join(","));
+        }
+        command
+            .arg("-d")
+            .arg(tree)
+            .arg(output)
+            .arg(format!("{}M", self.disk_mib));
         command
     }
 }
@@ -228,19 +274,6 @@ pub fn load_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, ImageEr
     Ok(recipes)
 }
 
-/// A kernel ready for direct boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kernel {
-    /// The flavour.
-    pub flavour: KernelFlavour,
-    /// The kernel image (`-kernel`).
-    pub image: PathBuf,
-    /// The initrd (`-initrd`), if the kernel needs one.
-    pub initrd: Option<PathBuf>,
-    /// `uname -r` of the kernel.
-    pub release: String,
-}
-
 /// A built, cached image.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -255,170 +288,82 @@ pub struct Image {
 }
 
 impl Image {
-    /// The kernel of a flavour for this image.
-    pub fn kernel(&self, flavour: KernelFlavour) -> Kernel {
-        match flavour {
-            KernelFlavour::Stock => Kernel {
-                flavour,
-                image: self.dir.join("vmlinuz"),
-                initrd: Some(self.dir.join("initrd.img")),
-                release: self.manifest.stock_kernel_release.clone(),
-            },
+    /// The stock kernel of this image; the other flavours come from
+    /// [`crate::kernel`].
+    pub fn stock_kernel(&self) -> Kernel {
+        Kernel {
+            flavour: KernelFlavour::Stock,
+            image: self.dir.join("vmlinuz"),
+            initrd: Some(self.dir.join("initrd.img")),
+            release: self.manifest.stock_kernel_release.clone(),
         }
     }
 }
 
-/// What a finished build records beside its files; written last, so its
-/// presence (with matching file sizes) marks a complete entry.
+/// What an image build records about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
-    /// The format of the build that made it.
-    pub format: String,
     /// The recipe hash.
     pub hash: String,
     /// `uname -r` of the stock kernel.
     pub stock_kernel_release: String,
-    /// Size in bytes of each file in the entry.
-    pub files: BTreeMap<String, u64>,
     /// Seconds the build took.
     pub build_seconds: f64,
     /// Installed packages and versions (`dpkg-query -W`), for reports.
     pub packages: BTreeMap<String, String>,
+    /// Where the image came from: `mmdebstrap` or `import of FILE`.
+    #[serde(default)]
+    pub origin: String,
 }
 
-/// The on-disk cache of images (and, later, kernels and saved states).
-#[derive(Debug, Clone)]
-pub struct Cache {
-    root: PathBuf,
+/// The cache kind images live under.
+pub const KIND: &str = "images";
+
+/// The cache key of a recipe's image.
+pub fn key(recipe: &ImageRecipe) -> String {
+    format!("{}-{}", recipe.release, recipe.hash())
 }
 
-impl Cache {
-    /// `VMREPRO_CACHE`, else `$XDG_CACHE_HOME/vmrepro`, else `~/.cache/vmrepro`.
-    pub fn from_env() -> Cache {
-        let root = std::env::var_os("VMREPRO_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("vmrepro"))
-            })
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vmrepro")))
-            .unwrap_or_else(|| std::env::temp_dir().join("vmrepro-cache"));
-        Cache { root }
-    }
-
-    /// A cache at an explicit directory.
-    pub fn at(root: impl Into<PathBuf>) -> Cache {
-        Cache { root: root.into() }
-    }
-
-    /// The cache's directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn images_dir(&self) -> PathBuf {
-        self.root.join("images")
-    }
-
-    /// The entry for a recipe if it is complete, without building.
-    pub fn lookup(&self, recipe: &ImageRecipe) -> Option<Image> {
-        let dir = self
-            .images_dir()
-            .join(format!("{}-{}", recipe.release, recipe.hash()));
-        read_entry(&dir, recipe).ok()
-    }
-
-    /// The image for a recipe, built if the cache has no complete entry.
-    pub fn image(&self, recipe: &ImageRecipe) -> Result<Image, ImageError> {
-        if let Some(image) = self.lookup(recipe) {
-            return Ok(image);
-        }
-        let images = self.images_dir();
-        fs::create_dir_all(&images).map_err(io_error(&images))?;
-        let key = format!("{}-{}", recipe.release, recipe.hash());
-        let lock_path = images.join(format!("{key}.lock"));
-        let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
-        if lock.try_lock().is_err() {
-            progress::note(
-                &format!("image {}", recipe.release),
-                "another vmrepro is building this image; waiting for it",
-            );
-            lock.lock().map_err(io_error(&lock_path))?;
-        }
-        // Under the lock: another process may have finished the entry, and any
-        // temporary directory for this key is a leftover of a killed build.
-        let dir = images.join(&key);
-        match read_entry(&dir, recipe) {
-            Ok(image) => return Ok(image),
-            Err(_) if dir.exists() => {
-                progress::note(
-                    &format!("image {}", recipe.release),
-                    &format!(
-                        "cache entry {} is incomplete or corrupt; rebuilding",
-                        dir.display()
-                    ),
-                );
-                fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
-            }
-            Err(_) => {}
-        }
-        remove_stale_builds(&images, &key);
-        let image = build(recipe, &images, &key)?;
-        drop(lock);
-        Ok(image)
-    }
+/// The cached image of a recipe, without building: an imported image for
+/// the release first, then a built one.
+pub fn lookup(cache: &Cache, recipe: &ImageRecipe) -> Option<Image> {
+    cache
+        .lookup::<Manifest>(IMPORTS, &recipe.release)
+        .or_else(|| cache.lookup::<Manifest>(KIND, &key(recipe)))
+        .map(|entry| image_of(recipe, entry))
 }
 
-fn remove_stale_builds(images: &Path, key: &str) {
-    let prefix = format!(".build-{key}-");
-    if let Ok(entries) = fs::read_dir(images) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-fn read_entry(dir: &Path, recipe: &ImageRecipe) -> Result<Image, String> {
-    let text = fs::read_to_string(dir.join("manifest.json")).map_err(|e| e.to_string())?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    if manifest.hash != recipe.hash() || manifest.format != IMAGE_FORMAT {
-        return Err("manifest is for another recipe".into());
-    }
-    for (name, size) in &manifest.files {
-        let actual = fs::metadata(dir.join(name))
-            .map_err(|e| format!("{name}: {e}"))?
-            .len();
-        if actual != *size {
-            return Err(format!("{name}: {actual} bytes, manifest says {size}"));
-        }
-    }
-    Ok(Image {
+fn image_of(recipe: &ImageRecipe, entry: crate::cache::Entry<Manifest>) -> Image {
+    Image {
         recipe: recipe.clone(),
-        dir: dir.to_owned(),
-        disk: dir.join("rootfs.qcow2"),
-        manifest,
-    })
+        disk: entry.dir.join("rootfs.qcow2"),
+        dir: entry.dir,
+        manifest: entry.meta,
+    }
 }
 
-fn build(recipe: &ImageRecipe, images: &Path, key: &str) -> Result<Image, ImageError> {
+/// The image of a recipe, built into the cache if it is not there.
+pub fn image(cache: &Cache, recipe: &ImageRecipe) -> Result<Image, ImageError> {
+    if let Some(image) = lookup(cache, recipe) {
+        return Ok(image);
+    }
+    let label = format!("image {}", recipe.release);
+    let entry = cache.get_or_build(KIND, &key(recipe), &label, |work| build(recipe, work))?;
+    Ok(image_of(recipe, entry))
+}
+
+fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
     let label = format!("image {}", recipe.release);
     let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".build-{key}-"))
-        .tempdir_in(images)
-        .map_err(io_error(images))?;
-    let _registration = Supervisor::global().register(None, Some(work.path().to_owned()));
     let failed = |source| ImageError::Build {
         release: recipe.release.clone(),
         source,
     };
-    let tree = work.path().join("root");
-    let command = recipe.bootstrap_command(&tree);
+    let tree = work.join("root");
     progress::note(
         &label,
         &format!(
-            "bootstrapping {} with mmdebstrap from {} (about a minute)",
+            "bootstrapping {} with mmdebstrap from {} (a minute or two)",
             recipe.suite,
             recipe
                 .mirror()
@@ -427,41 +372,63 @@ fn build(recipe: &ImageRecipe, images: &Path, key: &str) -> Result<Image, ImageE
     );
     process::run_logged(
         &format!("{label}: mmdebstrap"),
-        command,
-        &work.path().join("mmdebstrap.log"),
+        recipe.bootstrap_command(&tree),
+        &work.join("mmdebstrap.log"),
         Duration::from_secs(1800),
     )
     .map_err(failed)?;
+    let manifest = finish_tree(recipe, &tree, work, "mmdebstrap".into())?;
+    let manifest = Manifest {
+        build_seconds: started.elapsed().as_secs_f64(),
+        ..manifest
+    };
+    progress::note(
+        &label,
+        &format!(
+            "built in {:.0}s ({} MiB disk)",
+            manifest.build_seconds,
+            fs::metadata(work.join("rootfs.qcow2"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+                / (1 << 20),
+        ),
+    );
+    Ok(manifest)
+}
 
-    progress::note(&label, "preparing the guest for the harness");
-    shape_tree(&tree).map_err(|message| ImageError::Tree {
+/// From a root tree to the entry's files: shaped tree, stock kernel and
+/// initrd copied out, ext4, qcow2. Removes the tree.
+fn finish_tree(
+    recipe: &ImageRecipe,
+    tree: &Path,
+    work: &Path,
+    origin: String,
+) -> Result<Manifest, ImageError> {
+    let label = format!("image {}", recipe.release);
+    let failed = |source| ImageError::Build {
+        release: recipe.release.clone(),
+        source,
+    };
+    let tree_error = |message| ImageError::Tree {
         release: recipe.release.clone(),
         message,
-    })?;
-    let stock_kernel_release =
-        copy_stock_kernel(&tree, work.path()).map_err(|message| ImageError::Tree {
-            release: recipe.release.clone(),
-            message,
-        })?;
-    let packages = installed_packages(&tree);
+    };
+    progress::note(&label, "preparing the guest for the harness");
+    shape_tree(tree).map_err(tree_error)?;
+    let stock_kernel_release = copy_stock_kernel(tree, work).map_err(tree_error)?;
+    let packages = installed_packages(tree);
 
     progress::note(&label, "making the ext4 file system and the qcow2 disk");
-    let raw = work.path().join("rootfs.raw");
-    let mut mke2fs = Command::new("mke2fs");
-    mke2fs
-        .args(["-q", "-F", "-t", "ext4", "-L", "vmrepro", "-d"])
-        .arg(&tree)
-        .arg(&raw)
-        .arg(format!("{}M", recipe.disk_mib));
+    let raw = work.join("rootfs.raw");
     process::run_logged(
         &format!("{label}: mke2fs"),
-        mke2fs,
-        &work.path().join("mke2fs.log"),
+        recipe.mke2fs_command(tree, &raw),
+        &work.join("mke2fs.log"),
         Duration::from_secs(600),
     )
     .map_err(failed)?;
-    fs::remove_dir_all(&tree).map_err(io_error(&tree))?;
-    let disk = work.path().join("rootfs.qcow2");
+    fs::remove_dir_all(tree).map_err(io_error(tree))?;
+    let disk = work.join("rootfs.qcow2");
     let mut convert = Command::new("qemu-img");
     convert
         .args(["convert", "-O", "qcow2"])
@@ -470,55 +437,70 @@ fn build(recipe: &ImageRecipe, images: &Path, key: &str) -> Result<Image, ImageE
     process::run_logged(
         &format!("{label}: qemu-img convert"),
         convert,
-        &work.path().join("qemu-img.log"),
+        &work.join("qemu-img.log"),
         Duration::from_secs(600),
     )
     .map_err(failed)?;
     fs::remove_file(&raw).map_err(io_error(&raw))?;
-
-    let mut files = BTreeMap::new();
-    for name in ["rootfs.qcow2", "vmlinuz", "initrd.img"] {
-        let path = work.path().join(name);
-        let len = fs::metadata(&path).map_err(io_error(&path))?.len();
-        files.insert(name.to_owned(), len);
-        // Base files are never written by a run; make that hold on disk too.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_error(&path))?;
+    for log in ["mmdebstrap.log", "mke2fs.log", "qemu-img.log", "tar.log"] {
+        let _ = fs::remove_file(work.join(log));
     }
-    let manifest = Manifest {
-        format: IMAGE_FORMAT.into(),
+    Ok(Manifest {
         hash: recipe.hash(),
         stock_kernel_release,
-        files,
-        build_seconds: started.elapsed().as_secs_f64(),
+        build_seconds: 0.0,
         packages,
-    };
-    let manifest_path = work.path().join("manifest.json");
-    let mut file = File::create(&manifest_path).map_err(io_error(&manifest_path))?;
-    file.write_all(
-        serde_json::to_string_pretty(&manifest)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
-    .and_then(|_| file.sync_all())
-    .map_err(io_error(&manifest_path))?;
-
-    let dir = images.join(key);
-    let work = work.keep();
-    fs::rename(&work, &dir).map_err(io_error(&dir))?;
-    progress::note(
-        &label,
-        &format!(
-            "built in {:.0}s ({} MiB disk) at {}",
-            manifest.build_seconds,
-            manifest.files.get("rootfs.qcow2").copied().unwrap_or(0) / (1 << 20),
-            dir.display()
-        ),
-    );
-    read_entry(&dir, recipe).map_err(|message| ImageError::Tree {
-        release: recipe.release.clone(),
-        message,
+        origin,
     })
+}
+
+/// The cache kind imported images live under, one per release.
+pub const IMPORTS: &str = "imports";
+
+/// Imports a user's root file system tarball as the image of a release; it
+/// is used instead of a built image from then on, until removed with
+/// `vmrepro images clean`.
+pub fn import_tarball(
+    cache: &Cache,
+    recipe: &ImageRecipe,
+    tarball: &Path,
+) -> Result<Image, ImageError> {
+    let label = format!("import {}", recipe.release);
+    let tarball = fs::canonicalize(tarball).map_err(io_error(tarball))?;
+    let _ = cache.remove(|row| row.kind == IMPORTS && row.name == recipe.release);
+    let entry = cache.get_or_build(IMPORTS, &recipe.release, &label, |work| {
+        let started = Instant::now();
+        let tree = work.join("root");
+        fs::create_dir_all(&tree).map_err(io_error(&tree))?;
+        let mut tar = Command::new("tar");
+        tar.arg("-xpf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree)
+            .arg("--numeric-owner");
+        progress::note(&label, &format!("unpacking {}", tarball.display()));
+        process::run_logged(
+            &format!("{label}: tar"),
+            tar,
+            &work.join("tar.log"),
+            Duration::from_secs(1800),
+        )
+        .map_err(|source| ImageError::Build {
+            release: recipe.release.clone(),
+            source,
+        })?;
+        let manifest = finish_tree(
+            recipe,
+            &tree,
+            work,
+            format!("import of {}", tarball.display()),
+        )?;
+        Ok::<_, ImageError>(Manifest {
+            build_seconds: started.elapsed().as_secs_f64(),
+            ..manifest
+        })
+    })?;
+    Ok(image_of(recipe, entry))
 }
 
 /// Turns a bootstrapped tree into a guest the harness can drive.
@@ -651,8 +633,12 @@ pub fn probe_reachable(recipe: &ImageRecipe) -> Result<(), ImageError> {
 mod tests {
     use super::*;
 
-    fn recipe() -> ImageRecipe {
-        toml::from_str(
+    fn recipe(text: &str) -> ImageRecipe {
+        toml::from_str(text).expect("valid recipe")
+    }
+
+    fn bookworm() -> ImageRecipe {
+        recipe(
             r#"
 release = "bookworm"
 suite = "bookworm"
@@ -661,14 +647,20 @@ stock_kernel = "linux-image-cloud-amd64"
 debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
 "#,
         )
-        .expect("valid recipe")
+    }
+
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]
     fn hash_changes_with_the_recipe_and_not_otherwise() {
-        let a = recipe();
-        assert_eq!(a.hash(), recipe().hash());
-        let mut b = recipe();
+        let a = bookworm();
+        assert_eq!(a.hash(), bookworm().hash());
+        let mut b = bookworm();
         b.packages.push("vim".into());
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 16);
@@ -677,12 +669,9 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
     #[test]
     fn bootstrap_command_preseeds_debconf_and_names_the_mirror() {
         std::env::set_var("VMREPRO_MIRROR_BOOKWORM", "http://mirror.example/debian");
-        let command = recipe().bootstrap_command(Path::new("/tmp/x/root"));
+        let command = bookworm().bootstrap_command(Path::new("/tmp/x/root"));
         std::env::remove_var("VMREPRO_MIRROR_BOOKWORM");
-        let args: Vec<String> = command
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args(&command);
         assert_eq!(args[0], "--variant=minbase");
         assert_eq!(
             args[1],
@@ -699,6 +688,59 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
     }
 
     #[test]
+    fn an_archived_release_trusts_the_archive_and_ignores_valid_until() {
+        let jessie = recipe(
+            r#"
+release = "jessie"
+suite = "jessie"
+mirror = "http://archive.debian.org/debian"
+archived = true
+packages = ["systemd-sysv"]
+stock_kernel = "linux-image-amd64"
+ext4_features = ["^metadata_csum", "^metadata_csum_seed", "^orphan_file"]
+"#,
+        );
+        let args = args(&jessie.bootstrap_command(Path::new("/t/root")));
+        assert_eq!(
+            args,
+            [
+                "--variant=minbase",
+                "--include=systemd-sysv,linux-image-amd64,initramfs-tools",
+                "--aptopt=Acquire::Check-Valid-Until \"false\"",
+                "--keyring=/usr/share/keyrings/debian-archive-removed-keys.gpg",
+                "jessie",
+                "/t/root",
+                "deb [trusted=yes] http://archive.debian.org/debian jessie main",
+            ]
+        );
+        let mke2fs = jessie.mke2fs_command(Path::new("/t/root"), Path::new("/t/rootfs.raw"));
+        assert_eq!(
+            self::args(&mke2fs),
+            [
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                "vmrepro",
+                "-O",
+                "^metadata_csum,^metadata_csum_seed,^orphan_file",
+                "-d",
+                "/t/root",
+                "/t/rootfs.raw",
+                "2048M",
+            ]
+        );
+        // A user's mirror (a local copy of the archive) still wins.
+        std::env::set_var("VMREPRO_MIRROR_JESSIE", "http://proxy.local:3142/debian");
+        assert_eq!(
+            jessie.mirror().as_deref(),
+            Some("http://proxy.local:3142/debian")
+        );
+        std::env::remove_var("VMREPRO_MIRROR_JESSIE");
+    }
+
+    #[test]
     fn unknown_recipe_keys_are_rejected_with_their_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bookworm.toml");
@@ -711,34 +753,24 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
     }
 
     #[test]
-    fn a_half_written_entry_is_not_an_entry() {
-        let cache_dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::at(cache_dir.path());
-        let recipe = recipe();
-        let dir = cache
-            .images_dir()
-            .join(format!("bookworm-{}", recipe.hash()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("rootfs.qcow2"), b"partial").expect("write");
-        assert!(cache.lookup(&recipe).is_none());
-        let manifest = Manifest {
-            format: IMAGE_FORMAT.into(),
-            hash: recipe.hash(),
-            stock_kernel_release: "6.1".into(),
-            files: [("rootfs.qcow2".to_owned(), 100u64)].into_iter().collect(),
-            build_seconds: 1.0,
-            packages: BTreeMap::new(),
-        };
-        fs::write(
-            dir.join("manifest.json"),
-            serde_json::to_string(&manifest).expect("json"),
+    fn the_shaped_tree_has_a_root_shell_on_the_control_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        shape_tree(dir.path()).expect("shape");
+        let getty = fs::read_to_string(
+            dir.path()
+                .join("etc/systemd/system/serial-getty@ttyS1.service.d/vmrepro.conf"),
         )
-        .expect("write");
-        assert!(
-            cache.lookup(&recipe).is_none(),
-            "size mismatch must be detected"
+        .expect("drop-in");
+        assert!(getty.contains("--autologin root"));
+        let link = fs::read_link(
+            dir.path()
+                .join("etc/systemd/system/getty.target.wants/serial-getty@ttyS1.service"),
+        )
+        .expect("link");
+        assert_eq!(link, Path::new("/lib/systemd/system/serial-getty@.service"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("etc/fstab")).expect("fstab"),
+            "/dev/vda\t/\text4\trw,errors=remount-ro\t0\t1\n"
         );
-        fs::write(dir.join("rootfs.qcow2"), vec![0u8; 100]).expect("write");
-        assert!(cache.lookup(&recipe).is_some());
     }
 }

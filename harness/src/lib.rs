@@ -2,18 +2,21 @@
 //! regression tests.
 //!
 //! The data flows one way through the modules:
-//! [`scenario`] (what to do) → [`image`] (what to boot) → [`vm`] (QEMU) →
+//! [`scenario`] (what to do) → [`image`] and [`kernel`] (what to boot) →
+//! [`vm`] (QEMU) →
 //! [`console`] (the guest's root shell) → [`capture`] (guest state) →
 //! [`snapshot`] and [`report`]. [`run`] drives one scenario on one matrix
-//! cell through all of them; [`host`], [`process`] and [`progress`] serve
-//! every layer.
+//! cell through all of them; [`cache`], [`host`], [`process`] and
+//! [`progress`] serve every layer.
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod capture;
 pub mod console;
 pub mod host;
 pub mod image;
+pub mod kernel;
 pub mod process;
 pub mod progress;
 pub mod project;

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use vmrepro::image::{Cache, ImageError};
+use vmrepro::cache::Cache;
+use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::run::{self, RunError, RunOptions};
 use vmrepro::scenario::{Cell, KernelFlavour, Scenario};
-use vmrepro::{host, progress, report, snapshot, vm};
+use vmrepro::{host, image, kernel, progress, report, snapshot, vm};
 
 /// Exit status: every trial passed.
 const EXIT_PASS: u8 = 0;
@@ -68,11 +69,69 @@ enum Command {
         /// Only cells of this kernel flavour.
         #[arg(long)]
         kernel: Option<String>,
+        /// Format of the outcome table printed at the end.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// List scenarios and their matrix cells.
     List,
+    /// Print the outcome table (release × kernel × scenario) of the last runs,
+    /// from `vmrepro run` or `cargo test`.
+    #[command(after_help = "Example:\n  vmrepro matrix --format json")]
+    Matrix {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Build, list, import and remove cached images and kernels.
+    #[command(subcommand)]
+    Images(ImagesCommand),
     /// Check the host tools and install what is missing (as root, with apt).
     Setup,
+}
+
+/// Output formats of `run` and `matrix`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// An aligned table.
+    Text,
+    /// A JSON array of rows: {scenario, release, kernel, after_reboot, units, verdict}.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// List the cache's entries with their sizes.
+    List,
+    /// Build the images of releases (all when none are named) and the Linode-style kernel.
+    #[command(
+        after_help = "Examples:\n  vmrepro images build bookworm trixie\n  vmrepro images build --kernel-only"
+    )]
+    Build {
+        /// Releases to build.
+        releases: Vec<String>,
+        /// Build only the Linode-style kernel.
+        #[arg(long)]
+        kernel_only: bool,
+        /// Do not build the Linode-style kernel.
+        #[arg(long, conflicts_with = "kernel_only")]
+        no_kernel: bool,
+    },
+    /// Remove cache entries: everything, or the entries of the releases named
+    /// (`kernels` names the kernel entries).
+    Clean {
+        /// Releases (or `kernels`) to remove; everything when none are named.
+        names: Vec<String>,
+    },
+    /// Use your own root file system tarball as a release's image, instead of
+    /// a bootstrapped one (until `vmrepro images clean RELEASE`).
+    #[command(after_help = "Example:\n  vmrepro images import bookworm my-server-rootfs.tar.gz")]
+    Import {
+        /// The release the tarball is an installation of.
+        release: String,
+        /// A tarball of the root file system (tar, tar.gz, tar.xz, tar.zst).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +190,13 @@ fn dispatch(command: Command) -> Result<u8> {
                     .collect();
                 println!("{}: {}", scenario.name, cells.join(" "));
             }
+            Ok(EXIT_PASS)
+        }
+        Command::Images(command) => images(&project, command),
+        Command::Matrix { format } => {
+            let mut rows = report::load_rows(&project.root.join("target/vmrepro"));
+            report::sort_rows(&mut rows);
+            print_rows(&rows, format)?;
             Ok(EXIT_PASS)
         }
         Command::Setup => {
@@ -198,6 +264,7 @@ fn dispatch(command: Command) -> Result<u8> {
             scenarios,
             release,
             kernel,
+            format,
         } => {
             let selected: Vec<Scenario> = if scenarios.is_empty() {
                 project.scenarios()?
@@ -218,18 +285,20 @@ fn dispatch(command: Command) -> Result<u8> {
                     {
                         continue;
                     }
-                    let (result, code) = run_and_compare(&project, scenario, &cell, &options);
+                    let (row, code) = run_and_compare(&project, scenario, &cell, &options);
+                    report::save_row(
+                        &project.artifacts_dir(&scenario.name, &cell.to_string()),
+                        &row,
+                    );
                     worst = worst.max(code);
-                    rows.push((scenario.name.clone(), cell.to_string(), result));
+                    rows.push(row);
                 }
             }
             if rows.is_empty() {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
             }
-            println!("\n{:<32} {:<20} result", "scenario", "cell");
-            for (scenario, cell, result) in rows {
-                println!("{scenario:<32} {cell:<20} {result}");
-            }
+            report::sort_rows(&mut rows);
+            print_rows(&rows, format)?;
             Ok(worst)
         }
     }
@@ -293,33 +362,145 @@ fn run_and_compare(
     scenario: &Scenario,
     cell: &Cell,
     options: &RunOptions,
-) -> (String, u8) {
+) -> (report::Row, u8) {
+    let without = |verdict: String| report::Row::without_outcome(&scenario.name, cell, verdict);
     match run::run_cell(project, scenario, cell, options) {
         Err(RunError::Image(ImageError::Unreachable { reason, .. })) => {
-            (format!("skipped: {reason}"), EXIT_ENV)
+            (without(format!("skipped: {reason}")), EXIT_ENV)
         }
         Err(e) => {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
-            ("ERROR (see above)".into(), EXIT_FAIL)
+            let first = e.to_string().lines().next().unwrap_or("").to_owned();
+            (without(format!("ERROR: {first}")), EXIT_FAIL)
         }
         Ok(outcome) => {
-            let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome);
-            match (outcome.passed(), compared) {
-                (true, Ok(())) => ("pass".into(), EXIT_PASS),
-                (true, Err(e)) => (format!("snapshot differs: {e}"), EXIT_FAIL),
-                (false, c) => (
-                    format!(
-                        "FAIL: {}{}",
-                        outcome.failures.join("; "),
-                        if c.is_err() {
-                            " (snapshot differs too)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    EXIT_FAIL,
-                ),
+            let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome)
+                .map_err(|_| "snapshot differs (diff above)".to_owned());
+            let row = report::Row::of(&outcome, compared);
+            let code = if row.verdict == "pass" {
+                EXIT_PASS
+            } else {
+                EXIT_FAIL
+            };
+            (row, code)
+        }
+    }
+}
+
+fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
+    match format {
+        Format::Text if rows.is_empty() => {
+            println!("no results yet: run `vmrepro run` or `cargo test`")
+        }
+        Format::Text => print!("{}", report::table(rows)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+    }
+    Ok(())
+}
+
+fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
+    let cache = Cache::from_env();
+    let recipe_of = |release: &str| {
+        project.recipes.get(release).ok_or_else(|| {
+            let known: Vec<&str> = project.recipes.keys().map(String::as_str).collect();
+            anyhow::Error::from(UsageError(format!(
+                "no image recipe for release {release:?} (known: {})",
+                known.join(", ")
+            )))
+        })
+    };
+    match command {
+        ImagesCommand::List => {
+            println!("cache: {}", cache.root().display());
+            for row in cache.list() {
+                println!(
+                    "{:<8} {:<40} {:>8.1} MiB{}",
+                    row.kind,
+                    row.name,
+                    row.bytes as f64 / (1 << 20) as f64,
+                    if row.complete {
+                        ""
+                    } else {
+                        "  (incomplete: rebuilt on next use)"
+                    }
+                );
             }
+            Ok(EXIT_PASS)
+        }
+        ImagesCommand::Build {
+            releases,
+            kernel_only,
+            no_kernel,
+        } => {
+            host::ensure_tools()?;
+            if !no_kernel {
+                let kernel = kernel::linode(&cache, &project.linode_kernel)?;
+                println!(
+                    "kernel linode    {} ({})",
+                    kernel.release,
+                    kernel.image.display()
+                );
+            }
+            if kernel_only {
+                return Ok(EXIT_PASS);
+            }
+            let names: Vec<String> = if releases.is_empty() {
+                project.recipes.keys().cloned().collect()
+            } else {
+                releases
+            };
+            let mut code = EXIT_PASS;
+            for release in names {
+                let recipe = recipe_of(&release)?;
+                if image::lookup(&cache, recipe).is_none() {
+                    if let Err(e) = image::probe_reachable(recipe) {
+                        eprintln!("vmrepro: {e}");
+                        code = EXIT_ENV;
+                        continue;
+                    }
+                }
+                let built = image::image(&cache, recipe)?;
+                println!(
+                    "image {:<10} {} (stock kernel {})",
+                    release,
+                    built.dir.display(),
+                    built.manifest.stock_kernel_release
+                );
+            }
+            Ok(code)
+        }
+        ImagesCommand::Clean { names } => {
+            let releases: Vec<String> = names
+                .iter()
+                .filter(|n| n.as_str() != "kernels")
+                .map(|n| recipe_of(n).map(|r| r.release.clone()))
+                .collect::<Result<_>>()?;
+            let removed = cache.remove(|row| {
+                names.is_empty()
+                    || (row.kind == kernel::KIND && names.iter().any(|n| n == "kernels"))
+                    || releases.iter().any(|release| {
+                        row.name == *release || row.name.starts_with(&format!("{release}-"))
+                    })
+            })?;
+            for row in &removed {
+                println!("removed {}/{}", row.kind, row.name);
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(EXIT_PASS)
+        }
+        ImagesCommand::Import { release, file } => {
+            host::ensure_tools()?;
+            let recipe = recipe_of(&release)?;
+            let imported = image::import_tarball(&cache, recipe, &file)?;
+            println!(
+                "imported {} as the {release} image ({}; stock kernel {})",
+                file.display(),
+                imported.dir.display(),
+                imported.manifest.stock_kernel_release
+            );
+            Ok(EXIT_PASS)
         }
     }
 }

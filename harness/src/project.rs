@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::image::{self, ImageError, ImageRecipe};
+use crate::kernel::{KernelError, KernelRecipe};
 use crate::scenario::{Scenario, ScenarioError};
 
 /// Why a project could not be loaded.
@@ -16,6 +17,9 @@ pub enum ProjectError {
     /// A recipe is invalid.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The kernel recipe is invalid.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// A scenario is invalid.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
@@ -44,6 +48,8 @@ pub struct Project {
     pub root: PathBuf,
     /// Release recipes by release name.
     pub recipes: BTreeMap<String, ImageRecipe>,
+    /// The Linode-style kernel's recipe (`images/kernels/linode.toml`).
+    pub linode_kernel: KernelRecipe,
 }
 
 impl Project {
@@ -64,9 +70,11 @@ impl Project {
     /// Opens the project at `root`.
     pub fn open(root: &Path) -> Result<Project, ProjectError> {
         let recipes = image::load_recipes(&root.join("images"))?;
+        let linode_kernel = KernelRecipe::load(&root.join("images/kernels/linode.toml"))?;
         Ok(Project {
             root: root.to_owned(),
             recipes,
+            linode_kernel,
         })
     }
 

@@ -156,3 +156,197 @@ fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// One line of the outcome table: a scenario on a cell.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    /// The scenario.
+    pub scenario: String,
+    /// The release.
+    pub release: String,
+    /// The kernel flavour.
+    pub kernel: String,
+    /// What the reboot did to the state the scenario watches:
+    /// `restored`, `NOT restored: …`, or `-` without such expectations.
+    pub after_reboot: String,
+    /// Units that did not end active, with their states.
+    pub units: String,
+    /// `pass`, `FAIL: …`, `ERROR: …` or `skipped: …`.
+    pub verdict: String,
+}
+
+impl Row {
+    /// The row of a finished trial; `snapshot` is the snapshot comparison.
+    pub fn of(outcome: &Outcome, snapshot: Result<(), String>) -> Row {
+        let watched: Vec<&String> = outcome
+            .expect
+            .survive_reboot
+            .iter()
+            .chain(outcome.expect.lost_on_reboot.iter())
+            .collect();
+        let lost: Vec<&crate::run::Change> = outcome
+            .changes
+            .iter()
+            .filter(|c| watched.contains(&&c.name))
+            .collect();
+        let after_reboot = if watched.is_empty() {
+            "-".to_owned()
+        } else if let Some(first) = lost.first() {
+            let detail = outcome
+                .captures
+                .iter()
+                .find(|c| c.name == first.name)
+                .map(crate::run::describe)
+                .unwrap_or_default();
+            format!("NOT restored: {detail}")
+        } else {
+            "restored".to_owned()
+        };
+        let units: Vec<String> = outcome
+            .units
+            .iter()
+            .filter(|(_, state)| state.as_str() != "active")
+            .map(|(unit, state)| format!("{} {state}", unit.trim_end_matches(".service")))
+            .collect();
+        let verdict = match (outcome.passed(), snapshot) {
+            (true, Ok(())) => "pass".to_owned(),
+            (true, Err(e)) => format!("FAIL: {e}"),
+            (false, _) => format!("FAIL: {}", outcome.failures.join("; ")),
+        };
+        Row {
+            scenario: outcome.scenario.clone(),
+            release: outcome.cell.release.clone(),
+            kernel: outcome.cell.kernel.to_string(),
+            after_reboot,
+            units: if units.is_empty() {
+                "all active".into()
+            } else {
+                units.join(", ")
+            },
+            verdict,
+        }
+    }
+
+    /// The row of a trial that did not finish or did not run.
+    pub fn without_outcome(scenario: &str, cell: &crate::scenario::Cell, verdict: String) -> Row {
+        Row {
+            scenario: scenario.to_owned(),
+            release: cell.release.clone(),
+            kernel: cell.kernel.to_string(),
+            after_reboot: "-".into(),
+            units: "-".into(),
+            verdict,
+        }
+    }
+}
+
+/// The outcome table as aligned plain text, sorted by scenario, release
+/// (in the order given) and kernel.
+pub fn table(rows: &[Row]) -> String {
+    let headers = [
+        "scenario",
+        "release",
+        "kernel",
+        "after reboot",
+        "units not active",
+        "verdict",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.scenario.clone(),
+                r.release.clone(),
+                r.kernel.clone(),
+                r.after_reboot.clone(),
+                r.units.clone(),
+                first_line_of(&r.verdict, 90),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &cells {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |values: &[String]| -> String {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i + 1 == values.len() {
+                    v.clone()
+                } else {
+                    format!("{v:<width$}", width = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut out = line(&headers.map(String::from));
+    out.push('\n');
+    for row in &cells {
+        out.push_str(&line(row));
+        out.push('\n');
+    }
+    out
+}
+
+fn first_line_of(text: &str, max: usize) -> String {
+    let line = text.lines().next().unwrap_or("");
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+/// File name of a trial's table row inside its artifacts directory.
+const ROW_FILE: &str = "row.json";
+
+/// Saves a trial's row beside its artifacts, for `vmrepro matrix`.
+pub fn save_row(artifacts: &std::path::Path, row: &Row) {
+    if std::fs::create_dir_all(artifacts).is_ok() {
+        if let Ok(text) = serde_json::to_string_pretty(row) {
+            let _ = std::fs::write(artifacts.join(ROW_FILE), text);
+        }
+    }
+}
+
+/// The rows saved under an artifacts root (`target/vmrepro`).
+pub fn load_rows(root: &std::path::Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let Ok(scenarios) = std::fs::read_dir(root) else {
+        return rows;
+    };
+    for scenario in scenarios.flatten() {
+        let Ok(cells) = std::fs::read_dir(scenario.path()) else {
+            continue;
+        };
+        for cell in cells.flatten() {
+            if let Ok(text) = std::fs::read_to_string(cell.path().join(ROW_FILE)) {
+                if let Ok(row) = serde_json::from_str::<Row>(&text) {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Orders rows by scenario, then release in Debian's order, then kernel.
+pub fn sort_rows(rows: &mut [Row]) {
+    const ORDER: &[&str] = &[
+        "jessie", "stretch", "buster", "bullseye", "bookworm", "trixie", "forky", "sid",
+    ];
+    let rank = |r: &str| ORDER.iter().position(|o| *o == r).unwrap_or(ORDER.len());
+    rows.sort_by(|a, b| {
+        (&a.scenario, rank(&a.release), &a.release, &a.kernel).cmp(&(
+            &b.scenario,
+            rank(&b.release),
+            &b.release,
+            &b.kernel,
+        ))
+    });
+}

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::cache::Cache;
 use crate::capture::{self, Capture, GuestFacts};
 use crate::console::{CommandOutput, Console, ConsoleError};
-use crate::image::{Cache, ImageError};
+use crate::image::{self, ImageError};
+use crate::kernel::{self, KernelError};
 use crate::progress;
 use crate::project::Project;
-use crate::scenario::{Action, Cell, Scenario};
+use crate::scenario::{Action, Cell, Expectations, KernelFlavour, Scenario};
 use crate::vm::{self, AccelChoice, Vm, VmConfig, VmError};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
@@ -37,6 +39,9 @@ pub enum RunError {
     /// The image (or its release) is not available.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The kernel is not available.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// QEMU trouble.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -108,6 +113,8 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Unit → `systemctl is-active` answer, for the expected units.
     pub units: BTreeMap<String, String>,
+    /// The expectations that applied to this cell.
+    pub expect: Expectations,
     /// Failed expectations, one line each; empty when all held.
     pub failures: Vec<String>,
     /// Seconds from QEMU start to the first ready shell.
@@ -141,8 +148,11 @@ pub fn run_cell(
             release: cell.release.clone(),
             dir: project.root.join("images"),
         })?;
-    let image = options.cache.image(recipe)?;
-    let kernel = image.kernel(cell.kernel);
+    let image = image::image(&options.cache, recipe)?;
+    let kernel = match cell.kernel {
+        KernelFlavour::Stock => image.stock_kernel(),
+        KernelFlavour::Linode => kernel::linode(&options.cache, &project.linode_kernel)?,
+    };
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     if artifacts.exists() {
         let _ = std::fs::remove_dir_all(&artifacts);
@@ -262,7 +272,8 @@ pub fn run_cell(
     progress::note(&label, "capturing state");
     let captures = capture::take(&mut console, &scenario.captures, &facts, "at the end")?;
     let mut units = BTreeMap::new();
-    for unit in scenario.expect.units.keys() {
+    let expect = scenario.expectations_for(cell);
+    for unit in expect.units.keys() {
         let out = console.run(
             &format!("reading the state of {unit}"),
             &format!("systemctl is-active {}", crate::image::shell_quote(unit)),
@@ -273,7 +284,7 @@ pub fn run_cell(
     vm.stop();
 
     let changes = persistence_diff(&before_reboot, &captures);
-    let failures = check_expectations(scenario, &units, &changes, &before_reboot);
+    let failures = check_expectations(&expect, &units, &before_reboot, &captures);
     write_artifacts(&artifacts, &before_reboot, &captures);
     Ok(Outcome {
         scenario: scenario.name.clone(),
@@ -286,6 +297,7 @@ pub fn run_cell(
         captures,
         changes,
         units,
+        expect,
         failures,
         first_boot_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
@@ -321,51 +333,82 @@ pub fn persistence_diff(before: &[Capture], after: &[Capture]) -> Vec<Change> {
         .collect()
 }
 
-fn check_expectations(
-    scenario: &Scenario,
+/// Checks a cell's expectations; one verdict line per failure.
+pub fn check_expectations(
+    expect: &Expectations,
     units: &BTreeMap<String, String>,
-    changes: &[Change],
-    before_reboot: &[Capture],
+    before: &[Capture],
+    after: &[Capture],
 ) -> Vec<String> {
+    let find = |captures: &[Capture], name: &str| captures.iter().find(|c| c.name == name).cloned();
     let mut failures = Vec::new();
-    for name in &scenario.expect.survive_reboot {
-        if let Some(change) = changes.iter().find(|c| &c.name == name) {
-            let before = before_reboot
-                .iter()
-                .find(|c| &c.name == name)
-                .map(|c| summarize_rules(&c.text))
-                .unwrap_or_default();
-            failures.push(format!(
-                "{name} did not survive the reboot: {} line(s) lost, {} gained{}",
-                change.lost.len(),
-                change.gained.len(),
-                if before.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (before: {before})")
-                }
-            ));
+    for name in &expect.survive_reboot {
+        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+            if a.text != b.text || a.status != b.status {
+                failures.push(format!(
+                    "{name} not restored after reboot — {}, expected {}",
+                    describe(&a),
+                    describe(&b)
+                ));
+            }
         }
     }
-    for (unit, expected) in &scenario.expect.units {
+    for name in &expect.lost_on_reboot {
+        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+            if a.text == b.text && a.status == b.status {
+                failures.push(format!(
+                    "{name} survived the reboot ({}), but this cell expects it lost; if something fixed it, update the scenario's expectations",
+                    describe(&a)
+                ));
+            }
+        }
+    }
+    for (unit, expected) in &expect.units {
         let got = units.get(unit).map(String::as_str).unwrap_or("(not read)");
         if got != expected {
             failures.push(format!("{unit} is {got}, expected {expected}"));
         }
     }
+    for (name, texts) in &expect.contains {
+        let raw = find(after, name).map(|c| c.raw).unwrap_or_default();
+        for text in texts {
+            if !raw.contains(text.as_str()) {
+                failures.push(format!("{name} lacks {text:?}"));
+            }
+        }
+    }
     failures
 }
 
-/// "INPUT policy DROP with 4 rules"-style summary of iptables-save output.
-fn summarize_rules(text: &str) -> String {
-    let policy = text
+/// A short description of a capture for verdicts: the error if the command
+/// failed, the INPUT chain of an iptables-save, else its size.
+pub fn describe(capture: &Capture) -> String {
+    if capture.status != 0 {
+        let first = capture
+            .raw
+            .lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("[stderr]"))
+            .unwrap_or("no output");
+        return format!(
+            "`{}` exited {}: {first}",
+            capture.command.trim(),
+            capture.status
+        );
+    }
+    let policy = capture
+        .text
         .lines()
         .find_map(|l| l.strip_prefix(":INPUT "))
         .and_then(|l| l.split_whitespace().next());
-    let rules = text.lines().filter(|l| l.starts_with("-A INPUT")).count();
+    let rules = capture
+        .text
+        .lines()
+        .filter(|l| l.starts_with("-A INPUT"))
+        .count();
     match policy {
         Some(policy) => format!("INPUT policy {policy} with {rules} rules"),
-        None => String::new(),
+        None if capture.text.trim().is_empty() => "no rules at all".into(),
+        None => format!("{} lines", capture.text.lines().count()),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Scenario {
     pub captures: Vec<CaptureSpec>,
     /// What must hold at the end of the flow, whatever the snapshot says.
     pub expect: Expectations,
+    /// Per-cell overrides of `expect`, in file order.
+    pub expect_cells: Vec<CellExpectations>,
 }
 
 /// The matrix cells a scenario runs on: every release with every kernel.
@@ -83,16 +85,20 @@ pub enum KernelFlavour {
     /// The release's own kernel package, with its initrd and its module tree in
     /// the guest.
     Stock,
+    /// A monolithic kernel supplied from outside the disk, everything built
+    /// in, no module tree in the guest (as Linode booted its guests in 2015).
+    Linode,
 }
 
 impl KernelFlavour {
     /// Every flavour, in the order tables list them.
-    pub const ALL: &'static [KernelFlavour] = &[KernelFlavour::Stock];
+    pub const ALL: &'static [KernelFlavour] = &[KernelFlavour::Linode, KernelFlavour::Stock];
 
     /// The flavour's name as scenario files and the command line spell it.
     pub fn name(self) -> &'static str {
         match self {
             KernelFlavour::Stock => "stock",
+            KernelFlavour::Linode => "linode",
         }
     }
 
@@ -186,12 +192,49 @@ impl Normalizer {
 
 /// Assertions checked at the end of the flow, independent of the snapshot, so
 /// that accepting a snapshot cannot turn a regression into a pass.
+///
+/// `[expect]` holds what is expected everywhere; `[[expect.cell]]` tables
+/// override it for the releases and kernels they name, in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expectations {
     /// Unit name → the `systemctl is-active` answer it must give.
     pub units: BTreeMap<String, String>,
     /// Captures that must read the same before the last reboot and after it.
     pub survive_reboot: Vec<String>,
+    /// Captures that must read differently after the last reboot: the state
+    /// is expected to be lost (a known failure, asserted so it stays known).
+    pub lost_on_reboot: Vec<String>,
+    /// Capture name → texts its raw output must contain.
+    pub contains: BTreeMap<String, Vec<String>>,
+}
+
+/// Expectations for some cells only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CellExpectations {
+    /// Releases it applies to; all when `None`.
+    pub releases: Option<Vec<String>>,
+    /// Kernels it applies to; all when `None`.
+    pub kernels: Option<Vec<KernelFlavour>>,
+    /// Replaces `survive_reboot` when given.
+    pub survive_reboot: Option<Vec<String>>,
+    /// Replaces `lost_on_reboot` when given.
+    pub lost_on_reboot: Option<Vec<String>>,
+    /// Unit states that replace the general ones, unit by unit.
+    pub units: BTreeMap<String, String>,
+    /// Texts added to the general ones, capture by capture.
+    pub contains: BTreeMap<String, Vec<String>>,
+}
+
+impl CellExpectations {
+    fn applies_to(&self, cell: &Cell) -> bool {
+        self.releases
+            .as_ref()
+            .is_none_or(|r| r.contains(&cell.release))
+            && self
+                .kernels
+                .as_ref()
+                .is_none_or(|k| k.contains(&cell.kernel))
+    }
 }
 
 /// Why a scenario file could not be used.
@@ -420,30 +463,86 @@ impl Scenario {
             });
         }
 
-        let mut expect = Expectations::default();
-        if let Some(raw_expect) = &raw.expect {
-            for name in &raw_expect.survive_reboot {
+        let has_reboot = steps.iter().any(|s| s.action == Action::Reboot);
+        let check_names =
+            |key: &str, names: &[Spanned<String>]| -> Result<Vec<String>, ScenarioError> {
+                let mut out = Vec::new();
+                for name in names {
+                    if !captures.iter().any(|c| &c.name == name.get_ref()) {
+                        return Err(invalid(
+                            Some(name.span()),
+                            format!("key `{key}`: no capture is named {:?}", name.get_ref()),
+                        ));
+                    }
+                    if !has_reboot {
+                        return Err(invalid(
+                            Some(name.span()),
+                            format!("key `{key}`: the scenario has no reboot step"),
+                        ));
+                    }
+                    out.push(name.get_ref().clone());
+                }
+                Ok(out)
+            };
+        let check_contains = |contains: &BTreeMap<Spanned<String>, Vec<String>>| -> Result<BTreeMap<String, Vec<String>>, ScenarioError> {
+            let mut out = BTreeMap::new();
+            for (name, texts) in contains {
                 if !captures.iter().any(|c| &c.name == name.get_ref()) {
                     return Err(invalid(
                         Some(name.span()),
-                        format!(
-                            "key `expect.survive_reboot`: no capture is named {:?}",
-                            name.get_ref()
-                        ),
+                        format!("key `contains`: no capture is named {:?}", name.get_ref()),
                     ));
                 }
-                expect.survive_reboot.push(name.get_ref().clone());
+                out.insert(name.get_ref().clone(), texts.clone());
             }
-            if !expect.survive_reboot.is_empty()
-                && !steps.iter().any(|s| s.action == Action::Reboot)
-            {
-                return Err(invalid(
-                    raw_expect.survive_reboot.first().map(|s| s.span()),
-                    "key `expect.survive_reboot`: the scenario has no reboot step".into(),
-                ));
-            }
+            Ok(out)
+        };
+        let mut expect = Expectations::default();
+        let mut expect_cells = Vec::new();
+        if let Some(raw_expect) = &raw.expect {
+            expect.survive_reboot =
+                check_names("expect.survive_reboot", &raw_expect.survive_reboot)?;
+            expect.lost_on_reboot =
+                check_names("expect.lost_on_reboot", &raw_expect.lost_on_reboot)?;
+            expect.contains = check_contains(&raw_expect.contains)?;
             for (unit, state) in &raw_expect.units {
                 expect.units.insert(unit.clone(), state.get_ref().clone());
+            }
+            for cell in &raw_expect.cell {
+                let raw_cell = cell.get_ref();
+                if let Some(releases) = &raw_cell.releases {
+                    if let Some(bad) = releases
+                        .iter()
+                        .find(|r| !known_releases.contains(r.get_ref()))
+                    {
+                        return Err(invalid(
+                            Some(bad.span()),
+                            format!(
+                                "key `expect.cell.releases`: no image recipe for release {:?}",
+                                bad.get_ref()
+                            ),
+                        ));
+                    }
+                }
+                expect_cells.push(CellExpectations {
+                    releases: raw_cell
+                        .releases
+                        .as_ref()
+                        .map(|r| r.iter().map(|s| s.get_ref().clone()).collect()),
+                    kernels: raw_cell.kernels.clone(),
+                    survive_reboot: raw_cell
+                        .survive_reboot
+                        .as_ref()
+                        .map(|n| check_names("expect.cell.survive_reboot", n))
+                        .transpose()?,
+                    lost_on_reboot: raw_cell
+                        .lost_on_reboot
+                        .as_ref()
+                        .map(|n| check_names("expect.cell.lost_on_reboot", n))
+                        .transpose()?,
+                    units: raw_cell.units.clone(),
+                    contains: check_contains(&raw_cell.contains)?,
+                });
             }
         }
 
@@ -455,7 +554,33 @@ impl Scenario {
             steps,
             captures,
             expect,
+            expect_cells,
         })
+    }
+
+    /// The expectations that hold for one cell: `[expect]` with every
+    /// matching `[[expect.cell]]` applied in file order.
+    pub fn expectations_for(&self, cell: &Cell) -> Expectations {
+        let mut expect = self.expect.clone();
+        for over in self.expect_cells.iter().filter(|c| c.applies_to(cell)) {
+            if let Some(names) = &over.survive_reboot {
+                expect.survive_reboot = names.clone();
+            }
+            if let Some(names) = &over.lost_on_reboot {
+                expect.lost_on_reboot = names.clone();
+            }
+            for (unit, state) in &over.units {
+                expect.units.insert(unit.clone(), state.clone());
+            }
+            for (capture, texts) in &over.contains {
+                expect
+                    .contains
+                    .entry(capture.clone())
+                    .or_default()
+                    .extend(texts.iter().cloned());
+            }
+        }
+        expect
     }
 
     /// Whether the flow reboots the guest at least once.
@@ -544,6 +669,25 @@ struct RawExpect {
     units: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     survive_reboot: Vec<Spanned<String>>,
+    #[serde(default)]
+    lost_on_reboot: Vec<Spanned<String>>,
+    #[serde(default)]
+    contains: BTreeMap<Spanned<String>, Vec<String>>,
+    #[serde(default)]
+    cell: Vec<Spanned<RawCellExpect>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCellExpect {
+    releases: Option<Vec<Spanned<String>>>,
+    kernels: Option<Vec<KernelFlavour>>,
+    survive_reboot: Option<Vec<Spanned<String>>>,
+    lost_on_reboot: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    units: BTreeMap<String, String>,
+    #[serde(default)]
+    contains: BTreeMap<Spanned<String>, Vec<String>>,
 }
 
 #[cfg(test)]
@@ -656,6 +800,28 @@ units = { "netfilter-persistent.service" = "active" }
         assert!(message.contains("cannot be combined"), "{message}");
         let (_, message) = error_of(&GOOD.replace("content = \"a\\n\"\n", ""));
         assert!(message.contains("content"), "{message}");
+    }
+
+    #[test]
+    fn cell_expectations_override_the_general_ones() {
+        let text = format!(
+            "{GOOD}\n[[expect.cell]]\nreleases = [\"trixie\"]\nsurvive_reboot = []\nlost_on_reboot = [\"rules\"]\nunits = {{ \"netfilter-persistent.service\" = \"inactive\" }}\ncontains = {{ \"rules\" = [\"DROP\"] }}\n"
+        );
+        let s = parse(&text).expect("valid");
+        let bookworm = s.expectations_for(&Cell {
+            release: "bookworm".into(),
+            kernel: KernelFlavour::Stock,
+        });
+        assert_eq!(bookworm.survive_reboot, ["rules"]);
+        assert!(bookworm.lost_on_reboot.is_empty());
+        let trixie = s.expectations_for(&Cell {
+            release: "trixie".into(),
+            kernel: KernelFlavour::Stock,
+        });
+        assert!(trixie.survive_reboot.is_empty());
+        assert_eq!(trixie.lost_on_reboot, ["rules"]);
+        assert_eq!(trixie.units["netfilter-persistent.service"], "inactive");
+        assert_eq!(trixie.contains["rules"], ["DROP"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::image::Kernel;
+use crate::kernel::Kernel;
 use crate::process::{self, Registration, Supervisor};
 
 /// How many console lines an error message carries.
@@ -199,7 +199,7 @@ impl Vm {
         }
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-machine", "q35", "-accel", config.accel.accel.name()])
+            .args(["-machine", "pc", "-accel", config.accel.accel.name()])
             .args(["-smp", "1", "-m", &config.memory_mib.to_string()]);
         if config.accel.accel == Accel::Kvm {
             qemu.args(["-cpu", "host"]);

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use vmrepro::image::{self, Cache};
+use vmrepro::cache::Cache;
+use vmrepro::image;
 use vmrepro::project::Project;
 use vmrepro::run::{self, RunOptions};
 use vmrepro::scenario::{Cell, Scenario};
@@ -27,18 +28,28 @@ fn main() -> ExitCode {
     // insta would otherwise ask `cargo metadata` for the workspace.
     std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
 
+    let shared = Arc::new(Shared::default());
     let trials = match Project::open(&root).and_then(|p| p.scenarios().map(|s| (p, s))) {
-        Ok((project, scenarios)) => trials(Arc::new(project), scenarios),
+        Ok((project, scenarios)) => trials(Arc::new(project), scenarios, &shared),
         Err(e) => {
             let message = e.to_string();
             vec![Trial::test("scenario files", move || Err(message.into()))]
         }
     };
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Ok(mut rows) = shared.rows.lock() {
+        if !rows.is_empty() {
+            report::sort_rows(&mut rows);
+            println!(
+                "\nOutcome table (release × kernel × scenario):\n\n{}",
+                report::table(&rows)
+            );
+        }
+    }
+    conclusion.exit_code()
 }
 
-fn trials(project: Arc<Project>, scenarios: Vec<Scenario>) -> Vec<Trial> {
-    let shared = Arc::new(Shared::default());
+fn trials(project: Arc<Project>, scenarios: Vec<Scenario>, shared: &Arc<Shared>) -> Vec<Trial> {
     let mut trials = Vec::new();
     for scenario in scenarios {
         let scenario = Arc::new(scenario);
@@ -58,6 +69,20 @@ fn trials(project: Arc<Project>, scenarios: Vec<Scenario>) -> Vec<Trial> {
 struct Shared {
     host: OnceLock<Result<RunOptions, String>>,
     probes: Mutex<std::collections::BTreeMap<String, Result<(), String>>>,
+    rows: Mutex<Vec<report::Row>>,
+}
+
+impl Shared {
+    /// Keeps a trial's row for the table at the end and beside its artifacts.
+    fn record(&self, project: &Project, scenario: &Scenario, cell: &Cell, row: report::Row) {
+        report::save_row(
+            &project.artifacts_dir(&scenario.name, &cell.to_string()),
+            &row,
+        );
+        if let Ok(mut rows) = self.rows.lock() {
+            rows.push(row);
+        }
+    }
 }
 
 impl Shared {
@@ -90,7 +115,7 @@ impl Shared {
         let Some(recipe) = project.recipes.get(release) else {
             return Err(format!("no recipe for {release}"));
         };
-        if options.cache.lookup(recipe).is_some() {
+        if image::lookup(&options.cache, recipe).is_some() {
             return Ok(());
         }
         let mut probes = self.probes.lock().map_err(|e| e.to_string())?;
@@ -110,19 +135,52 @@ fn run_trial(
     let options = shared.options()?;
     if let Err(reason) = shared.reachable(project, &options, &cell.release) {
         if required(&cell.release) {
+            shared.record(
+                project,
+                scenario,
+                cell,
+                report::Row::without_outcome(&scenario.name, cell, format!("ERROR: {reason}")),
+            );
             return Err(format!("{} is required here and {reason}", cell.release).into());
         }
+        shared.record(
+            project,
+            scenario,
+            cell,
+            report::Row::without_outcome(&scenario.name, cell, format!("skipped: {reason}")),
+        );
         return Ok(Completion::ignored_with(reason));
     }
-    let outcome = run::run_cell(project, scenario, cell, &options).map_err(|e| {
-        let report = report::markdown_error(scenario, &cell.to_string(), &e);
-        Failed::from(report)
-    })?;
+    let outcome = match run::run_cell(project, scenario, cell, &options) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or("").to_owned();
+            shared.record(
+                project,
+                scenario,
+                cell,
+                report::Row::without_outcome(&scenario.name, cell, format!("ERROR: {first}")),
+            );
+            return Err(report::markdown_error(scenario, &cell.to_string(), &e).into());
+        }
+    };
     eprintln!(
         "vmrepro: {} on {}: first boot {:.1}s, trial {:.1}s",
         scenario.name, cell, outcome.first_boot_seconds, outcome.total_seconds
     );
     let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome);
+    shared.record(
+        project,
+        scenario,
+        cell,
+        report::Row::of(
+            &outcome,
+            compared
+                .as_ref()
+                .map(|_| ())
+                .map_err(|_| "snapshot differs".to_owned()),
+        ),
+    );
     let mut problems = Vec::new();
     if !outcome.passed() {
         problems.push(format!("verdict: {}", outcome.failures.join("; ")));

@@ -1,0 +1,343 @@
+//! Kernels booted directly by QEMU: a release's stock kernel (taken out of its
+//! image, see [`crate::image`]) or a Linode-style monolithic kernel built here
+//! from Debian's `linux-source` package.
+//!
+//! The Linode-style kernel has everything built in and no modules, so a guest
+//! booted with it has no `/lib/modules/$(uname -r)` tree: the condition of the
+//! founding bug. Its configuration is `make allnoconfig` plus the committed
+//! fragment `images/kernels/linode.config`, which keeps a cold build to a few
+//! minutes; the build is cached, keyed by the fragment and the source version.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{Cache, CacheError};
+use crate::host::{self, HostError};
+use crate::process::{self, ProcessError};
+use crate::progress;
+use crate::scenario::KernelFlavour;
+
+/// Bump when the build steps change what comes out.
+const KERNEL_FORMAT: &str = "vmrepro-kernel-1";
+
+/// The cache kind kernels live under.
+pub const KIND: &str = "kernels";
+
+/// Host packages a kernel build needs besides the source package.
+const BUILD_PACKAGES: &[&str] = &[
+    "make",
+    "gcc",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+];
+
+/// A kernel ready for direct boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// The flavour.
+    pub flavour: KernelFlavour,
+    /// The kernel image (`-kernel`).
+    pub image: PathBuf,
+    /// The initrd (`-initrd`), if the kernel needs one.
+    pub initrd: Option<PathBuf>,
+    /// `uname -r` of the kernel.
+    pub release: String,
+}
+
+/// How to build a custom kernel: `images/kernels/NAME.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRecipe {
+    /// The Debian package with the kernel source tarball in `/usr/src`.
+    pub source_package: String,
+    /// The configuration fragment, relative to the recipe.
+    pub config: String,
+    /// The fragment's text (read from `config`).
+    #[serde(skip)]
+    pub fragment: String,
+}
+
+/// Why a kernel could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The recipe is unreadable or invalid.
+    #[error("{path}: {message}")]
+    Recipe {
+        /// The recipe or fragment.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The host lacks the source or the tools.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A build step failed.
+    #[error("building the Linode-style kernel: {0}")]
+    Build(#[from] ProcessError),
+    /// The configuration does not contain what the fragment asks for.
+    #[error("building the Linode-style kernel: the configuration lacks {missing:?}; their dependencies are not met in this kernel version")]
+    Config {
+        /// Options the fragment sets that the final configuration lacks.
+        missing: Vec<String>,
+    },
+    /// Something else about the build went wrong.
+    #[error("building the Linode-style kernel: {0}")]
+    Other(String),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// What a kernel build records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelManifest {
+    /// `uname -r` of the built kernel.
+    pub release: String,
+    /// The source package's version.
+    pub source_version: String,
+    /// Seconds the build took.
+    pub build_seconds: f64,
+}
+
+impl KernelRecipe {
+    /// Reads a recipe and its fragment.
+    pub fn load(path: &Path) -> Result<KernelRecipe, KernelError> {
+        let recipe_error = |message: String| KernelError::Recipe {
+            path: path.to_owned(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| recipe_error(format!("cannot read: {e}")))?;
+        let mut recipe: KernelRecipe = toml::from_str(&text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let line = text[..offset].matches('\n').count() + 1;
+            recipe_error(format!("line {line}: {}", e.message().trim()))
+        })?;
+        let fragment_path = path.parent().unwrap_or(Path::new(".")).join(&recipe.config);
+        recipe.fragment =
+            std::fs::read_to_string(&fragment_path).map_err(|e| KernelError::Recipe {
+                path: fragment_path.clone(),
+                message: format!("cannot read the configuration fragment: {e}"),
+            })?;
+        Ok(recipe)
+    }
+
+    /// The options the fragment turns on (`CONFIG_X=y`).
+    pub fn required_options(&self) -> Vec<String> {
+        self.fragment
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix("=y"))
+            .filter(|o| o.starts_with("CONFIG_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The cache key for a source version.
+    pub fn key(&self, source_version: &str) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            KERNEL_FORMAT,
+            &self.source_package,
+            source_version,
+            &self.fragment,
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        let digest = hasher.finalize();
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("linode-{hex}")
+    }
+}
+
+/// The Linode-style kernel, built into the cache if it is not there.
+pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
+    let packages: Vec<&str> = std::iter::once(recipe.source_package.as_str())
+        .chain(BUILD_PACKAGES.iter().copied())
+        .collect();
+    host::ensure_packages("building the Linode-style kernel", &packages)?;
+    let source_version = host::package_version(&recipe.source_package)
+        .ok_or_else(|| KernelError::Other(format!("{} is not installed", recipe.source_package)))?;
+    let key = recipe.key(&source_version);
+    let entry = cache.get_or_build(KIND, &key, "kernel linode", |work| {
+        build(recipe, &source_version, work)
+    })?;
+    Ok(Kernel {
+        flavour: KernelFlavour::Linode,
+        image: entry.dir.join("vmlinuz"),
+        initrd: None,
+        release: entry.meta.release,
+    })
+}
+
+/// The cached Linode-style kernel, without building or installing anything.
+pub fn lookup_linode(cache: &Cache, recipe: &KernelRecipe) -> Option<Kernel> {
+    let version = host::package_version(&recipe.source_package)?;
+    let entry = cache.lookup::<KernelManifest>(KIND, &recipe.key(&version))?;
+    Some(Kernel {
+        flavour: KernelFlavour::Linode,
+        image: entry.dir.join("vmlinuz"),
+        initrd: None,
+        release: entry.meta.release,
+    })
+}
+
+fn build(
+    recipe: &KernelRecipe,
+    source_version: &str,
+    work: &Path,
+) -> Result<KernelManifest, KernelError> {
+    let label = "kernel linode";
+    let started = Instant::now();
+    let tarball = ["tar.xz", "tar.bz2", "tar.gz"]
+        .iter()
+        .map(|ext| PathBuf::from(format!("/usr/src/{}.{ext}", recipe.source_package)))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            KernelError::Other(format!(
+                "no source tarball /usr/src/{}.tar.*",
+                recipe.source_package
+            ))
+        })?;
+    let src_parent = work.join("src");
+    std::fs::create_dir_all(&src_parent).map_err(|e| KernelError::Other(e.to_string()))?;
+    let log = work.join("build.log");
+    let step =
+        |what: &str, mut command: Command, cwd: &Path, timeout: u64| -> Result<(), KernelError> {
+            command.current_dir(cwd);
+            process::run_logged(
+                &format!("{label}: {what}"),
+                command,
+                &log,
+                Duration::from_secs(timeout),
+            )?;
+            Ok(())
+        };
+
+    progress::note(
+        label,
+        &format!("unpacking {} {source_version}", recipe.source_package),
+    );
+    let mut tar = Command::new("tar");
+    tar.arg("-xf").arg(&tarball);
+    step("unpacking the source", tar, &src_parent, 600)?;
+    let src = std::fs::read_dir(&src_parent)
+        .map_err(|e| KernelError::Other(e.to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("Makefile").exists())
+        .ok_or_else(|| KernelError::Other("the source tarball has no kernel tree".into()))?;
+
+    progress::note(
+        label,
+        "configuring: allnoconfig plus images/kernels/linode.config",
+    );
+    let fragment = work.join("linode.config");
+    std::fs::write(&fragment, &recipe.fragment).map_err(|e| KernelError::Other(e.to_string()))?;
+    let mut make = Command::new("make");
+    make.arg("allnoconfig");
+    step("make allnoconfig", make, &src, 300)?;
+    let mut merge = Command::new("scripts/kconfig/merge_config.sh");
+    merge.args(["-m", ".config"]).arg(&fragment);
+    step("merging the fragment", merge, &src, 300)?;
+    let mut make = Command::new("make");
+    make.arg("olddefconfig");
+    step("make olddefconfig", make, &src, 300)?;
+    let config = std::fs::read_to_string(src.join(".config"))
+        .map_err(|e| KernelError::Other(e.to_string()))?;
+    let missing: Vec<String> = recipe
+        .required_options()
+        .into_iter()
+        .filter(|o| !config.lines().any(|l| l == format!("{o}=y")))
+        .collect();
+    if !missing.is_empty() {
+        return Err(KernelError::Config { missing });
+    }
+
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    progress::note(
+        label,
+        &format!("compiling with {jobs} jobs (a few minutes; progress every 15s)"),
+    );
+    let mut make = Command::new("make");
+    make.arg(format!("-j{jobs}")).arg("bzImage");
+    step("compiling", make, &src, 3600)?;
+    let release = process::output(
+        "make",
+        &["-s", "-C", &src.to_string_lossy(), "kernelrelease"],
+        Duration::from_secs(60),
+    )?
+    .trim()
+    .to_owned();
+    std::fs::copy(src.join("arch/x86/boot/bzImage"), work.join("vmlinuz"))
+        .map_err(|e| KernelError::Other(e.to_string()))?;
+    std::fs::copy(src.join(".config"), work.join("config"))
+        .map_err(|e| KernelError::Other(e.to_string()))?;
+    std::fs::remove_dir_all(&src_parent).map_err(|e| KernelError::Other(e.to_string()))?;
+    let _ = std::fs::remove_file(&fragment);
+    let build_seconds = started.elapsed().as_secs_f64();
+    progress::note(label, &format!("{release} built in {build_seconds:.0}s"));
+    Ok(KernelManifest {
+        release,
+        source_version: source_version.to_owned(),
+        build_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(fragment: &str) -> KernelRecipe {
+        KernelRecipe {
+            source_package: "linux-source-6.1".into(),
+            config: "linode.config".into(),
+            fragment: fragment.into(),
+        }
+    }
+
+    #[test]
+    fn required_options_are_the_ones_turned_on() {
+        let r = recipe("# comment\nCONFIG_A=y\n# CONFIG_MODULES is not set\nCONFIG_LOCALVERSION=\"-x\"\nCONFIG_B=y\n");
+        assert_eq!(r.required_options(), ["CONFIG_A", "CONFIG_B"]);
+    }
+
+    #[test]
+    fn the_key_follows_the_fragment_and_the_source_version() {
+        let a = recipe("CONFIG_A=y\n");
+        assert_eq!(a.key("6.1.1"), a.key("6.1.1"));
+        assert_ne!(a.key("6.1.1"), a.key("6.1.2"));
+        assert_ne!(a.key("6.1.1"), recipe("CONFIG_B=y\n").key("6.1.1"));
+        assert!(a.key("6.1.1").starts_with("linode-"));
+    }
+
+    #[test]
+    fn the_committed_fragment_makes_a_moduleless_linode_kernel() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/kernels/linode.toml");
+        let r = KernelRecipe::load(&path).expect("committed recipe loads");
+        assert!(r.fragment.contains("# CONFIG_MODULES is not set"));
+        assert!(r
+            .fragment
+            .contains("CONFIG_LOCALVERSION=\"-x86_64-linode\""));
+        for option in [
+            "CONFIG_BLK_DEV_LOOP",
+            "CONFIG_VIRTIO_BLK",
+            "CONFIG_EXT4_FS",
+            "CONFIG_IP_NF_FILTER",
+            "CONFIG_NF_TABLES",
+            "CONFIG_DEVTMPFS_MOUNT",
+        ] {
+            assert!(r.required_options().iter().any(|o| o == option), "{option}");
+        }
+    }
+}
