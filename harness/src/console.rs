@@ -8,8 +8,11 @@
 //! guest, so the echo of the command line itself can never match them, and
 //! terminal escapes, banners or a stray kernel line cannot corrupt a result.
 
+use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -78,6 +81,8 @@ pub enum ConsoleError {
 /// A root shell in the guest.
 pub struct Console {
     session: StreamSession<UnixStream>,
+    stream: UnixStream,
+    detached: Arc<AtomicBool>,
     kernel_log: Option<PathBuf>,
     next_id: u64,
     nonce: String,
@@ -96,13 +101,23 @@ impl Console {
         stream: UnixStream,
         kernel_log: Option<PathBuf>,
     ) -> Result<Console, ConsoleError> {
-        let reader = stream.try_clone().map_err(|e| ConsoleError::Io {
+        let io = |e: std::io::Error| ConsoleError::Io {
             what: "attaching".into(),
             message: e.to_string(),
-        })?;
+        };
+        // A read timeout lets the reader thread notice a detach (for an
+        // interactive shell) instead of blocking forever on the socket.
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(io)?;
+        let detached = Arc::new(AtomicBool::new(false));
+        let reader = DetachableReader {
+            stream: stream.try_clone().map_err(io)?,
+            detached: detached.clone(),
+        };
         let session = rexpect::session::StreamSession::new(
             reader,
-            stream,
+            stream.try_clone().map_err(io)?,
             rexpect::reader::Options::default().timeout_ms(Some(POLL)),
         );
         let nonce = format!(
@@ -114,6 +129,8 @@ impl Console {
         );
         Ok(Console {
             session,
+            stream,
+            detached,
             kernel_log,
             next_id: 0,
             nonce,
@@ -285,6 +302,28 @@ impl Console {
         self.wait_ready(what, timeout)
     }
 
+    /// Hands the raw control port over, for an interactive session: turns
+    /// terminal echo back on, gives the shell a prompt, and stops reading.
+    pub fn into_interactive(
+        mut self,
+        prompt: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<UnixStream, ConsoleError> {
+        let what = "preparing the interactive shell";
+        self.send(
+            what,
+            &format!(
+                "stty sane rows {rows} cols {cols} 2>/dev/null; export TERM=xterm-256color PS1={}; unset PROMPT_COMMAND; cd /root\n",
+                shell_quote(prompt)
+            ),
+        )?;
+        self.detached.store(true, Ordering::SeqCst);
+        // Let the reader thread see the flag before handing the port over.
+        std::thread::sleep(Duration::from_millis(400));
+        Ok(self.stream)
+    }
+
     fn fresh_id(&mut self) -> String {
         self.next_id += 1;
         format!("{}{}", self.nonce, self.next_id)
@@ -353,6 +392,29 @@ impl Console {
         ConsoleError::Protocol {
             what: what.to_owned(),
             message,
+        }
+    }
+}
+
+/// Reads the control port until detached; then reports end of file, which
+/// ends rexpect's reader thread.
+struct DetachableReader {
+    stream: UnixStream,
+    detached: Arc<AtomicBool>,
+}
+
+impl Read for DetachableReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.detached.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            match self.stream.read(buf) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    continue
+                }
+                other => return other,
+            }
         }
     }
 }

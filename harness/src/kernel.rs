@@ -158,15 +158,22 @@ impl KernelRecipe {
     }
 }
 
-/// The Linode-style kernel, built into the cache if it is not there.
-pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
+/// The cache key of the Linode-style kernel on this host (it depends on the
+/// installed source package, which is installed first if allowed).
+pub fn key(recipe: &KernelRecipe) -> Result<String, KernelError> {
     let packages: Vec<&str> = std::iter::once(recipe.source_package.as_str())
         .chain(BUILD_PACKAGES.iter().copied())
         .collect();
     host::ensure_packages("building the Linode-style kernel", &packages)?;
     let source_version = host::package_version(&recipe.source_package)
         .ok_or_else(|| KernelError::Other(format!("{} is not installed", recipe.source_package)))?;
-    let key = recipe.key(&source_version);
+    Ok(recipe.key(&source_version))
+}
+
+/// The Linode-style kernel, built into the cache if it is not there.
+pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
+    let key = key(recipe)?;
+    let source_version = host::package_version(&recipe.source_package).unwrap_or_default();
     let entry = cache.get_or_build(KIND, &key, "kernel linode", |work| {
         build(recipe, &source_version, work)
     })?;

@@ -31,8 +31,11 @@ const EXIT_ENV: u8 = 3;
 )]
 struct Cli {
     /// Print no progress lines.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Print every progress event as its own line, even on a terminal.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +75,13 @@ enum Command {
         /// Format of the outcome table printed at the end.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// How many guests run at once (default: from cores and free memory).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// Run only share K of N of the selected cells (1-based), to split a
+        /// suite across machines; the same split as `VMREPRO_SHARD` in `cargo test`.
+        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
     },
     /// List scenarios and their matrix cells.
     List,
@@ -88,6 +98,32 @@ enum Command {
     Images(ImagesCommand),
     /// Check the host tools and install what is missing (as root, with apt).
     Setup,
+    /// Check the host without changing it: tools, accelerator, cache, mirrors.
+    Doctor,
+    /// An interactive root shell in a guest, optionally after a scenario's
+    /// steps (reboots included). Ctrl-] leaves; the guest is always stopped.
+    #[command(
+        after_help = "Examples:\n  vmrepro shell --release bookworm --kernel linode\n  vmrepro shell --release trixie --kernel stock --after netfilter-persistent-reboot"
+    )]
+    Shell {
+        /// Release to boot.
+        #[arg(long)]
+        release: String,
+        /// Kernel flavour.
+        #[arg(long, default_value = "stock")]
+        kernel: String,
+        /// Run this scenario's steps first.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Write a commented scenario skeleton to scenarios/NAME.toml.
+    #[command(
+        after_help = "Example:\n  vmrepro new sshd-port-after-reboot\n  vmrepro repro sshd-port-after-reboot"
+    )]
+    New {
+        /// The scenario's name (letters, digits, `-` and `_`).
+        name: String,
+    },
 }
 
 /// Output formats of `run` and `matrix`.
@@ -123,6 +159,19 @@ enum ImagesCommand {
         /// Releases (or `kernels`) to remove; everything when none are named.
         names: Vec<String>,
     },
+    /// Print the cache key of a release's image, or of the Linode-style kernel
+    /// (for CI caches such as actions/cache).
+    #[command(
+        after_help = "Examples:\n  vmrepro images key bookworm\n  vmrepro images key --kernel"
+    )]
+    Key {
+        /// The release whose image key to print.
+        #[arg(required_unless_present = "kernel")]
+        release: Option<String>,
+        /// Print the Linode-style kernel's key instead (installs its source package if allowed).
+        #[arg(long, conflicts_with = "release")]
+        kernel: bool,
+    },
     /// Use your own root file system tarball as a release's image, instead of
     /// a bootstrapped one (until `vmrepro images clean RELEASE`).
     #[command(after_help = "Example:\n  vmrepro images import bookworm my-server-rootfs.tar.gz")]
@@ -137,6 +186,7 @@ enum ImagesCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
+    progress::set_live(!cli.verbose && !cli.quiet);
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -199,6 +249,29 @@ fn dispatch(command: Command) -> Result<u8> {
             print_rows(&rows, format)?;
             Ok(EXIT_PASS)
         }
+        Command::Doctor => doctor(&project),
+        Command::Shell {
+            release,
+            kernel,
+            after,
+        } => {
+            let scenario = after.map(|name| project.scenario(&name)).transpose()?;
+            let cell = Cell {
+                release: project
+                    .recipes
+                    .get(&release)
+                    .map(|r| r.release.clone())
+                    .ok_or_else(|| {
+                        UsageError(format!("no image recipe for release {release:?}"))
+                    })?,
+                kernel: parse_kernel(&kernel)?,
+            };
+            let options = run_options()?;
+            run::shell(&project, scenario.as_ref(), &cell, &options, interactive)?;
+            eprintln!("\nvmrepro: left the shell; the guest is stopped");
+            Ok(EXIT_PASS)
+        }
+        Command::New { name } => new_scenario(&project, &name),
         Command::Setup => {
             host::ensure_tools()?;
             for tool in host::TOOLS {
@@ -265,6 +338,8 @@ fn dispatch(command: Command) -> Result<u8> {
             release,
             kernel,
             format,
+            jobs,
+            shard,
         } => {
             let selected: Vec<Scenario> = if scenarios.is_empty() {
                 project.scenarios()?
@@ -276,32 +351,58 @@ fn dispatch(command: Command) -> Result<u8> {
             };
             let kernel = kernel.as_deref().map(parse_kernel).transpose()?;
             let options = run_options()?;
-            let mut rows = Vec::new();
-            let mut worst = EXIT_PASS;
-            for scenario in &selected {
-                for cell in scenario.matrix.cells() {
-                    if release.as_ref().is_some_and(|r| r != &cell.release)
-                        || kernel.is_some_and(|k| k != cell.kernel)
-                    {
-                        continue;
-                    }
-                    let (row, code) = run_and_compare(&project, scenario, &cell, &options);
-                    report::save_row(
-                        &project.artifacts_dir(&scenario.name, &cell.to_string()),
-                        &row,
-                    );
-                    worst = worst.max(code);
-                    rows.push(row);
-                }
-            }
-            if rows.is_empty() {
+            let cells: Vec<(Scenario, Cell)> = selected
+                .iter()
+                .flat_map(|scenario| {
+                    scenario
+                        .matrix
+                        .cells()
+                        .into_iter()
+                        .filter(|cell| {
+                            release.as_ref().is_none_or(|r| r == &cell.release)
+                                && kernel.is_none_or(|k| k == cell.kernel)
+                        })
+                        .map(|cell| (scenario.clone(), cell))
+                })
+                .collect();
+            let cells: Vec<(Scenario, Cell)> = match shard {
+                Some((k, n)) => cells
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % n == k - 1)
+                    .map(|(_, c)| c)
+                    .collect(),
+                None => cells,
+            };
+            if cells.is_empty() {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
             }
+            let jobs = jobs
+                .unwrap_or_else(|| default_jobs(options.memory_mib))
+                .max(1);
+            progress::note(
+                "vmrepro",
+                &format!("{} cell(s), {jobs} at a time", cells.len()),
+            );
+            let results = run_concurrently(&project, cells, &options, jobs)?;
+            let worst = results
+                .iter()
+                .map(|(_, code)| *code)
+                .max()
+                .unwrap_or(EXIT_PASS);
+            let mut rows: Vec<report::Row> = results.into_iter().map(|(row, _)| row).collect();
             report::sort_rows(&mut rows);
             print_rows(&rows, format)?;
             Ok(worst)
         }
     }
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    text.split_once('/')
+        .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .filter(|(k, n): &(usize, usize)| *n > 0 && (1..=*n).contains(k))
+        .ok_or_else(|| format!("{text:?}: expected K/N with 1 <= K <= N, such as 2/4"))
 }
 
 fn run_options() -> Result<RunOptions> {
@@ -387,10 +488,89 @@ fn run_and_compare(
     }
 }
 
+/// Runs cells with at most `jobs` guests at once. Each guest is driven on a
+/// blocking thread of its own; the cache is the only state they share, and
+/// it is locked.
+fn run_concurrently(
+    project: &Project,
+    cells: Vec<(Scenario, Cell)>,
+    options: &RunOptions,
+    jobs: usize,
+) -> Result<Vec<(report::Row, u8)>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(jobs)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
+        let mut handles = Vec::new();
+        for (scenario, cell) in cells {
+            let permit = permits.clone().acquire_owned().await?;
+            let (project, options) = (project.clone(), options.clone());
+            handles.push(tokio::task::spawn_blocking(move || {
+                let result = run_and_compare(&project, &scenario, &cell, &options);
+                report::save_row(
+                    &project.artifacts_dir(&scenario.name, &cell.to_string()),
+                    &result.0,
+                );
+                drop(permit);
+                result
+            }));
+        }
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await?);
+        }
+        Ok(results)
+    })
+}
+
+/// As many guests as there are cores, but no more than free memory holds.
+fn default_jobs(memory_mib: u32) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let available_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(u64::from(memory_mib) * 2);
+    // Each guest costs its memory plus QEMU's own overhead.
+    let by_memory = (available_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
+    cores.min(by_memory)
+}
+
 fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     match format {
         Format::Text if rows.is_empty() => {
             println!("no results yet: run `vmrepro run` or `cargo test`")
+        }
+        Format::Text if colour => {
+            for line in report::table(rows).lines() {
+                let code = if line.ends_with("  pass") {
+                    "32"
+                } else if line.contains("  FAIL") || line.contains("  ERROR") {
+                    "31"
+                } else if line.contains("  skipped") {
+                    "33"
+                } else {
+                    ""
+                };
+                if code.is_empty() {
+                    println!("{line}");
+                } else {
+                    println!("\x1b[{code}m{line}\x1b[0m");
+                }
+            }
         }
         Format::Text => print!("{}", report::table(rows)),
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
@@ -490,6 +670,14 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             }
             Ok(EXIT_PASS)
         }
+        ImagesCommand::Key { release, kernel } => {
+            if kernel {
+                println!("{}", kernel::key(&project.linode_kernel)?);
+            } else if let Some(release) = release {
+                println!("{}", image::key(recipe_of(&release)?));
+            }
+            Ok(EXIT_PASS)
+        }
         ImagesCommand::Import { release, file } => {
             host::ensure_tools()?;
             let recipe = recipe_of(&release)?;
@@ -502,5 +690,265 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             );
             Ok(EXIT_PASS)
         }
+    }
+}
+
+fn doctor(project: &Project) -> Result<u8> {
+    let mut problems = 0;
+    println!("host tools:");
+    for tool in host::TOOLS {
+        match host::find_command(tool.command) {
+            Some(path) => {
+                let version = host::tool_version(tool.command).unwrap_or_default();
+                println!(
+                    "  ok       {:<20} {} ({version})",
+                    tool.command,
+                    path.display()
+                );
+            }
+            None => {
+                problems += 1;
+                println!(
+                    "  MISSING  {:<20} {}; fix: run `vmrepro setup` as root, or:\n{}",
+                    tool.command,
+                    tool.purpose,
+                    host::InstallPlan::for_host()
+                        .shell_commands(&[*tool])
+                        .lines()
+                        .map(|l| format!("             {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+    }
+    let source = &project.linode_kernel.source_package;
+    match host::package_version(source) {
+        Some(version) => println!("  ok       {source:<20} {version} (for the Linode-style kernel)"),
+        None => println!(
+            "  later    {source:<20} not installed; the first Linode-style cell installs it (as root) or asks you to"
+        ),
+    }
+    match vm::choose_accel() {
+        Ok(accel) => println!("accelerator: {} ({})", accel.accel.name(), accel.reason),
+        Err(e) => {
+            problems += 1;
+            println!("accelerator: {e}");
+        }
+    }
+    let cache = Cache::from_env();
+    let entries = cache.list();
+    let bytes: u64 = entries.iter().map(|e| e.bytes).sum();
+    println!(
+        "cache: {} ({} entries, {:.1} GiB)",
+        cache.root().display(),
+        entries.len(),
+        bytes as f64 / (1u64 << 30) as f64
+    );
+    println!("releases:");
+    for (release, recipe) in &project.recipes {
+        let cached = image::lookup(&cache, recipe).is_some();
+        let mirror = recipe
+            .mirror()
+            .unwrap_or_else(|| "mmdebstrap's default".into());
+        match image::probe_reachable(recipe) {
+            Ok(()) => println!(
+                "  ok       {release:<9} {mirror}{}",
+                if cached { " (image cached)" } else { "" }
+            ),
+            Err(e) if cached => println!("  ok       {release:<9} image cached; mirror unreachable: {e}"),
+            Err(e) => println!(
+                "  skip     {release:<9} {e}; its trials are skipped. Fix: set VMREPRO_MIRROR_{} to a mirror or proxy you can reach, or `vmrepro images import {release} ROOTFS.tar`",
+                release.to_uppercase()
+            ),
+        }
+    }
+    if problems == 0 {
+        println!("no problems found");
+        Ok(EXIT_PASS)
+    } else {
+        println!("{problems} problem(s) found");
+        Ok(EXIT_ENV)
+    }
+}
+
+/// A scenario skeleton that runs as written.
+const SKELETON: &str = r#"# What does the bug report say breaks, and after what?
+name = "NAME"
+description = """
+Describe the bug in a sentence or two: what the user did, what they expected
+after the reboot, and what they got instead. Link the bug report.
+"""
+
+# Which releases and kernels to try: releases are the files in images/,
+# kernels are "stock" (the release's own) and "linode" (monolithic, no modules).
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+
+# Steps run in order, as root, in bash. A `run` step must exit 0 unless you
+# give `status = N`. `write` replaces a file; `reboot = true` reboots the guest
+# and waits until it is back.
+[[step]]
+title = "configure what the report configured"
+write = "/etc/vmrepro-example.conf"
+content = """
+setting = value
+"""
+
+[[step]]
+title = "do what the report did"
+run = "cp /etc/vmrepro-example.conf /etc/vmrepro-example.conf.saved"
+
+[[step]]
+reboot = true
+
+# Captures are recorded into the snapshot (snapshots/NAME@RELEASE-KERNEL.snap),
+# taken at the end and also just before the last reboot.
+[[capture]]
+name = "saved configuration"
+run = "cat /etc/vmrepro-example.conf.saved"
+
+[[capture]]
+name = "failed units"
+run = "systemctl list-units --state=failed --no-legend --plain | sort"
+
+# What must hold whatever the snapshot says.
+[expect]
+survive_reboot = ["saved configuration"]
+"#;
+
+fn new_scenario(project: &Project, name: &str) -> Result<u8> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(UsageError(format!("{name:?}: use only letters, digits, `-` and `_`")).into());
+    }
+    let path = project.scenarios_dir().join(format!("{name}.toml"));
+    if path.exists() {
+        return Err(UsageError(format!("{} exists already", path.display())).into());
+    }
+    std::fs::write(&path, SKELETON.replace("NAME", name))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}\nedit it, then: vmrepro repro {name}",
+        path.display()
+    );
+    Ok(EXIT_PASS)
+}
+
+/// The key that leaves the interactive shell: Ctrl-].
+const ESCAPE: u8 = 0x1d;
+
+/// Connects the terminal to the guest's shell until Ctrl-] or until the
+/// guest goes away.
+fn interactive(stream: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    eprintln!("vmrepro: root shell in the guest; Ctrl-] leaves and stops the guest");
+    let _raw = RawTerminal::enter();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut to_guest = stream.try_clone()?;
+    to_guest.write_all(b"\n")?;
+    let input_done = done.clone();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut byte = [0u8; 1];
+        while !input_done.load(Ordering::SeqCst) {
+            match stdin.read(&mut byte) {
+                Ok(1) if byte[0] != ESCAPE => {
+                    if to_guest.write_all(&byte).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        input_done.store(true, Ordering::SeqCst);
+    });
+    let mut from_guest = stream;
+    let mut stdout = std::io::stdout();
+    let mut buf = [0u8; 4096];
+    while !done.load(Ordering::SeqCst) {
+        match from_guest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                stdout.write_all(&buf[..n])?;
+                stdout.flush()?;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Puts the terminal in raw mode (when standard input is one) and restores
+/// it when dropped.
+struct RawTerminal {
+    saved: Option<libc::termios>,
+}
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        // SAFETY: termios calls on standard input with structs we own.
+        unsafe {
+            if libc::isatty(libc::STDIN_FILENO) != 1 {
+                return RawTerminal { saved: None };
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
+                return RawTerminal { saved: None };
+            }
+            let mut raw = saved;
+            libc::cfmakeraw(&mut raw);
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
+            RawTerminal { saved: Some(saved) }
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: restores the attributes saved above.
+            unsafe {
+                libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_skeleton_is_a_valid_scenario() {
+        let text = SKELETON.replace("NAME", "example");
+        let scenario = Scenario::parse(
+            std::path::Path::new("example.toml"),
+            &text,
+            &["bookworm".to_owned()],
+        )
+        .expect("the skeleton parses");
+        assert_eq!(scenario.name, "example");
+        assert!(scenario.has_reboot());
+        assert_eq!(scenario.expect.survive_reboot, ["saved configuration"]);
+    }
+
+    #[test]
+    fn usage_errors_map_to_exit_2() {
+        let error = anyhow::Error::from(UsageError("bad".into()));
+        assert_eq!(classify(&error), EXIT_USAGE);
     }
 }

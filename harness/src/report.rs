@@ -23,8 +23,22 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
     } else {
         format!("FAIL: {}", outcome.failures.join("; "))
     };
+    let row = Row::of(outcome, Ok(()));
     let _ = writeln!(md, "# vmrepro: {} on {}\n", scenario.name, outcome.cell);
     let _ = writeln!(md, "**Verdict:** {verdict}\n");
+    let _ = writeln!(
+        md,
+        "**After the reboot:** {}; units not active: {}\n",
+        row.after_reboot, row.units
+    );
+    let explaining = explaining_lines(outcome);
+    if !explaining.is_empty() {
+        let _ = writeln!(md, "Journal lines that explain it (this boot):\n\n```");
+        for line in &explaining {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```\n");
+    }
     let _ = writeln!(md, "{}\n", scenario.description);
     let _ = writeln!(md, "## Environment\n");
     let _ = writeln!(md, "| | |\n|---|---|");
@@ -150,6 +164,28 @@ pub fn markdown_error(scenario: &Scenario, cell: &str, error: &RunError) -> Stri
     )
 }
 
+/// Journal lines of the final boot that report a failure.
+fn explaining_lines(outcome: &Outcome) -> Vec<String> {
+    const SIGNS: &[&str] = &[
+        "fail",
+        "Fail",
+        "error",
+        "Error",
+        "not implemented",
+        "NOT loaded",
+        "could not",
+        "Dependency",
+    ];
+    outcome
+        .captures
+        .iter()
+        .filter(|c| c.name.starts_with("journal"))
+        .flat_map(|c| c.raw.lines())
+        .filter(|line| SIGNS.iter().any(|sign| line.contains(sign)))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn indent(text: &str) -> String {
     text.lines()
         .map(|l| format!("   {l}"))
@@ -196,9 +232,15 @@ impl Row {
                 .captures
                 .iter()
                 .find(|c| c.name == first.name)
-                .map(crate::run::describe)
+                .map(|c| {
+                    if c.status != 0 {
+                        format!("{} exited {}", c.name, c.status)
+                    } else {
+                        crate::run::describe(c)
+                    }
+                })
                 .unwrap_or_default();
-            format!("NOT restored: {detail}")
+            format!("NOT restored ({detail})")
         } else {
             "restored".to_owned()
         };

@@ -132,15 +132,24 @@ impl Outcome {
     }
 }
 
-/// Runs a scenario on one cell.
-pub fn run_cell(
+/// A booted guest with a ready shell.
+struct Guest {
+    vm: Vm,
+    console: Console,
+    facts: GuestFacts,
+    first_boot_seconds: f64,
+    packages: BTreeMap<String, String>,
+}
+
+/// Builds or finds what the cell boots, starts QEMU and waits until the
+/// guest's shell is ready and systemd has settled.
+fn boot(
     project: &Project,
-    scenario: &Scenario,
     cell: &Cell,
     options: &RunOptions,
-) -> Result<Outcome, RunError> {
-    let started = Instant::now();
-    let label = format!("{} {}", scenario.name, cell);
+    label: &str,
+    artifacts: &std::path::Path,
+) -> Result<Guest, RunError> {
     let recipe = project
         .recipes
         .get(&cell.release)
@@ -153,13 +162,11 @@ pub fn run_cell(
         KernelFlavour::Stock => image.stock_kernel(),
         KernelFlavour::Linode => kernel::linode(&options.cache, &project.linode_kernel)?,
     };
-    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     if artifacts.exists() {
-        let _ = std::fs::remove_dir_all(&artifacts);
+        let _ = std::fs::remove_dir_all(artifacts);
     }
-
     progress::note(
-        &label,
+        label,
         &format!(
             "booting {} with kernel {} ({})",
             cell.release,
@@ -172,21 +179,36 @@ pub fn run_cell(
         kernel,
         memory_mib: options.memory_mib,
         accel: options.accel.clone(),
-        artifacts: artifacts.clone(),
+        artifacts: artifacts.to_owned(),
     })?;
     let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?;
     console.wait_ready("the first boot to reach a shell", BOOT_TIMEOUT)?;
     let first_boot_seconds = vm.uptime().as_secs_f64();
     let state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
     progress::note(
-        &label,
+        label,
         &format!(
             "shell after {first_boot_seconds:.1}s, system {state} after {:.1}s",
             vm.uptime().as_secs_f64()
         ),
     );
-    let mut facts = GuestFacts::read(&mut console)?;
+    let facts = GuestFacts::read(&mut console)?;
+    Ok(Guest {
+        vm,
+        console,
+        facts,
+        first_boot_seconds,
+        packages: image.manifest.packages.clone(),
+    })
+}
 
+/// Runs a scenario's steps; returns what each did and, when the flow
+/// reboots, the captures taken just before the last reboot.
+fn run_steps(
+    guest: &mut Guest,
+    scenario: &Scenario,
+    label: &str,
+) -> Result<(Vec<StepRecord>, Vec<Capture>), RunError> {
     let last_reboot = scenario
         .steps
         .iter()
@@ -198,69 +220,61 @@ pub fn run_cell(
         let index = i + 1;
         let what = format!("step {index}/{total} ({})", step.title);
         if Some(i) == last_reboot && !scenario.captures.is_empty() {
-            progress::note(&label, "capturing state before the reboot");
+            progress::note(label, "capturing state before the reboot");
             before_reboot = capture::take(
-                &mut console,
+                &mut guest.console,
                 &scenario.captures,
-                &facts,
+                &guest.facts,
                 "before the reboot",
             )?;
         }
-        progress::note(&label, &what);
+        progress::note(label, &what);
         let step_started = Instant::now();
-        let output = match &step.action {
-            Action::Run { command, status } => {
-                let out = console.run(&what, command, step.timeout)?;
-                if out.status != *status {
-                    vm.stop();
-                    return Err(RunError::Step {
-                        index,
-                        title: step.title.clone(),
-                        got: out.status,
-                        expected: *status,
-                        stdout: out.stdout,
-                        stderr: out.stderr,
-                    });
-                }
-                Some(out)
-            }
+        let (output, expected) = match &step.action {
+            Action::Run { command, status } => (
+                Some(guest.console.run(&what, command, step.timeout)?),
+                *status,
+            ),
             Action::Write {
                 path,
                 content,
                 mode,
-            } => {
-                let out = console.write_file(&what, path, content, *mode, step.timeout)?;
-                if out.status != 0 {
-                    vm.stop();
-                    return Err(RunError::Step {
-                        index,
-                        title: step.title.clone(),
-                        got: out.status,
-                        expected: 0,
-                        stdout: out.stdout,
-                        stderr: out.stderr,
-                    });
-                }
-                Some(out)
-            }
+            } => (
+                Some(
+                    guest
+                        .console
+                        .write_file(&what, path, content, *mode, step.timeout)?,
+                ),
+                0,
+            ),
             Action::Reboot => {
                 let timeout = step.timeout.max(BOOT_TIMEOUT);
-                console.reboot(&what, timeout)?;
-                let state = console.wait_settled(
+                guest.console.reboot(&what, timeout)?;
+                let state = guest.console.wait_settled(
                     &format!("{what}: systemd to finish booting"),
                     SETTLE_TIMEOUT,
                 )?;
                 progress::note(
-                    &label,
+                    label,
                     &format!(
                         "back after {:.1}s, system {state}",
                         step_started.elapsed().as_secs_f64()
                     ),
                 );
-                facts = GuestFacts::read(&mut console)?;
-                None
+                guest.facts = GuestFacts::read(&mut guest.console)?;
+                (None, 0)
             }
         };
+        if let Some(out) = output.as_ref().filter(|o| o.status != expected) {
+            return Err(RunError::Step {
+                index,
+                title: step.title.clone(),
+                got: out.status,
+                expected,
+                stdout: out.stdout.clone(),
+                stderr: out.stderr.clone(),
+            });
+        }
         steps.push(StepRecord {
             title: step.title.clone(),
             action: step.action.clone(),
@@ -268,20 +282,51 @@ pub fn run_cell(
             seconds: step_started.elapsed().as_secs_f64(),
         });
     }
+    Ok((steps, before_reboot))
+}
+
+/// Runs a scenario on one cell.
+pub fn run_cell(
+    project: &Project,
+    scenario: &Scenario,
+    cell: &Cell,
+    options: &RunOptions,
+) -> Result<Outcome, RunError> {
+    let started = Instant::now();
+    let label = format!("{} {}", scenario.name, cell);
+    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
+    let mut guest = boot(project, cell, options, &label, &artifacts)?;
+    let (steps, before_reboot) = run_steps(&mut guest, scenario, &label)?;
 
     progress::note(&label, "capturing state");
-    let captures = capture::take(&mut console, &scenario.captures, &facts, "at the end")?;
+    let captures = capture::take(
+        &mut guest.console,
+        &scenario.captures,
+        &guest.facts,
+        "at the end",
+    )?;
     let mut units = BTreeMap::new();
     let expect = scenario.expectations_for(cell);
     for unit in expect.units.keys() {
-        let out = console.run(
+        let out = guest.console.run(
             &format!("reading the state of {unit}"),
             &format!("systemctl is-active {}", crate::image::shell_quote(unit)),
             Duration::from_secs(30),
         )?;
         units.insert(unit.clone(), out.stdout.trim().to_owned());
     }
+    let Guest {
+        vm,
+        facts,
+        first_boot_seconds,
+        packages,
+        ..
+    } = guest;
     vm.stop();
+    progress::finish(
+        &label,
+        &format!("done in {:.1}s", started.elapsed().as_secs_f64()),
+    );
 
     let changes = persistence_diff(&before_reboot, &captures);
     let failures = check_expectations(&expect, &units, &before_reboot, &captures);
@@ -291,7 +336,7 @@ pub fn run_cell(
         cell: cell.clone(),
         accel: options.accel.clone(),
         guest_kernel: facts.kernel_release,
-        packages: image.manifest.packages.clone(),
+        packages,
         steps,
         before_reboot,
         captures,
@@ -303,6 +348,48 @@ pub fn run_cell(
         total_seconds: started.elapsed().as_secs_f64(),
         artifacts,
     })
+}
+
+/// Boots a cell, optionally runs a scenario's steps (reboots included), and
+/// hands the guest's root shell to `interact`. The guest is stopped when
+/// `interact` returns, whatever happened.
+pub fn shell(
+    project: &Project,
+    scenario: Option<&Scenario>,
+    cell: &Cell,
+    options: &RunOptions,
+    interact: impl FnOnce(std::os::unix::net::UnixStream) -> std::io::Result<()>,
+) -> Result<(), RunError> {
+    let name = scenario.map(|s| s.name.as_str()).unwrap_or("shell");
+    let label = format!("{name} {cell}");
+    let artifacts = project.artifacts_dir(&format!("shell-{name}"), &cell.to_string());
+    let mut guest = boot(project, cell, options, &label, &artifacts)?;
+    if let Some(scenario) = scenario {
+        run_steps(&mut guest, scenario, &label)?;
+    }
+    let (rows, cols) = terminal_size();
+    let Guest { vm, console, .. } = guest;
+    let stream = console.into_interactive(&format!("[vmrepro {cell}] \\w# "), rows, cols)?;
+    let result = interact(stream);
+    vm.stop();
+    result.map_err(|e| {
+        RunError::Console(ConsoleError::Io {
+            what: "the interactive shell".into(),
+            message: e.to_string(),
+        })
+    })
+}
+
+fn terminal_size() -> (u16, u16) {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_row > 0 {
+            (size.ws_row, size.ws_col)
+        } else {
+            (24, 80)
+        }
+    }
 }
 
 /// Line-level differences between the captures before and after the reboot.

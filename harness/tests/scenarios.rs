@@ -2,7 +2,8 @@
 //! real guest and comparing its captures with the committed snapshot.
 //!
 //! Trial names are `SCENARIO::RELEASE::KERNEL`, so `cargo test -- bookworm`
-//! selects a release. A release whose archive cannot be reached from here (and
+//! selects a release. `VMREPRO_SHARD=K/N` runs the K-th of N shares of the
+//! trials (1-based), for splitting the suite across machines. A release whose archive cannot be reached from here (and
 //! that is not already in the image cache) is reported as ignored with the
 //! reason. `VMREPRO_REQUIRE_ALL=1` turns that into a failure for every
 //! release, `VMREPRO_REQUIRE=bookworm,trixie` for the releases named.
@@ -36,14 +37,27 @@ fn main() -> ExitCode {
             vec![Trial::test("scenario files", move || Err(message.into()))]
         }
     };
+    let trials = match shard(trials) {
+        Ok(trials) => trials,
+        Err(message) => vec![Trial::test("VMREPRO_SHARD", move || Err(message.into()))],
+    };
     let conclusion = libtest_mimic::run(&args, trials);
     if let Ok(mut rows) = shared.rows.lock() {
         if !rows.is_empty() {
             report::sort_rows(&mut rows);
-            println!(
-                "\nOutcome table (release × kernel × scenario):\n\n{}",
-                report::table(&rows)
-            );
+            let table = report::table(&rows);
+            println!("\nOutcome table (release × kernel × scenario):\n\n{table}");
+            // On GitHub Actions the table also goes to the job summary.
+            if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+                use std::io::Write as _;
+                if let Ok(mut file) = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(summary)
+                {
+                    let _ = writeln!(file, "### vmrepro outcome table\n\n```\n{table}```");
+                }
+            }
         }
     }
     conclusion.exit_code()
@@ -151,9 +165,15 @@ fn run_trial(
         );
         return Ok(Completion::ignored_with(reason));
     }
+    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     let outcome = match run::run_cell(project, scenario, cell, &options) {
         Ok(outcome) => outcome,
         Err(e) => {
+            let _ = std::fs::create_dir_all(&artifacts);
+            let _ = std::fs::write(
+                artifacts.join("report.md"),
+                report::markdown_error(scenario, &cell.to_string(), &e),
+            );
             let first = e.to_string().lines().next().unwrap_or("").to_owned();
             shared.record(
                 project,
@@ -167,6 +187,11 @@ fn run_trial(
     eprintln!(
         "vmrepro: {} on {}: first boot {:.1}s, trial {:.1}s",
         scenario.name, cell, outcome.first_boot_seconds, outcome.total_seconds
+    );
+    let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
+    let _ = std::fs::write(
+        artifacts.join("report.md"),
+        report::markdown(scenario, &outcome, &qemu),
     );
     let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome);
     shared.record(
@@ -202,4 +227,32 @@ fn required(release: &str) -> bool {
     std::env::var("VMREPRO_REQUIRE_ALL").is_ok_and(|v| v == "1")
         || std::env::var("VMREPRO_REQUIRE")
             .is_ok_and(|list| list.split(',').any(|r| r.trim() == release))
+}
+
+/// Keeps the trials of shard K of N (`VMREPRO_SHARD=K/N`): trial i goes to
+/// shard i mod N, in the stable order of scenario files and matrices.
+fn shard(trials: Vec<Trial>) -> Result<Vec<Trial>, String> {
+    let Ok(spec) = std::env::var("VMREPRO_SHARD") else {
+        return Ok(trials);
+    };
+    let parsed = spec
+        .split_once('/')
+        .and_then(|(k, n)| {
+            Some((
+                k.trim().parse::<usize>().ok()?,
+                n.trim().parse::<usize>().ok()?,
+            ))
+        })
+        .filter(|(k, n)| *n > 0 && (1..=*n).contains(k));
+    let Some((k, n)) = parsed else {
+        return Err(format!(
+            "VMREPRO_SHARD={spec:?}: expected K/N with 1 <= K <= N, such as 2/4"
+        ));
+    };
+    Ok(trials
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % n == k - 1)
+        .map(|(_, t)| t)
+        .collect())
 }
