@@ -382,7 +382,7 @@ fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
         build_seconds: started.elapsed().as_secs_f64(),
         ..manifest
     };
-    progress::note(
+    progress::finish(
         &label,
         &format!(
             "built in {:.0}s ({} MiB disk)",

@@ -293,7 +293,7 @@ fn build(
     std::fs::remove_dir_all(&src_parent).map_err(|e| KernelError::Other(e.to_string()))?;
     let _ = std::fs::remove_file(&fragment);
     let build_seconds = started.elapsed().as_secs_f64();
-    progress::note(label, &format!("{release} built in {build_seconds:.0}s"));
+    progress::finish(label, &format!("{release} built in {build_seconds:.0}s"));
     Ok(KernelManifest {
         release,
         source_version: source_version.to_owned(),

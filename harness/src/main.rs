@@ -380,10 +380,10 @@ fn dispatch(command: Command) -> Result<u8> {
             let jobs = jobs
                 .unwrap_or_else(|| default_jobs(options.memory_mib))
                 .max(1);
-            progress::note(
-                "vmrepro",
-                &format!("{} cell(s), {jobs} at a time", cells.len()),
-            );
+            progress::println(&format!(
+                "vmrepro: {} cell(s), {jobs} at a time",
+                cells.len()
+            ));
             let results = run_concurrently(&project, cells, &options, jobs)?;
             let worst = results
                 .iter()
@@ -408,10 +408,11 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
 fn run_options() -> Result<RunOptions> {
     host::ensure_tools()?;
     let accel = vm::choose_accel()?;
-    progress::note(
-        "vmrepro",
-        &format!("accelerator {} ({})", accel.accel.name(), accel.reason),
-    );
+    progress::println(&format!(
+        "vmrepro: accelerator {} ({})",
+        accel.accel.name(),
+        accel.reason
+    ));
     Ok(RunOptions {
         cache: Cache::from_env(),
         accel,
@@ -849,7 +850,8 @@ fn interactive(stream: std::os::unix::net::UnixStream) -> std::io::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    eprintln!("vmrepro: root shell in the guest; Ctrl-] leaves and stops the guest");
+    progress::stop_live();
+    eprintln!("vmrepro: root shell in the guest; Ctrl-] leaves and stops the guest\r");
     let _raw = RawTerminal::enter();
     let done = Arc::new(AtomicBool::new(false));
     let mut to_guest = stream.try_clone()?;

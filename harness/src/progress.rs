@@ -71,7 +71,12 @@ pub fn note(label: &str, message: &str) {
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar
             });
-            bar.set_message(message.to_owned());
+            // Keep every line within the terminal: a wrapped line breaks
+            // the in-place redraw.
+            let room = usize::from(terminal_size().1)
+                .saturating_sub(label.chars().count() + 12)
+                .max(20);
+            bar.set_message(message.chars().take(room).collect::<String>());
             return;
         }
     }
@@ -89,6 +94,33 @@ pub fn finish(label: &str, message: &str) {
         }
     }
     note(label, message);
+}
+
+/// Ends the live display, leaving finished lines as they are; later events
+/// print plain lines. Needed before handing the terminal to something else,
+/// such as an interactive shell.
+pub fn stop_live() {
+    if let Ok(mut guard) = live().lock() {
+        if let Some(live) = guard.take() {
+            for (_, bar) in live.lines {
+                bar.abandon();
+            }
+        }
+    }
+}
+
+/// Rows and columns of the terminal on standard output (24×80 if unknown).
+pub fn terminal_size() -> (u16, u16) {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            if libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_row > 0 {
+                return (size.ws_row, size.ws_col);
+            }
+        }
+        (24, 80)
+    }
 }
 
 /// Prints a line without tearing the live display.

@@ -367,7 +367,7 @@ pub fn shell(
     if let Some(scenario) = scenario {
         run_steps(&mut guest, scenario, &label)?;
     }
-    let (rows, cols) = terminal_size();
+    let (rows, cols) = progress::terminal_size();
     let Guest { vm, console, .. } = guest;
     let stream = console.into_interactive(&format!("[vmrepro {cell}] \\w# "), rows, cols)?;
     let result = interact(stream);
@@ -378,18 +378,6 @@ pub fn shell(
             message: e.to_string(),
         })
     })
-}
-
-fn terminal_size() -> (u16, u16) {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    unsafe {
-        let mut size: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_row > 0 {
-            (size.ws_row, size.ws_col)
-        } else {
-            (24, 80)
-        }
-    }
 }
 
 /// Line-level differences between the captures before and after the reboot.
