@@ -172,13 +172,17 @@ enum ImagesCommand {
         #[arg(long, conflicts_with = "release")]
         kernel: bool,
     },
-    /// Use your own root file system tarball as a release's image, instead of
-    /// a bootstrapped one (until `vmrepro images clean RELEASE`).
-    #[command(after_help = "Example:\n  vmrepro images import bookworm my-server-rootfs.tar.gz")]
+    /// Use your own machine's root file system as a release's image, instead
+    /// of a bootstrapped one (until `vmrepro images clean RELEASE`).
+    #[command(
+        after_help = "Examples:\n  vmrepro images import bookworm my-server-rootfs.tar.gz\n  vmrepro images import bookworm my-server.qcow2"
+    )]
     Import {
         /// The release the tarball is an installation of.
         release: String,
-        /// A tarball of the root file system (tar, tar.gz, tar.xz, tar.zst).
+        /// A tarball of the root file system (tar, tar.gz, tar.xz, tar.zst), or a
+        /// disk image (qcow2, raw, vmdk…) holding an ext file system, bare or
+        /// in an MBR/GPT partition.
         file: PathBuf,
     },
 }
@@ -682,7 +686,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
         ImagesCommand::Import { release, file } => {
             host::ensure_tools()?;
             let recipe = recipe_of(&release)?;
-            let imported = image::import_tarball(&cache, recipe, &file)?;
+            let imported = image::import(&cache, recipe, &file)?;
             println!(
                 "imported {} as the {release} image ({}; stock kernel {})",
                 file.display(),

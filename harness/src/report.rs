@@ -51,6 +51,7 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
         outcome.accel.reason
     );
     let _ = writeln!(md, "| release | {} |", outcome.cell.release);
+    let _ = writeln!(md, "| image | {} |", outcome.image_origin);
     let _ = writeln!(
         md,
         "| kernel | {} (`{}`) |",

@@ -103,6 +103,8 @@ pub struct Outcome {
     pub guest_kernel: String,
     /// Versions of the packages the scenario touches, from the image build.
     pub packages: BTreeMap<String, String>,
+    /// Where the image came from (bootstrapped, or imported from a file).
+    pub image_origin: String,
     /// What each step did.
     pub steps: Vec<StepRecord>,
     /// Captures taken just before the last reboot (empty without a reboot).
@@ -139,6 +141,7 @@ struct Guest {
     facts: GuestFacts,
     first_boot_seconds: f64,
     packages: BTreeMap<String, String>,
+    image_origin: String,
 }
 
 /// Builds or finds what the cell boots, starts QEMU and waits until the
@@ -199,6 +202,7 @@ fn boot(
         facts,
         first_boot_seconds,
         packages: image.manifest.packages.clone(),
+        image_origin: image.manifest.origin.clone(),
     })
 }
 
@@ -320,6 +324,7 @@ pub fn run_cell(
         facts,
         first_boot_seconds,
         packages,
+        image_origin,
         ..
     } = guest;
     vm.stop();
@@ -337,6 +342,7 @@ pub fn run_cell(
         accel: options.accel.clone(),
         guest_kernel: facts.kernel_release,
         packages,
+        image_origin,
         steps,
         before_reboot,
         captures,
