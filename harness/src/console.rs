@@ -23,6 +23,8 @@ use crate::vm;
 
 /// How long one low-level read waits before the loop checks its deadline.
 const POLL: u64 = 500;
+/// How long to wait for a shell prompt before the first readiness probe.
+const PROMPT_HINT: Duration = Duration::from_secs(5);
 /// How often the readiness probe is repeated while the guest boots.
 const PROBE_EVERY: Duration = Duration::from_secs(3);
 
@@ -84,6 +86,7 @@ pub struct Console {
     stream: UnixStream,
     detached: Arc<AtomicBool>,
     kernel_log: Option<PathBuf>,
+    login_banner: Option<Regex>,
     next_id: u64,
     nonce: String,
     boot_id: Option<String>,
@@ -132,10 +135,18 @@ impl Console {
             stream,
             detached,
             kernel_log,
+            login_banner: None,
             next_id: 0,
             nonce,
             boot_id: None,
         })
+    }
+
+    /// Waits for this text on the control port (the getty's autologin
+    /// banner) before typing anything at each boot.
+    pub fn with_login_banner(mut self, banner: &str) -> Console {
+        self.login_banner = Regex::new(&regex::escape(banner)).ok();
+        self
     }
 
     /// The boot id of the boot the shell runs in (known once ready).
@@ -151,7 +162,28 @@ impl Console {
             Regex::new(r"VMRR-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
                 .map_err(|e| self.protocol(what, e.to_string()))?;
         let previous = self.boot_id.clone();
+        if let Some(banner) = self.login_banner.clone() {
+            // Nothing is typed before the autologin has happened: getty and
+            // login can flush part of what was typed and leave half a line
+            // (a stray quote swallows every later probe). If the banner
+            // never shows, probing starts anyway.
+            let banner_deadline = Instant::now() + timeout.mul_f64(0.7);
+            let _ = self.wait_for(&banner, banner_deadline, what)?;
+        }
+        // Likewise, wait briefly for something that looks like a prompt
+        // before the first probe. This is only a hint; the probe decides.
+        let prompt = Regex::new(r"[#$] $").map_err(|e| self.protocol(what, e.to_string()))?;
+        let prompt_deadline = (Instant::now() + PROMPT_HINT).min(deadline);
+        let _ = self.wait_for(&prompt, prompt_deadline, what)?;
+        let mut first = true;
         loop {
+            if !first {
+                // An unanswered probe: ^C discards whatever half line the
+                // shell may hold before the next one.
+                self.send(what, "\x03")?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            first = false;
             self.send(
                 what,
                 "printf '%s-%s\\n' VMRR \"$(cat /proc/sys/kernel/random/boot_id)\"\n",
@@ -459,6 +491,11 @@ mod tests {
     }
 
     fn fake_guest() -> FakeGuest {
+        fake_guest_after("")
+    }
+
+    /// A fake guest whose shell has already been sent `typed_ahead`.
+    fn fake_guest_after(typed_ahead: &str) -> FakeGuest {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let input = theirs.try_clone().expect("clone");
         let child = Command::new("script")
@@ -469,6 +506,12 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .expect("script(1) from util-linux");
+        {
+            use std::io::Write as _;
+            (&ours)
+                .write_all(typed_ahead.as_bytes())
+                .expect("type ahead");
+        }
         let mut console = Console::attach(ours, None).expect("attach");
         console
             .wait_ready("fake guest", Duration::from_secs(20))
@@ -499,6 +542,18 @@ mod tests {
         assert!(out
             .stdout
             .ends_with("line 3000 with 'quotes' and \"more\"\n"));
+    }
+
+    #[test]
+    fn a_half_typed_line_does_not_block_readiness() {
+        // What getty can leave behind at boot: the tail of a probe with an
+        // unbalanced quote, which would swallow every later line.
+        let mut guest = fake_guest_after("echo \"half a line\n");
+        let out = guest
+            .console
+            .run("after recovery", "echo fine", Duration::from_secs(10))
+            .expect("run");
+        assert_eq!(out.stdout, "fine\n");
     }
 
     #[test]

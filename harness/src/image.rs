@@ -37,6 +37,9 @@ const REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg"
 /// first carries the kernel console).
 pub const CONTROL_TTY: &str = "ttyS1";
 
+/// What agetty prints on the control port when it logs root in.
+pub const AUTOLOGIN_BANNER: &str = "(automatic login)";
+
 /// A release recipe: how to bootstrap one Debian release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@ use vmrepro::cache::Cache;
 use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::run::{self, RunError, RunOptions};
-use vmrepro::scenario::{Cell, KernelFlavour, Scenario};
+use vmrepro::scenario::{Cell, KernelFlavour, Scenario, Shard};
 use vmrepro::{host, image, kernel, progress, report, snapshot, vm};
 
 /// Exit status: every trial passed.
@@ -80,8 +80,8 @@ enum Command {
         jobs: Option<usize>,
         /// Run only share K of N of the selected cells (1-based), to split a
         /// suite across machines; the same split as `VMREPRO_SHARD` in `cargo test`.
-        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
-        shard: Option<(usize, usize)>,
+        #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+        shard: Option<Shard>,
     },
     /// List scenarios and their matrix cells.
     List,
@@ -369,15 +369,12 @@ fn dispatch(command: Command) -> Result<u8> {
                         .map(|cell| (scenario.clone(), cell))
                 })
                 .collect();
-            let cells: Vec<(Scenario, Cell)> = match shard {
-                Some((k, n)) => cells
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % n == k - 1)
-                    .map(|(_, c)| c)
-                    .collect(),
-                None => cells,
-            };
+            let cells: Vec<(Scenario, Cell)> = cells
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| shard.is_none_or(|s| s.holds(*i)))
+                .map(|(_, c)| c)
+                .collect();
             if cells.is_empty() {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
             }
@@ -400,13 +397,6 @@ fn dispatch(command: Command) -> Result<u8> {
             Ok(worst)
         }
     }
-}
-
-fn parse_shard(text: &str) -> Result<(usize, usize), String> {
-    text.split_once('/')
-        .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)))
-        .filter(|(k, n): &(usize, usize)| *n > 0 && (1..=*n).contains(k))
-        .ok_or_else(|| format!("{text:?}: expected K/N with 1 <= K <= N, such as 2/4"))
 }
 
 fn run_options() -> Result<RunOptions> {

@@ -18,7 +18,9 @@ const INTERESTING: &[&str] = &[
 /// Renders a finished trial.
 pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> String {
     let mut md = String::new();
-    let verdict = if outcome.passed() {
+    let verdict = if outcome.passed() && !outcome.expect.lost_on_reboot.is_empty() {
+        "REPRODUCED: the state is lost across the reboot, as this cell expects; every expectation held".to_owned()
+    } else if outcome.passed() {
         "PASS: every expectation held".to_owned()
     } else {
         format!("FAIL: {}", outcome.failures.join("; "))

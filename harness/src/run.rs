@@ -184,7 +184,8 @@ fn boot(
         accel: options.accel.clone(),
         artifacts: artifacts.to_owned(),
     })?;
-    let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?;
+    let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?
+        .with_login_banner(image::AUTOLOGIN_BANNER);
     console.wait_ready("the first boot to reach a shell", BOOT_TIMEOUT)?;
     let first_boot_seconds = vm.uptime().as_secs_f64();
     let state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;

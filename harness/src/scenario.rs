@@ -78,6 +78,30 @@ impl fmt::Display for Cell {
     }
 }
 
+/// One share of a list of trials, for splitting a suite across machines:
+/// share `k` of `n` (1-based) holds every `n`-th trial from the `k`-th on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    k: usize,
+    n: usize,
+}
+
+impl Shard {
+    /// Parses `K/N`, such as `2/4`.
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        text.split_once('/')
+            .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)))
+            .filter(|(k, n): &(usize, usize)| *n > 0 && (1..=*n).contains(k))
+            .map(|(k, n)| Shard { k, n })
+            .ok_or_else(|| format!("{text:?}: expected K/N with 1 <= K <= N, such as 2/4"))
+    }
+
+    /// Whether the trial at `index` (0-based, in a stable order) is in this share.
+    pub fn holds(self, index: usize) -> bool {
+        index % self.n == self.k - 1
+    }
+}
+
 /// Which kernel boots the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -730,6 +754,19 @@ normalize = ["iptables"]
 survive_reboot = ["rules"]
 units = { "netfilter-persistent.service" = "active" }
 "#;
+
+    #[test]
+    fn shards_split_without_overlap() {
+        let shards: Vec<Shard> = (1..=3)
+            .map(|k| Shard::parse(&format!("{k}/3")).expect("valid"))
+            .collect();
+        for index in 0..10 {
+            assert_eq!(shards.iter().filter(|s| s.holds(index)).count(), 1);
+        }
+        assert!(Shard::parse("0/3").is_err());
+        assert!(Shard::parse("4/3").is_err());
+        assert!(Shard::parse("x").is_err());
+    }
 
     #[test]
     fn a_good_scenario_parses() {

@@ -17,7 +17,7 @@ use vmrepro::cache::Cache;
 use vmrepro::image;
 use vmrepro::project::Project;
 use vmrepro::run::{self, RunOptions};
-use vmrepro::scenario::{Cell, Scenario};
+use vmrepro::scenario::{Cell, Scenario, Shard};
 use vmrepro::{host, report, snapshot, vm};
 
 fn main() -> ExitCode {
@@ -229,30 +229,17 @@ fn required(release: &str) -> bool {
             .is_ok_and(|list| list.split(',').any(|r| r.trim() == release))
 }
 
-/// Keeps the trials of shard K of N (`VMREPRO_SHARD=K/N`): trial i goes to
-/// shard i mod N, in the stable order of scenario files and matrices.
+/// Keeps the trials of shard K of N (`VMREPRO_SHARD=K/N`), in the stable
+/// order of scenario files and matrices.
 fn shard(trials: Vec<Trial>) -> Result<Vec<Trial>, String> {
     let Ok(spec) = std::env::var("VMREPRO_SHARD") else {
         return Ok(trials);
     };
-    let parsed = spec
-        .split_once('/')
-        .and_then(|(k, n)| {
-            Some((
-                k.trim().parse::<usize>().ok()?,
-                n.trim().parse::<usize>().ok()?,
-            ))
-        })
-        .filter(|(k, n)| *n > 0 && (1..=*n).contains(k));
-    let Some((k, n)) = parsed else {
-        return Err(format!(
-            "VMREPRO_SHARD={spec:?}: expected K/N with 1 <= K <= N, such as 2/4"
-        ));
-    };
+    let shard = Shard::parse(&spec).map_err(|e| format!("VMREPRO_SHARD={e}"))?;
     Ok(trials
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| i % n == k - 1)
+        .filter(|(i, _)| shard.holds(*i))
         .map(|(_, t)| t)
         .collect())
 }
