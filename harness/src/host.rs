@@ -196,19 +196,7 @@ impl InstallPlan {
     }
 
     fn install(&self, tools: &[Tool]) -> Result<(), HostError> {
-        let log_dir = std::env::temp_dir();
-        let apt = |what: &str, args: &[&str]| -> Result<(), HostError> {
-            let mut command = Command::new("apt-get");
-            command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-            progress::note("host setup", &format!("apt-get {}", args.join(" ")));
-            process::run_logged(
-                what,
-                command,
-                &log_dir.join("vmrepro-host-setup.log"),
-                Duration::from_secs(900),
-            )?;
-            Ok(())
-        };
+        let apt = apt_get;
         apt("apt-get update", &["update"])?;
         let (qemu, rest): (Vec<&Tool>, Vec<&Tool>) =
             tools.iter().partition(|t| t.package.starts_with("qemu-"));
@@ -320,20 +308,25 @@ pub fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), HostError
         "host setup",
         &format!("installing {} ({purpose})", missing.join(" ")),
     );
-    let log = std::env::temp_dir().join("vmrepro-host-setup.log");
-    for args in [
-        vec!["update"],
-        [vec!["install", "-y"], missing.clone()].concat(),
-    ] {
-        let mut apt = Command::new("apt-get");
-        apt.args(&args).env("DEBIAN_FRONTEND", "noninteractive");
-        process::run_logged(
-            &format!("apt-get {}", args[0]),
-            apt,
-            &log,
-            Duration::from_secs(1200),
-        )?;
-    }
+    apt_get("apt-get update", &["update"])?;
+    apt_get(
+        &format!("installing packages for {purpose}"),
+        &[vec!["install", "-y"], missing].concat(),
+    )
+}
+
+/// Runs apt-get non-interactively, saying what it runs, with its output in
+/// a log file whose tail goes into the error.
+fn apt_get(what: &str, args: &[&str]) -> Result<(), HostError> {
+    let mut command = Command::new("apt-get");
+    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    progress::note("host setup", &format!("apt-get {}", args.join(" ")));
+    process::run_logged(
+        what,
+        command,
+        &std::env::temp_dir().join("vmrepro-host-setup.log"),
+        Duration::from_secs(1200),
+    )?;
     Ok(())
 }
 

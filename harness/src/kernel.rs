@@ -172,6 +172,10 @@ pub fn key(recipe: &KernelRecipe) -> Result<String, KernelError> {
 
 /// The Linode-style kernel, built into the cache if it is not there.
 pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
+    // The common case, once per trial: one dpkg query, one stat.
+    if let Some(kernel) = lookup_linode(cache, recipe) {
+        return Ok(kernel);
+    }
     let key = key(recipe)?;
     let source_version = host::package_version(&recipe.source_package).unwrap_or_default();
     let entry = cache.get_or_build(KIND, &key, "kernel linode", |work| {

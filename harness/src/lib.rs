@@ -6,7 +6,8 @@
 //! [`vm`] (QEMU) →
 //! [`console`] (the guest's root shell) → [`capture`] (guest state) →
 //! [`snapshot`] and [`report`]. [`run`] drives one scenario on one matrix
-//! cell through all of them; [`cache`], [`host`], [`process`] and
+//! cell through all of them, and [`trial`] adds the report, the snapshot
+//! comparison and the table row; [`cache`], [`host`], [`process`] and
 //! [`progress`] serve every layer.
 
 #![warn(missing_docs)]
@@ -24,4 +25,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod snapshot;
+pub mod trial;
 pub mod vm;

@@ -11,7 +11,7 @@ use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::run::{self, RunError, RunOptions};
 use vmrepro::scenario::{Cell, KernelFlavour, Scenario, Shard};
-use vmrepro::{host, image, kernel, progress, report, snapshot, vm};
+use vmrepro::{host, image, kernel, progress, report, trial, vm};
 
 /// Exit status: every trial passed.
 const EXIT_PASS: u8 = 0;
@@ -459,28 +459,17 @@ fn run_and_compare(
     cell: &Cell,
     options: &RunOptions,
 ) -> (report::Row, u8) {
-    let without = |verdict: String| report::Row::without_outcome(&scenario.name, cell, verdict);
-    match run::run_cell(project, scenario, cell, options) {
-        Err(RunError::Image(ImageError::Unreachable { reason, .. })) => {
-            (without(format!("skipped: {reason}")), EXIT_ENV)
-        }
+    let checked = trial::check(project, scenario, cell, options);
+    let code = match &checked.outcome {
+        Err(RunError::Image(ImageError::Unreachable { .. })) => EXIT_ENV,
         Err(e) => {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
-            let first = e.to_string().lines().next().unwrap_or("").to_owned();
-            (without(format!("ERROR: {first}")), EXIT_FAIL)
+            EXIT_FAIL
         }
-        Ok(outcome) => {
-            let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome)
-                .map_err(|_| "snapshot differs (diff above)".to_owned());
-            let row = report::Row::of(&outcome, compared);
-            let code = if row.verdict == "pass" {
-                EXIT_PASS
-            } else {
-                EXIT_FAIL
-            };
-            (row, code)
-        }
-    }
+        Ok(_) if checked.passed() => EXIT_PASS,
+        Ok(_) => EXIT_FAIL,
+    };
+    (checked.row, code)
 }
 
 /// Runs cells with at most `jobs` guests at once. Each guest is driven on a
@@ -505,10 +494,6 @@ fn run_concurrently(
             let (project, options) = (project.clone(), options.clone());
             handles.push(tokio::task::spawn_blocking(move || {
                 let result = run_and_compare(&project, &scenario, &cell, &options);
-                report::save_row(
-                    &project.artifacts_dir(&scenario.name, &cell.to_string()),
-                    &result.0,
-                );
                 drop(permit);
                 result
             }));

@@ -125,6 +125,9 @@ pub fn terminal_size() -> (u16, u16) {
 
 /// Prints a line without tearing the live display.
 pub fn println(text: &str) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     if let Ok(guard) = live().lock() {
         if let Some(live) = guard.as_ref() {
             let _ = live.bars.println(text);

@@ -16,9 +16,9 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmrepro::cache::Cache;
 use vmrepro::image;
 use vmrepro::project::Project;
-use vmrepro::run::{self, RunOptions};
+use vmrepro::run::RunOptions;
 use vmrepro::scenario::{Cell, Scenario, Shard};
-use vmrepro::{host, report, snapshot, vm};
+use vmrepro::{host, report, trial, vm};
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -87,19 +87,23 @@ struct Shared {
 }
 
 impl Shared {
-    /// Keeps a trial's row for the table at the end and beside its artifacts.
+    /// Keeps a trial's row for the table at the end.
+    fn keep(&self, row: report::Row) {
+        if let Ok(mut rows) = self.rows.lock() {
+            rows.push(row);
+        }
+    }
+
+    /// Keeps the row of a trial that did not run, and saves it beside the
+    /// cell's artifacts as a run would.
     fn record(&self, project: &Project, scenario: &Scenario, cell: &Cell, row: report::Row) {
         report::save_row(
             &project.artifacts_dir(&scenario.name, &cell.to_string()),
             &row,
         );
-        if let Ok(mut rows) = self.rows.lock() {
-            rows.push(row);
-        }
+        self.keep(row);
     }
-}
 
-impl Shared {
     fn options(&self) -> Result<RunOptions, String> {
         self.host
             .get_or_init(|| {
@@ -165,47 +169,16 @@ fn run_trial(
         );
         return Ok(Completion::ignored_with(reason));
     }
-    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let outcome = match run::run_cell(project, scenario, cell, &options) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let _ = std::fs::create_dir_all(&artifacts);
-            let _ = std::fs::write(
-                artifacts.join("report.md"),
-                report::markdown_error(scenario, &cell.to_string(), &e),
-            );
-            let first = e.to_string().lines().next().unwrap_or("").to_owned();
-            shared.record(
-                project,
-                scenario,
-                cell,
-                report::Row::without_outcome(&scenario.name, cell, format!("ERROR: {first}")),
-            );
-            return Err(report::markdown_error(scenario, &cell.to_string(), &e).into());
-        }
-    };
+    let checked = trial::check(project, scenario, cell, &options);
+    shared.keep(checked.row.clone());
+    let outcome = checked
+        .outcome
+        .map_err(|e| Failed::from(report::markdown_error(scenario, &cell.to_string(), &e)))?;
     eprintln!(
         "vmrepro: {} on {}: first boot {:.1}s, trial {:.1}s",
         scenario.name, cell, outcome.first_boot_seconds, outcome.total_seconds
     );
-    let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
-    let _ = std::fs::write(
-        artifacts.join("report.md"),
-        report::markdown(scenario, &outcome, &qemu),
-    );
-    let compared = snapshot::compare_outcome(&project.snapshots_dir(), scenario, &outcome);
-    shared.record(
-        project,
-        scenario,
-        cell,
-        report::Row::of(
-            &outcome,
-            compared
-                .as_ref()
-                .map(|_| ())
-                .map_err(|_| "snapshot differs".to_owned()),
-        ),
-    );
+    let compared = checked.snapshot;
     let mut problems = Vec::new();
     if !outcome.passed() {
         problems.push(format!("verdict: {}", outcome.failures.join("; ")));
