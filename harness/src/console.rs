@@ -157,12 +157,28 @@ impl Console {
     /// Waits for a shell on the control port (of a boot other than the last
     /// one seen) and prepares it for framed commands.
     pub fn wait_ready(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        self.probe_until_ready(what, timeout, true)
+    }
+
+    /// Waits for the shell of a guest resumed from a saved state: it sat at
+    /// its prompt when the state was saved, so there is no login to wait
+    /// for, only a probe to answer.
+    pub fn wait_resumed(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        self.probe_until_ready(what, timeout, false)
+    }
+
+    fn probe_until_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        booting: bool,
+    ) -> Result<(), ConsoleError> {
         let deadline = Instant::now() + timeout;
         let probe =
             Regex::new(r"VMRR-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
                 .map_err(|e| self.protocol(what, e.to_string()))?;
         let previous = self.boot_id.clone();
-        if let Some(banner) = self.login_banner.clone() {
+        if let Some(banner) = self.login_banner.clone().filter(|_| booting) {
             // Nothing is typed before the autologin has happened: getty and
             // login can flush part of what was typed and leave half a line
             // (a stray quote swallows every later probe). If the banner
@@ -173,8 +189,10 @@ impl Console {
         // Likewise, wait briefly for something that looks like a prompt
         // before the first probe. This is only a hint; the probe decides.
         let prompt = Regex::new(r"[#$] $").map_err(|e| self.protocol(what, e.to_string()))?;
-        let prompt_deadline = (Instant::now() + PROMPT_HINT).min(deadline);
-        let _ = self.wait_for(&prompt, prompt_deadline, what)?;
+        if booting {
+            let prompt_deadline = (Instant::now() + PROMPT_HINT).min(deadline);
+            let _ = self.wait_for(&prompt, prompt_deadline, what)?;
+        }
         let mut first = true;
         loop {
             if !first {

@@ -3,8 +3,9 @@
 //!
 //! The data flows one way through the modules:
 //! [`scenario`] (what to do) → [`image`] and [`kernel`] (what to boot) →
-//! [`vm`] (QEMU) →
-//! [`console`] (the guest's root shell) → [`capture`] (guest state) →
+//! [`vm`] (QEMU) → [`console`] (the guest's root shell) →
+//! [`warm`] (a booted guest saved once, resumed by every trial) →
+//! [`capture`] (guest state) →
 //! [`snapshot`] and [`report`]. [`run`] drives one scenario on one matrix
 //! cell through all of them, and [`trial`] adds the report, the snapshot
 //! comparison and the table row; [`cache`], [`host`], [`process`] and
@@ -27,3 +28,4 @@ pub mod scenario;
 pub mod snapshot;
 pub mod trial;
 pub mod vm;
+pub mod warm;

@@ -10,7 +10,7 @@ use vmrepro::cache::Cache;
 use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::run::{self, RunError, RunOptions};
-use vmrepro::scenario::{Cell, KernelFlavour, Scenario, Shard};
+use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
 use vmrepro::{host, image, kernel, progress, report, trial, vm};
 
 /// Exit status: every trial passed.
@@ -27,7 +27,7 @@ const EXIT_ENV: u8 = 3;
     name = "vmrepro",
     version,
     about = "Turn \"my machine breaks after a reboot\" bug reports into VM-based regression tests",
-    after_help = "Exit status: 0 pass, 1 scenario failed, 2 usage or input error, 3 environment problem.\n\nEnvironment: VMREPRO_CACHE (cache directory), VMREPRO_ACCEL=kvm|tcg, VMREPRO_MIRROR and\nVMREPRO_MIRROR_<RELEASE> (Debian mirror), VMREPRO_NO_INSTALL=1 (never install host packages),\nVMREPRO_ROOT (project directory)."
+    after_help = "Exit status: 0 pass, 1 scenario failed, 2 usage or input error, 3 environment problem.\n\nEnvironment: VMREPRO_CACHE (cache directory), VMREPRO_ACCEL=kvm|tcg, VMREPRO_MIRROR and\nVMREPRO_MIRROR_<RELEASE> (Debian mirror), VMREPRO_NO_INSTALL=1 (never install host packages),\nVMREPRO_FIRST_BOOT=cold (as --cold), VMREPRO_ROOT (project directory)."
 )]
 struct Cli {
     /// Print no progress lines.
@@ -36,6 +36,10 @@ struct Cli {
     /// Print every progress event as its own line, even on a terminal.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Boot every guest from power-on instead of resuming the saved state of
+    /// an already booted one (reboots in a scenario are real either way).
+    #[arg(long, global = true)]
+    cold: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,9 +158,10 @@ enum ImagesCommand {
         no_kernel: bool,
     },
     /// Remove cache entries: everything, or the entries of the releases named
-    /// (`kernels` names the kernel entries).
+    /// (their images and saved warm states); `kernels` names the kernel
+    /// entries and `warm` every saved warm state.
     Clean {
-        /// Releases (or `kernels`) to remove; everything when none are named.
+        /// Releases, `kernels` or `warm`; everything when none are named.
         names: Vec<String>,
     },
     /// Print the cache key of a release's image, or of the Linode-style kernel
@@ -191,7 +196,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
     progress::set_live(!cli.verbose && !cli.quiet);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, cli.cold) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vmrepro: {e:#}");
@@ -228,7 +233,7 @@ fn classify(error: &anyhow::Error) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-fn dispatch(command: Command) -> Result<u8> {
+fn dispatch(command: Command, cold: bool) -> Result<u8> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let project = Project::discover(&cwd)?;
     // insta would otherwise ask `cargo metadata` where the workspace is.
@@ -270,7 +275,7 @@ fn dispatch(command: Command) -> Result<u8> {
                     })?,
                 kernel: parse_kernel(&kernel)?,
             };
-            let options = run_options()?;
+            let options = run_options(cold)?;
             run::shell(&project, scenario.as_ref(), &cell, &options, interactive)?;
             eprintln!("\nvmrepro: left the shell; the guest is stopped");
             Ok(EXIT_PASS)
@@ -303,7 +308,7 @@ fn dispatch(command: Command) -> Result<u8> {
         } => {
             let scenario = project.scenario(&scenario)?;
             let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
-            let options = run_options()?;
+            let options = run_options(cold)?;
             let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
             let (markdown, code) = match run::run_cell(&project, &scenario, &cell, &options) {
                 Ok(outcome) => {
@@ -354,7 +359,7 @@ fn dispatch(command: Command) -> Result<u8> {
                     .collect::<Result<_, _>>()?
             };
             let kernel = kernel.as_deref().map(parse_kernel).transpose()?;
-            let options = run_options()?;
+            let options = run_options(cold)?;
             let cells: Vec<(Scenario, Cell)> = selected
                 .iter()
                 .flat_map(|scenario| {
@@ -379,19 +384,22 @@ fn dispatch(command: Command) -> Result<u8> {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
             }
             let jobs = jobs
-                .unwrap_or_else(|| default_jobs(options.memory_mib))
+                .unwrap_or_else(|| trial::default_jobs(options.machine.memory_mib))
                 .max(1);
             progress::println(&format!(
                 "vmrepro: {} cell(s), {jobs} at a time",
                 cells.len()
             ));
-            let results = run_concurrently(&project, cells, &options, jobs)?;
+            let results = trial::check_all(&project, cells, &options, jobs, exit_code)?;
             let worst = results
                 .iter()
                 .map(|(_, code)| *code)
                 .max()
                 .unwrap_or(EXIT_PASS);
-            let mut rows: Vec<report::Row> = results.into_iter().map(|(row, _)| row).collect();
+            let mut rows: Vec<report::Row> = results
+                .into_iter()
+                .map(|(checked, _)| checked.row)
+                .collect();
             report::sort_rows(&mut rows);
             print_rows(&rows, format)?;
             Ok(worst)
@@ -399,7 +407,7 @@ fn dispatch(command: Command) -> Result<u8> {
     }
 }
 
-fn run_options() -> Result<RunOptions> {
+fn run_options(cold: bool) -> Result<RunOptions> {
     host::ensure_tools()?;
     let accel = vm::choose_accel()?;
     progress::println(&format!(
@@ -407,11 +415,13 @@ fn run_options() -> Result<RunOptions> {
         accel.accel.name(),
         accel.reason
     ));
-    Ok(RunOptions {
-        cache: Cache::from_env(),
-        accel,
-        memory_mib: 1024,
-    })
+    let mut options = RunOptions::new(Cache::from_env(), accel)
+        .with_first_boot_from_env()
+        .map_err(UsageError)?;
+    if cold {
+        options.first_boot = FirstBoot::Cold;
+    }
+    Ok(options)
 }
 
 fn parse_kernel(name: &str) -> Result<KernelFlavour> {
@@ -453,14 +463,9 @@ fn pick_cell(scenario: &Scenario, release: Option<&str>, kernel: Option<&str>) -
     Ok(cell)
 }
 
-fn run_and_compare(
-    project: &Project,
-    scenario: &Scenario,
-    cell: &Cell,
-    options: &RunOptions,
-) -> (report::Row, u8) {
-    let checked = trial::check(project, scenario, cell, options);
-    let code = match &checked.outcome {
+/// The exit status a trial calls for; an error is printed as it happens.
+fn exit_code(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) -> u8 {
+    match &checked.outcome {
         Err(RunError::Image(ImageError::Unreachable { .. })) => EXIT_ENV,
         Err(e) => {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
@@ -468,62 +473,7 @@ fn run_and_compare(
         }
         Ok(_) if checked.passed() => EXIT_PASS,
         Ok(_) => EXIT_FAIL,
-    };
-    (checked.row, code)
-}
-
-/// Runs cells with at most `jobs` guests at once. Each guest is driven on a
-/// blocking thread of its own; the cache is the only state they share, and
-/// it is locked.
-fn run_concurrently(
-    project: &Project,
-    cells: Vec<(Scenario, Cell)>,
-    options: &RunOptions,
-    jobs: usize,
-) -> Result<Vec<(report::Row, u8)>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(jobs)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
-        let mut handles = Vec::new();
-        for (scenario, cell) in cells {
-            let permit = permits.clone().acquire_owned().await?;
-            let (project, options) = (project.clone(), options.clone());
-            handles.push(tokio::task::spawn_blocking(move || {
-                let result = run_and_compare(&project, &scenario, &cell, &options);
-                drop(permit);
-                result
-            }));
-        }
-        let mut results = Vec::new();
-        for handle in handles {
-            results.push(handle.await?);
-        }
-        Ok(results)
-    })
-}
-
-/// As many guests as there are cores, but no more than free memory holds.
-fn default_jobs(memory_mib: u32) -> usize {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let available_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(u64::from(memory_mib) * 2);
-    // Each guest costs its memory plus QEMU's own overhead.
-    let by_memory = (available_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
-    cores.min(by_memory)
+    }
 }
 
 fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
@@ -632,12 +582,13 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
         ImagesCommand::Clean { names } => {
             let releases: Vec<String> = names
                 .iter()
-                .filter(|n| n.as_str() != "kernels")
+                .filter(|n| !matches!(n.as_str(), "kernels" | "warm"))
                 .map(|n| recipe_of(n).map(|r| r.release.clone()))
                 .collect::<Result<_>>()?;
             let removed = cache.remove(|row| {
                 names.is_empty()
                     || (row.kind == kernel::KIND && names.iter().any(|n| n == "kernels"))
+                    || (row.kind == vmrepro::warm::KIND && names.iter().any(|n| n == "warm"))
                     || releases.iter().any(|release| {
                         row.name == *release || row.name.starts_with(&format!("{release}-"))
                     })

@@ -64,9 +64,10 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
             let _ = writeln!(md, "| {package} | {version} |");
         }
     }
+    let _ = writeln!(md, "| first boot | {} |", outcome.start.describe());
     let _ = writeln!(
         md,
-        "| timings | first boot to shell {:.1}s, whole trial {:.1}s |\n",
+        "| timings | first shell after {:.1}s, whole trial {:.1}s |\n",
         outcome.first_boot_seconds, outcome.total_seconds
     );
 

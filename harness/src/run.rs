@@ -13,8 +13,9 @@ use crate::image::{self, ImageError};
 use crate::kernel::{self, KernelError};
 use crate::progress;
 use crate::project::Project;
-use crate::scenario::{Action, Cell, Expectations, KernelFlavour, Scenario};
-use crate::vm::{self, AccelChoice, Vm, VmConfig, VmError};
+use crate::scenario::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario};
+use crate::vm::{self, AccelChoice, MachineOptions, Vm, VmConfig, VmError};
+use crate::warm::{self, WarmError};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -29,8 +30,63 @@ pub struct RunOptions {
     pub cache: Cache,
     /// The accelerator.
     pub accel: AccelChoice,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
+    /// The virtual hardware.
+    pub machine: MachineOptions,
+    /// `Cold` boots every guest from power-on, even where the scenario
+    /// allows a warm start (`--cold`, `VMREPRO_FIRST_BOOT=cold`).
+    pub first_boot: FirstBoot,
+}
+
+impl RunOptions {
+    /// Options with the default machine and warm starts where allowed.
+    pub fn new(cache: Cache, accel: AccelChoice) -> RunOptions {
+        RunOptions {
+            cache,
+            accel,
+            machine: MachineOptions::default(),
+            first_boot: FirstBoot::Warm,
+        }
+    }
+
+    /// Reads `VMREPRO_FIRST_BOOT` (`warm` or `cold`) into `first_boot`.
+    pub fn with_first_boot_from_env(mut self) -> Result<RunOptions, String> {
+        match std::env::var("VMREPRO_FIRST_BOOT").ok().as_deref() {
+            None | Some("") | Some("warm") => self.first_boot = FirstBoot::Warm,
+            Some("cold") => self.first_boot = FirstBoot::Cold,
+            Some(other) => return Err(format!("VMREPRO_FIRST_BOOT={other:?}: use warm or cold")),
+        }
+        Ok(self)
+    }
+}
+
+/// How a trial's guest reached its first shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A real boot from power-on.
+    Cold,
+    /// Resumed from the saved state with this cache key.
+    Warm {
+        /// The saved state's cache key.
+        key: String,
+    },
+    /// A real boot, because resuming the saved state failed.
+    ColdAfterWarmFailed {
+        /// Why resuming failed.
+        reason: String,
+    },
+}
+
+impl Start {
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Start::Cold => "cold (booted from power-on)".into(),
+            Start::Warm { key } => format!("warm (resumed saved state {key})"),
+            Start::ColdAfterWarmFailed { reason } => {
+                format!("cold, because resuming the saved state failed: {reason}")
+            }
+        }
+    }
 }
 
 /// Why a cell could not be run to the end.
@@ -48,6 +104,9 @@ pub enum RunError {
     /// The guest did not answer as expected.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// The warm state could not be saved.
+    #[error(transparent)]
+    Warm(#[from] WarmError),
     /// A step ended with the wrong exit status.
     #[error("step {index} ({title}) exited {got}, expected {expected}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}")]
     Step {
@@ -119,7 +178,9 @@ pub struct Outcome {
     pub expect: Expectations,
     /// Failed expectations, one line each; empty when all held.
     pub failures: Vec<String>,
-    /// Seconds from QEMU start to the first ready shell.
+    /// How the guest reached its first shell.
+    pub start: Start,
+    /// Seconds from QEMU start to the first ready shell (booted or resumed).
     pub first_boot_seconds: f64,
     /// Seconds for the whole trial, image lookup included.
     pub total_seconds: f64,
@@ -139,20 +200,25 @@ struct Guest {
     vm: Vm,
     console: Console,
     facts: GuestFacts,
+    start: Start,
     first_boot_seconds: f64,
     packages: BTreeMap<String, String>,
     image_origin: String,
 }
 
-/// Builds or finds what the cell boots, starts QEMU and waits until the
-/// guest's shell is ready and systemd has settled.
-fn boot(
+/// What a cell boots, built or found in the cache.
+struct Bootable {
+    config: VmConfig,
+    packages: BTreeMap<String, String>,
+    image_origin: String,
+}
+
+fn bootable(
     project: &Project,
     cell: &Cell,
     options: &RunOptions,
-    label: &str,
     artifacts: &std::path::Path,
-) -> Result<Guest, RunError> {
+) -> Result<Bootable, RunError> {
     let recipe = project
         .recipes
         .get(&cell.release)
@@ -168,42 +234,176 @@ fn boot(
     if artifacts.exists() {
         let _ = std::fs::remove_dir_all(artifacts);
     }
+    Ok(Bootable {
+        config: VmConfig {
+            base_disk: image.disk.clone(),
+            kernel,
+            machine: options.machine.clone(),
+            accel: options.accel.clone(),
+            artifacts: artifacts.to_owned(),
+            keep_overlay: None,
+            resume_from: None,
+        },
+        packages: image.manifest.packages.clone(),
+        image_origin: image.manifest.origin.clone(),
+    })
+}
+
+/// How long a cold boot took.
+#[derive(Debug, Clone)]
+pub struct BootTimes {
+    /// Seconds from QEMU start until the shell answered.
+    pub shell_seconds: f64,
+    /// Seconds from QEMU start until systemd had finished starting up.
+    pub settled_seconds: f64,
+    /// What `systemctl is-system-running` said then.
+    pub system_state: String,
+}
+
+/// Boots from power-on until the shell is ready and systemd has settled.
+fn cold_boot(
+    config: &VmConfig,
+    label: &str,
+    accel: &str,
+    timeout: Duration,
+) -> Result<(Vm, Console, BootTimes), RunError> {
     progress::note(
         label,
         &format!(
-            "booting {} with kernel {} ({})",
-            cell.release,
-            kernel.release,
-            options.accel.accel.name()
+            "booting with kernel {} ({accel}; {})",
+            config.kernel.release,
+            config.machine.describe()
         ),
     );
-    let vm = Vm::start(&VmConfig {
-        base_disk: image.disk.clone(),
-        kernel,
-        memory_mib: options.memory_mib,
-        accel: options.accel.clone(),
-        artifacts: artifacts.to_owned(),
-    })?;
+    let vm = Vm::start(config)?;
     let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?
         .with_login_banner(image::AUTOLOGIN_BANNER);
-    console.wait_ready("the first boot to reach a shell", BOOT_TIMEOUT)?;
-    let first_boot_seconds = vm.uptime().as_secs_f64();
-    let state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
+    console.wait_ready("the first boot to reach a shell", timeout)?;
+    let shell_seconds = vm.uptime().as_secs_f64();
+    let system_state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
+    let settled_seconds = vm.uptime().as_secs_f64();
     progress::note(
         label,
         &format!(
-            "shell after {first_boot_seconds:.1}s, system {state} after {:.1}s",
-            vm.uptime().as_secs_f64()
+            "shell after {shell_seconds:.1}s, system {system_state} after {settled_seconds:.1}s"
         ),
     );
+    Ok((
+        vm,
+        console,
+        BootTimes {
+            shell_seconds,
+            settled_seconds,
+            system_state,
+        },
+    ))
+}
+
+/// Boots a cell from power-on, waits for its shell and for systemd to
+/// settle, and stops it: the bare boot that benchmarks compare trials with.
+/// `timeout` bounds the wait for the shell.
+pub fn bare_boot(
+    project: &Project,
+    cell: &Cell,
+    options: &RunOptions,
+    timeout: Duration,
+) -> Result<BootTimes, RunError> {
+    let label = format!("boot {cell}");
+    let artifacts = project.artifacts_dir("bare-boot", &cell.to_string());
+    let bootable = bootable(project, cell, options, &artifacts)?;
+    let (vm, _console, times) = cold_boot(
+        &bootable.config,
+        &label,
+        options.accel.accel.name(),
+        timeout,
+    )?;
+    vm.stop();
+    Ok(times)
+}
+
+/// The saved state a warm start of `cell` resumes, booted and saved first
+/// if the cache has none.
+pub fn warm_state(
+    project: &Project,
+    cell: &Cell,
+    options: &RunOptions,
+) -> Result<warm::WarmState, RunError> {
+    let artifacts = project.artifacts_dir("warm-state", &cell.to_string());
+    let bootable = bootable(project, cell, options, &artifacts)?;
+    Ok(warm::get_or_save(
+        &options.cache,
+        &cell.to_string(),
+        &bootable.config,
+        image::AUTOLOGIN_BANNER,
+        BOOT_TIMEOUT,
+        &format!("warm state {cell}"),
+    )?)
+}
+
+/// Builds or finds what the cell boots, then starts the guest: resumed from
+/// the saved state unless `first_boot` or the options ask for a real boot.
+/// Returns once the guest's shell is ready and systemd has settled.
+fn boot(
+    project: &Project,
+    cell: &Cell,
+    options: &RunOptions,
+    first_boot: FirstBoot,
+    label: &str,
+    artifacts: &std::path::Path,
+) -> Result<Guest, RunError> {
+    let Bootable {
+        config,
+        packages,
+        image_origin,
+    } = bootable(project, cell, options, artifacts)?;
+    let mut start = Start::Cold;
+    if first_boot == FirstBoot::Warm && options.first_boot == FirstBoot::Warm {
+        let saved = warm::get_or_save(
+            &options.cache,
+            &cell.to_string(),
+            &config,
+            image::AUTOLOGIN_BANNER,
+            BOOT_TIMEOUT,
+            label,
+        )?;
+        progress::note(label, &format!("resuming the saved state {}", saved.key));
+        match warm::resume(&saved, &config, image::AUTOLOGIN_BANNER, BOOT_TIMEOUT) {
+            Ok(resumed) => {
+                let mut console = resumed.console;
+                progress::note(
+                    label,
+                    &format!("shell after {:.1}s (resumed)", resumed.seconds),
+                );
+                let facts = GuestFacts::read(&mut console)?;
+                return Ok(Guest {
+                    vm: resumed.vm,
+                    console,
+                    facts,
+                    start: Start::Warm { key: saved.key },
+                    first_boot_seconds: resumed.seconds,
+                    packages,
+                    image_origin,
+                });
+            }
+            Err(e) => {
+                let reason = e.to_string().lines().next().unwrap_or("").to_owned();
+                progress::note(label, &format!("{reason}; booting cold instead"));
+                start = Start::ColdAfterWarmFailed { reason };
+                let _ = std::fs::remove_dir_all(artifacts);
+            }
+        }
+    }
+    let (vm, mut console, times) =
+        cold_boot(&config, label, options.accel.accel.name(), BOOT_TIMEOUT)?;
     let facts = GuestFacts::read(&mut console)?;
     Ok(Guest {
         vm,
         console,
         facts,
-        first_boot_seconds,
-        packages: image.manifest.packages.clone(),
-        image_origin: image.manifest.origin.clone(),
+        start,
+        first_boot_seconds: times.shell_seconds,
+        packages,
+        image_origin,
     })
 }
 
@@ -300,7 +500,14 @@ pub fn run_cell(
     let started = Instant::now();
     let label = format!("{} {}", scenario.name, cell);
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let mut guest = boot(project, cell, options, &label, &artifacts)?;
+    let mut guest = boot(
+        project,
+        cell,
+        options,
+        scenario.first_boot,
+        &label,
+        &artifacts,
+    )?;
     let (steps, before_reboot) = run_steps(&mut guest, scenario, &label)?;
 
     progress::note(&label, "capturing state");
@@ -323,6 +530,7 @@ pub fn run_cell(
     let Guest {
         vm,
         facts,
+        start,
         first_boot_seconds,
         packages,
         image_origin,
@@ -351,6 +559,7 @@ pub fn run_cell(
         units,
         expect,
         failures,
+        start,
         first_boot_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         artifacts,
@@ -370,7 +579,8 @@ pub fn shell(
     let name = scenario.map(|s| s.name.as_str()).unwrap_or("shell");
     let label = format!("{name} {cell}");
     let artifacts = project.artifacts_dir(&format!("shell-{name}"), &cell.to_string());
-    let mut guest = boot(project, cell, options, &label, &artifacts)?;
+    let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
+    let mut guest = boot(project, cell, options, first_boot, &label, &artifacts)?;
     if let Some(scenario) = scenario {
         run_steps(&mut guest, scenario, &label)?;
     }

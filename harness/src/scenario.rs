@@ -37,6 +37,32 @@ pub struct Scenario {
     pub expect: Expectations,
     /// Per-cell overrides of `expect`, in file order.
     pub expect_cells: Vec<CellExpectations>,
+    /// How the guest's first boot happens: from the saved, booted state
+    /// (`warm`, the default) or as a real boot (`cold`), for scenarios whose
+    /// subject is the first boot itself.
+    pub first_boot: FirstBoot,
+}
+
+/// How a guest reaches its first shell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstBoot {
+    /// Resume a saved state of the same image, kernel and machine, booted
+    /// once and cached; reboots in the flow are still real boots.
+    #[default]
+    Warm,
+    /// Boot from power-on.
+    Cold,
+}
+
+impl FirstBoot {
+    /// The name scenario files and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FirstBoot::Warm => "warm",
+            FirstBoot::Cold => "cold",
+        }
+    }
 }
 
 /// The matrix cells a scenario runs on: every release with every kernel.
@@ -579,6 +605,7 @@ impl Scenario {
             captures,
             expect,
             expect_cells,
+            first_boot: raw.first_boot,
         })
     }
 
@@ -655,6 +682,8 @@ struct RawScenario {
     #[serde(rename = "capture", default)]
     captures: Vec<Spanned<RawCapture>>,
     expect: Option<RawExpect>,
+    #[serde(default)]
+    first_boot: FirstBoot,
 }
 
 #[derive(Deserialize, Clone)]
@@ -788,6 +817,26 @@ units = { "netfilter-persistent.service" = "active" }
         assert_eq!(s.steps[2].action, Action::Reboot);
         assert_eq!(s.captures[0].normalize, vec![Normalizer::Iptables]);
         assert_eq!(s.expect.units["netfilter-persistent.service"], "active");
+    }
+
+    #[test]
+    fn the_first_boot_is_warm_unless_the_scenario_says_cold() {
+        assert_eq!(parse(GOOD).expect("valid").first_boot, FirstBoot::Warm);
+        let cold = GOOD.replace(
+            "description = \"d\"\n",
+            "description = \"d\"\nfirst_boot = \"cold\"\n",
+        );
+        assert_eq!(parse(&cold).expect("valid").first_boot, FirstBoot::Cold);
+        let bad = GOOD.replace(
+            "description = \"d\"\n",
+            "description = \"d\"\nfirst_boot = \"hot\"\n",
+        );
+        let (line, message) = error_of(&bad);
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("hot") && message.contains("cold"),
+            "{message}"
+        );
     }
 
     fn error_of(text: &str) -> (usize, String) {

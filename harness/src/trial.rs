@@ -1,6 +1,7 @@
 //! One trial end to end, as both the test target and `vmrepro run` do it:
 //! run the cell, write its Markdown report beside its artifacts, compare its
-//! snapshot, and make (and save) its row of the outcome table.
+//! snapshot, and make (and save) its row of the outcome table. Also runs
+//! many trials at once.
 
 use crate::host;
 use crate::project::Project;
@@ -70,4 +71,66 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
         outcome,
         snapshot,
     }
+}
+
+/// Runs trials with at most `jobs` guests at once, each on a blocking thread
+/// of its own; the cache is the only state they share, and it is locked.
+/// `done` sees each trial as it finishes; its answers come back, in the
+/// order of `cells`, beside each trial's result.
+pub fn check_all<T: Send + 'static>(
+    project: &Project,
+    cells: Vec<(Scenario, Cell)>,
+    options: &RunOptions,
+    jobs: usize,
+    done: fn(&Scenario, &Cell, &Checked) -> T,
+) -> std::io::Result<Vec<(Checked, T)>> {
+    let jobs = jobs.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(jobs)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
+        let mut handles = Vec::new();
+        for (scenario, cell) in cells {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)?;
+            let (project, options) = (project.clone(), options.clone());
+            handles.push(tokio::task::spawn_blocking(move || {
+                let checked = check(&project, &scenario, &cell, &options);
+                let answer = done(&scenario, &cell, &checked);
+                drop(permit);
+                (checked, answer)
+            }));
+        }
+        let mut results = Vec::new();
+        for handle in handles {
+            results.push(handle.await.map_err(std::io::Error::other)?);
+        }
+        Ok(results)
+    })
+}
+
+/// How many guests to run at once: one per core, but no more than the free
+/// memory holds, counting each guest's memory and QEMU's own overhead.
+pub fn default_jobs(memory_mib: u32) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let available_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(u64::from(memory_mib) * 2);
+    let by_memory = (available_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
+    cores.min(by_memory)
 }

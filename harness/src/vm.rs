@@ -2,11 +2,16 @@
 //! directly, the kernel console in a log file and a control serial port on a
 //! unix socket.
 //!
+//! A guest can also start from a state saved by [`Vm::save_state`] (QEMU's
+//! migration stream written to a file) instead of from power-on; QEMU's
+//! machine protocol (QMP) on a second socket drives saving and resuming.
+//!
 //! QEMU never outlives the harness: it is killed when the [`Vm`] is dropped
 //! (normal end, error or panic), by the [`Supervisor`] on SIGINT/SIGTERM/SIGHUP,
 //! and by the kernel (`PR_SET_PDEATHSIG`) if the harness dies any other way.
 
 use std::fs::{self, File};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -92,19 +97,130 @@ pub fn choose_accel() -> Result<AccelChoice, VmError> {
     })
 }
 
+/// The firmware that runs before the kernel, which QEMU loads directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's default BIOS.
+    SeaBios,
+    /// qboot, a minimal BIOS that only knows how to start a kernel given
+    /// with `-kernel`; it skips SeaBIOS's device scan.
+    Qboot,
+}
+
+impl Firmware {
+    /// The firmware's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::SeaBios => "SeaBIOS",
+            Firmware::Qboot => "qboot",
+        }
+    }
+}
+
+/// The virtual hardware and the guest kernel's extra command line: what,
+/// besides the disk and the kernel, decides how a guest boots and whether a
+/// saved state fits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineOptions {
+    /// QEMU machine type (`pc`, `q35`, `microvm,...`).
+    pub machine: String,
+    /// The firmware.
+    pub firmware: Firmware,
+    /// CPU model; `None` is QEMU's default under TCG and `host` under KVM.
+    pub cpu: Option<String>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Parameters appended to the kernel command line.
+    pub cmdline: Vec<String>,
+}
+
+impl Default for MachineOptions {
+    /// The settings the boot-path benchmark found fastest among those that
+    /// boot every release with both kernels (`cargo bench`, "boot path").
+    fn default() -> MachineOptions {
+        MachineOptions {
+            machine: "pc".into(),
+            firmware: Firmware::SeaBios,
+            cpu: None,
+            memory_mib: 1024,
+            cmdline: Vec::new(),
+        }
+    }
+}
+
+impl MachineOptions {
+    /// QEMU arguments for these options under `accel`.
+    pub fn qemu_args(&self, accel: Accel) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-machine".into(),
+            self.machine.clone(),
+            "-accel".into(),
+            accel.name().into(),
+            "-smp".into(),
+            "1".into(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+        ];
+        match (&self.cpu, accel) {
+            (Some(cpu), _) => args.extend(["-cpu".into(), cpu.clone()]),
+            (None, Accel::Kvm) => args.extend(["-cpu".into(), "host".into()]),
+            (None, Accel::Tcg) => {}
+        }
+        if self.firmware == Firmware::Qboot {
+            args.extend(["-bios".into(), "qboot.rom".into()]);
+        }
+        args
+    }
+
+    /// One line for reports and cache keys, such as
+    /// `pc, SeaBIOS, default CPU, 1024 MiB`.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "{}, {}, {} CPU, {} MiB",
+            self.machine,
+            self.firmware.name(),
+            self.cpu.as_deref().unwrap_or("default"),
+            self.memory_mib
+        );
+        if !self.cmdline.is_empty() {
+            text.push_str(&format!(", cmdline +{}", self.cmdline.join(" ")));
+        }
+        text
+    }
+}
+
 /// What a guest boots.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// The base disk; opened read-only through an overlay, never written.
+    /// The disk the guest's overlay is backed by; opened read-only, never
+    /// written.
     pub base_disk: PathBuf,
     /// The kernel booted directly.
     pub kernel: Kernel,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
+    /// The virtual hardware.
+    pub machine: MachineOptions,
     /// The accelerator.
     pub accel: AccelChoice,
     /// Directory for the run's artifacts (console log, QEMU's own output).
     pub artifacts: PathBuf,
+    /// Where to create the guest's overlay so that it outlives the guest;
+    /// `None` for a throwaway overlay removed with the guest.
+    pub keep_overlay: Option<PathBuf>,
+    /// A state saved by [`Vm::save_state`] to resume instead of booting;
+    /// `base_disk` must then be the disk saved with it.
+    pub resume_from: Option<PathBuf>,
+}
+
+impl VmConfig {
+    /// The kernel command line.
+    pub fn kernel_cmdline(&self) -> String {
+        let mut cmdline = vec!["console=ttyS0", "root=/dev/vda", "rw"];
+        if self.kernel.initrd.is_none() {
+            cmdline.push("rootfstype=ext4");
+        }
+        cmdline.extend(self.machine.cmdline.iter().map(String::as_str));
+        cmdline.join(" ")
+    }
 }
 
 /// Why a guest could not be started or driven.
@@ -137,6 +253,24 @@ pub enum VmError {
         /// The last connect error.
         source: std::io::Error,
     },
+    /// QEMU's machine protocol refused a command or did not answer.
+    #[error("QEMU monitor, {command}: {message}")]
+    Monitor {
+        /// The QMP command.
+        command: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Saving or resuming a guest's state failed or took too long.
+    #[error("{what}: {message}\n--- QEMU's output ---\n{output}")]
+    State {
+        /// Saving or resuming.
+        what: String,
+        /// What went wrong.
+        message: String,
+        /// What QEMU printed.
+        output: String,
+    },
     /// File system trouble.
     #[error("{path}: {source}")]
     Io {
@@ -152,6 +286,7 @@ pub struct Vm {
     child: Child,
     workdir: tempfile::TempDir,
     control: UnixStream,
+    qmp: Qmp,
     console_log: PathBuf,
     qemu_log: PathBuf,
     started: Instant,
@@ -176,7 +311,10 @@ impl Vm {
         let owner = workdir.path().join(OWNER_FILE);
         fs::write(&owner, std::process::id().to_string()).map_err(io(&owner))?;
         let registration = Supervisor::global().register(None, Some(workdir.path().to_owned()));
-        let overlay = workdir.path().join("overlay.qcow2");
+        let overlay = config
+            .keep_overlay
+            .clone()
+            .unwrap_or_else(|| workdir.path().join("overlay.qcow2"));
         let base = fs::canonicalize(&config.base_disk).map_err(io(&config.base_disk))?;
         let mut create = Command::new("qemu-img");
         create
@@ -191,25 +329,18 @@ impl Vm {
         )?;
 
         let control_path = workdir.path().join("control.sock");
+        let qmp_path = workdir.path().join("qmp.sock");
         let console_log = config.artifacts.join("console.log");
         let qemu_log = config.artifacts.join("qemu.log");
-        let mut cmdline = vec!["console=ttyS0", "root=/dev/vda", "rw"];
-        if config.kernel.initrd.is_none() {
-            cmdline.push("rootfstype=ext4");
-        }
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-machine", "pc", "-accel", config.accel.accel.name()])
-            .args(["-smp", "1", "-m", &config.memory_mib.to_string()]);
-        if config.accel.accel == Accel::Kvm {
-            qemu.args(["-cpu", "host"]);
-        }
+            .args(config.machine.qemu_args(config.accel.accel));
         qemu.arg("-kernel").arg(&config.kernel.image);
         if let Some(initrd) = &config.kernel.initrd {
             qemu.arg("-initrd").arg(initrd);
         }
         qemu.arg("-append")
-            .arg(cmdline.join(" "))
+            .arg(config.kernel_cmdline())
             .arg("-drive")
             .arg(format!(
                 "file={},if=virtio,format=qcow2,cache=unsafe",
@@ -222,7 +353,17 @@ impl Vm {
                 "socket,id=control,path={},server=on,wait=off",
                 control_path.display()
             ))
-            .args(["-serial", "chardev:control", "-nic", "none"]);
+            .args(["-serial", "chardev:control", "-nic", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+        if let Some(state) = &config.resume_from {
+            // The saved guest was stopped before saving, so it stays paused
+            // after loading until `cont`.
+            qemu.arg("-incoming").arg(format!(
+                "exec:cat {}",
+                crate::image::shell_quote(&state.to_string_lossy())
+            ));
+        }
         let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
         let log2 = log.try_clone().map_err(io(&qemu_log))?;
         qemu.stdin(Stdio::null())
@@ -244,8 +385,12 @@ impl Vm {
         drop(registration);
 
         let mut vm_child = child;
-        let control = match connect(&control_path, &mut vm_child) {
-            Ok(stream) => stream,
+        let connected = connect(&control_path, &mut vm_child).and_then(|control| {
+            let qmp = Qmp::connect(&qmp_path, &mut vm_child)?;
+            Ok((control, qmp))
+        });
+        let (control, qmp) = match connected {
+            Ok(pair) => pair,
             Err(e) => {
                 let _ = vm_child.kill();
                 let status = vm_child.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -255,10 +400,7 @@ impl Vm {
                         output: fs::read_to_string(&qemu_log).unwrap_or_default(),
                         tail: tail_of(&console_log, TAIL_LINES),
                     },
-                    ConnectError::Io(source) => VmError::Control {
-                        path: control_path,
-                        source,
-                    },
+                    ConnectError::Io(path, source) => VmError::Control { path, source },
                 });
             }
         };
@@ -266,11 +408,114 @@ impl Vm {
             child: vm_child,
             workdir,
             control,
+            qmp,
             console_log,
             qemu_log,
             started: Instant::now(),
             _registration: registration_qemu,
         })
+    }
+
+    /// Waits until the state given as [`VmConfig::resume_from`] is loaded,
+    /// then lets the guest run.
+    pub fn resume(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let what = "loading the saved state";
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let status = self.qmp.execute("query-status", None)?;
+            match status["status"].as_str().unwrap_or("") {
+                "inmigrate" | "restore-vm" => {}
+                "running" => return Ok(()),
+                "paused" | "postmigrate" | "prelaunch" => {
+                    self.qmp.execute("cont", None)?;
+                    return Ok(());
+                }
+                other => return Err(self.state_error(what, format!("QEMU reports {other:?}"))),
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    self.state_error(what, format!("still loading after {}s", timeout.as_secs()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the guest and writes its whole state (memory and devices, not
+    /// the disk) to `file`; returns the file's size. The guest stays stopped
+    /// and its disk is flushed, so the overlay matches the state; what
+    /// remains to do with this QEMU is [`Vm::quit`].
+    pub fn save_state(&mut self, file: &Path, timeout: Duration) -> Result<u64, VmError> {
+        let what = "saving the guest's state";
+        self.qmp.execute("stop", None)?;
+        // QEMU caps migration at 128 MiB/s by default; a file takes any rate.
+        self.qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 64u64 << 30 })),
+        )?;
+        let uri = format!(
+            "exec:cat > {}",
+            crate::image::shell_quote(&file.to_string_lossy())
+        );
+        self.qmp
+            .execute("migrate", Some(serde_json::json!({ "uri": uri })))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let info = self.qmp.execute("query-migrate", None)?;
+            match info["status"].as_str().unwrap_or("") {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let why = info["error-desc"].as_str().unwrap_or("no reason given");
+                    return Err(self.state_error(what, why.to_owned()));
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    self.state_error(what, format!("not done after {}s", timeout.as_secs()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fs::metadata(file)
+            .map(|m| m.len())
+            .map_err(|source| VmError::Io {
+                path: file.to_owned(),
+                source,
+            })
+    }
+
+    /// Asks QEMU to exit cleanly (closing the disk), and waits for it.
+    pub fn quit(mut self) -> Result<(), VmError> {
+        self.qmp.execute("quit", None)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => {
+                    return Err(self.state_error("quitting", "QEMU did not exit in 30s".into()))
+                }
+                Err(source) => {
+                    return Err(VmError::Io {
+                        path: self.qemu_log.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn state_error(&self, what: &str, message: String) -> VmError {
+        VmError::State {
+            what: what.to_owned(),
+            message,
+            output: fs::read_to_string(&self.qemu_log).unwrap_or_default(),
+        }
     }
 
     /// A new handle on the control serial port.
@@ -365,7 +610,7 @@ fn sweep_stale_workdirs() {
 
 enum ConnectError {
     Exited,
-    Io(std::io::Error),
+    Io(PathBuf, std::io::Error),
 }
 
 fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
@@ -376,9 +621,78 @@ fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
         }
         match UnixStream::connect(path) {
             Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() > deadline => return Err(ConnectError::Io(e)),
+            Err(e) if Instant::now() > deadline => {
+                return Err(ConnectError::Io(path.to_owned(), e))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// A QMP connection: one JSON object per line each way; asynchronous events
+/// are skipped.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+/// How long QEMU may take to answer one QMP command.
+const QMP_ANSWER: Duration = Duration::from_secs(60);
+
+impl Qmp {
+    fn connect(path: &Path, child: &mut Child) -> Result<Qmp, ConnectError> {
+        let stream = connect(path, child)?;
+        let io = |e| ConnectError::Io(path.to_owned(), e);
+        stream.set_read_timeout(Some(QMP_ANSWER)).map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        // The greeting, then capability negotiation, before any command.
+        qmp.read_message().map_err(io)?;
+        qmp.execute("qmp_capabilities", None)
+            .map_err(|e| ConnectError::Io(path.to_owned(), std::io::Error::other(e.to_string())))?;
+        Ok(qmp)
+    }
+
+    fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmError> {
+        let failed = |message: String| VmError::Monitor {
+            command: command.to_owned(),
+            message,
+        };
+        let mut request = serde_json::json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
+        writeln!(self.writer, "{request}").map_err(|e| failed(e.to_string()))?;
+        loop {
+            let message = self.read_message().map_err(|e| failed(e.to_string()))?;
+            if let Some(answer) = message.get("return") {
+                return Ok(answer.clone());
+            }
+            if let Some(error) = message.get("error") {
+                return Err(failed(
+                    error["desc"].as_str().unwrap_or("unknown error").to_owned(),
+                ));
+            }
+            // An event ("event": ...): not the answer.
+        }
+    }
+
+    fn read_message(&mut self) -> std::io::Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "QEMU closed the monitor",
+            ));
+        }
+        serde_json::from_str(&line).map_err(std::io::Error::other)
     }
 }
 

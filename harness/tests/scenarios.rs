@@ -18,10 +18,14 @@ use vmrepro::image;
 use vmrepro::project::Project;
 use vmrepro::run::RunOptions;
 use vmrepro::scenario::{Cell, Scenario, Shard};
+use vmrepro::vm::MachineOptions;
 use vmrepro::{host, report, trial, vm};
 
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // As many guests at once as cores and free memory allow, as `vmrepro run`.
+    args.test_threads
+        .get_or_insert_with(|| trial::default_jobs(MachineOptions::default().memory_mib));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
@@ -114,11 +118,7 @@ impl Shared {
                     accel.accel.name(),
                     accel.reason
                 );
-                Ok(RunOptions {
-                    cache: Cache::from_env(),
-                    accel,
-                    memory_mib: 1024,
-                })
+                RunOptions::new(Cache::from_env(), accel).with_first_boot_from_env()
             })
             .clone()
     }
@@ -175,8 +175,12 @@ fn run_trial(
         .outcome
         .map_err(|e| Failed::from(report::markdown_error(scenario, &cell.to_string(), &e)))?;
     eprintln!(
-        "vmrepro: {} on {}: first boot {:.1}s, trial {:.1}s",
-        scenario.name, cell, outcome.first_boot_seconds, outcome.total_seconds
+        "vmrepro: {} on {}: first boot {} {:.1}s, trial {:.1}s",
+        scenario.name,
+        cell,
+        outcome.start.describe(),
+        outcome.first_boot_seconds,
+        outcome.total_seconds
     );
     let compared = checked.snapshot;
     let mut problems = Vec::new();

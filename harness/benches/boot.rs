@@ -1,0 +1,475 @@
+//! Boot and trial timings, printed, never asserted.
+//!
+//! `cargo bench` runs every section; `cargo bench -- warm matrix` runs the
+//! ones named:
+//!
+//! - `boot-path`: bare cold boots of bookworm with both kernels under each
+//!   machine type, firmware, CPU model, memory size and command line tried,
+//!   one setting changed at a time from a reference;
+//! - `warm`: the founding scenario on bookworm × stock: one bare cold boot,
+//!   the scenario with a cold first boot, the scenario warm, and the ratios;
+//! - `matrix`: the founding scenario's reachable cells run cold one at a
+//!   time, warm one at a time, and warm with as many guests as cores.
+//!
+//! Everything runs in one process, side by side, so that the ratios hold on
+//! a noisy machine even where the seconds do not. `VMREPRO_BENCH_ROUNDS=N`
+//! repeats the boot-path and warm measurements N times and reports medians.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vmrepro::cache::Cache;
+use vmrepro::project::Project;
+use vmrepro::run::{self, BootTimes, Outcome, RunOptions, Start};
+use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::vm::{self, Firmware, MachineOptions};
+use vmrepro::{host, image, progress, snapshot, trial};
+
+const SCENARIO: &str = "netfilter-persistent-reboot";
+const RELEASE: &str = "bookworm";
+const SECTIONS: &[&str] = &["boot-path", "warm", "matrix"];
+/// A variant that has not reached a shell by then does not boot.
+const VARIANT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let Some(bad) = named.iter().find(|n| !SECTIONS.contains(&n.as_str())) {
+        eprintln!("unknown section {bad:?}; sections: {}", SECTIONS.join(", "));
+        return ExitCode::from(2);
+    }
+    let wanted = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
+    match bench(wanted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error>;
+
+fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .to_path_buf();
+    std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
+    progress::set_live(false);
+    let project = Project::open(&root)?;
+    host::ensure_tools()?;
+    let accel = vm::choose_accel()?;
+    let options = RunOptions::new(Cache::from_env(), accel.clone());
+    let rounds: usize = std::env::var("VMREPRO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("vmrepro benchmark");
+    println!(
+        "  host: {cores} cores, {} MiB available; {}",
+        available_mib(),
+        host::tool_version("qemu-system-x86_64").unwrap_or_default()
+    );
+    println!("  accelerator: {} ({})", accel.accel.name(), accel.reason);
+    println!(
+        "  default machine: {}; rounds: {rounds}\n",
+        MachineOptions::default().describe()
+    );
+    let scenario = project.scenario(SCENARIO)?;
+    let mut summary = Vec::new();
+    if wanted("boot-path") {
+        boot_path(&project, &options, rounds)?;
+    }
+    if wanted("warm") {
+        summary.extend(warm_vs_cold(&project, &scenario, &options, rounds)?);
+    }
+    if wanted("matrix") {
+        summary.extend(matrix(&project, &scenario, &options, cores)?);
+    }
+    if !summary.is_empty() {
+        println!("\n== summary ==");
+        for line in summary {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+fn available_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn cell(kernel: KernelFlavour) -> Cell {
+    Cell {
+        release: RELEASE.into(),
+        kernel,
+    }
+}
+
+/// The boot-path section: one setting at a time changed from a reference.
+fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(), Error> {
+    println!("== boot path: bare cold boot of {RELEASE} to a settled shell, one setting changed at a time ==");
+    let reference = MachineOptions {
+        machine: "pc".into(),
+        firmware: Firmware::SeaBios,
+        cpu: None,
+        memory_mib: 1024,
+        cmdline: Vec::new(),
+    };
+    let with = |change: &dyn Fn(&mut MachineOptions)| {
+        let mut options = reference.clone();
+        change(&mut options);
+        options
+    };
+    let mut variants: Vec<(&str, MachineOptions)> = vec![
+        ("reference", reference.clone()),
+        ("machine q35", with(&|o| o.machine = "q35".into())),
+        (
+            "machine microvm",
+            with(&|o| o.machine = "microvm,pcie=on,rtc=on".into()),
+        ),
+        ("firmware qboot", with(&|o| o.firmware = Firmware::Qboot)),
+        ("cpu max", with(&|o| o.cpu = Some("max".into()))),
+        ("memory 512 MiB", with(&|o| o.memory_mib = 512)),
+        ("memory 2048 MiB", with(&|o| o.memory_mib = 2048)),
+        (
+            "cmdline +quiet",
+            with(&|o| o.cmdline = vec!["quiet".into()]),
+        ),
+        (
+            "cmdline +mitigations=off",
+            with(&|o| o.cmdline = vec!["mitigations=off".into()]),
+        ),
+    ];
+    if options.accel.accel == vm::Accel::Kvm {
+        variants.push(("cpu host", with(&|o| o.cpu = Some("host".into()))));
+    }
+    let kernels = [KernelFlavour::Linode, KernelFlavour::Stock];
+    // times[variant][kernel] = (shell, settled) per round, or the failure.
+    let mut times: Vec<Vec<Result<Vec<BootTimes>, String>>> =
+        vec![vec![Ok(Vec::new()); kernels.len()]; variants.len()];
+    for round in 0..rounds {
+        // Interleaved, so that a slow minute of the host hurts every
+        // variant a little rather than one a lot.
+        for (v, (name, machine)) in variants.iter().enumerate() {
+            for (k, kernel) in kernels.iter().enumerate() {
+                if times[v][k].is_err() {
+                    continue;
+                }
+                let mut variant = options.clone();
+                variant.machine = machine.clone();
+                eprintln!(
+                    "[round {}/{rounds}] {name}, {}: booting",
+                    round + 1,
+                    cell(*kernel)
+                );
+                match run::bare_boot(project, &cell(*kernel), &variant, VARIANT_TIMEOUT) {
+                    Ok(t) => {
+                        if let Ok(list) = &mut times[v][k] {
+                            list.push(t);
+                        }
+                    }
+                    Err(e) => {
+                        let first = e.to_string().lines().next().unwrap_or("").to_owned();
+                        times[v][k] = Err(first);
+                    }
+                }
+            }
+        }
+    }
+    let settled = |v: usize, k: usize| -> Option<f64> {
+        times[v][k]
+            .as_ref()
+            .ok()
+            .map(|l| median(l.iter().map(|t| t.settled_seconds).collect()))
+    };
+    println!(
+        "\n  {:<26} {:>22} {:>22}",
+        "setting", "linode: shell/settled", "stock: shell/settled"
+    );
+    for (v, (name, _)) in variants.iter().enumerate() {
+        let mut line = format!("  {name:<26}");
+        for (k, result) in times[v].iter().enumerate() {
+            let cell = match result {
+                Ok(list) => {
+                    let shell = median(list.iter().map(|t| t.shell_seconds).collect());
+                    let set = median(list.iter().map(|t| t.settled_seconds).collect());
+                    let ratio = match (settled(v, k), settled(0, k)) {
+                        (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                        _ => "-".into(),
+                    };
+                    format!("{shell:5.1}s/{set:5.1}s {ratio:>6}")
+                }
+                Err(_) => "does not boot".into(),
+            };
+            line.push_str(&format!(" {cell:>22}"));
+        }
+        println!("{line}");
+    }
+    for (v, (name, machine)) in variants.iter().enumerate() {
+        for (k, kernel) in kernels.iter().enumerate() {
+            if let Err(why) = &times[v][k] {
+                println!("  {name} ({}, {kernel}): {why}", machine.describe());
+            }
+        }
+    }
+    println!(
+        "  (ratios are settled-shell times against the reference on the same kernel; the default is {})\n",
+        MachineOptions::default().describe()
+    );
+    Ok(())
+}
+
+fn phase_seconds(outcome: &Outcome) -> (f64, f64) {
+    let reboot: f64 = outcome
+        .steps
+        .iter()
+        .filter(|s| s.output.is_none())
+        .map(|s| s.seconds)
+        .sum();
+    (outcome.first_boot_seconds, reboot)
+}
+
+/// The warm section: bare boot, scenario cold, scenario warm, ratios.
+fn warm_vs_cold(
+    project: &Project,
+    scenario: &Scenario,
+    options: &RunOptions,
+    rounds: usize,
+) -> Result<Vec<String>, Error> {
+    let cell = cell(KernelFlavour::Stock);
+    println!("== warm start: {} on {cell} ==", scenario.name);
+    let started = Instant::now();
+    let state = run::warm_state(project, &cell, options)?;
+    println!(
+        "  saved state {}: {:.0} MiB; the boot that saved it reached a shell after {:.1}s, saving took {:.1}s (this run spent {:.1}s getting it)",
+        state.key,
+        state.meta.state_bytes as f64 / 1048576.0,
+        state.meta.boot_seconds,
+        state.meta.save_seconds,
+        started.elapsed().as_secs_f64()
+    );
+    let mut cold_options = options.clone();
+    cold_options.first_boot = FirstBoot::Cold;
+    let mut warm_options = options.clone();
+    warm_options.first_boot = FirstBoot::Warm;
+    let (mut bare, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    let mut identical = true;
+    let mut passed = true;
+    for round in 0..rounds {
+        eprintln!("[round {}/{rounds}] bare cold boot", round + 1);
+        bare.push(run::bare_boot(project, &cell, options, VARIANT_TIMEOUT)?);
+        eprintln!("[round {}/{rounds}] scenario, cold", round + 1);
+        let c = run::run_cell(project, scenario, &cell, &cold_options)?;
+        eprintln!("[round {}/{rounds}] scenario, warm", round + 1);
+        let w = run::run_cell(project, scenario, &cell, &warm_options)?;
+        if !matches!(w.start, Start::Warm { .. }) {
+            return Err(
+                format!("the warm trial did not start warm: {}", w.start.describe()).into(),
+            );
+        }
+        identical &= snapshot::render(&c.captures) == snapshot::render(&w.captures)
+            && snapshot::render(&c.before_reboot) == snapshot::render(&w.before_reboot);
+        passed &= c.passed() && w.passed();
+        cold.push(c);
+        warm.push(w);
+    }
+    let bare_shell = median(bare.iter().map(|t| t.shell_seconds).collect());
+    let bare_settled = median(bare.iter().map(|t| t.settled_seconds).collect());
+    let total = |list: &[Outcome]| median(list.iter().map(|o| o.total_seconds).collect());
+    let first = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).0).collect());
+    let reboot = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).1).collect());
+    let (cold_total, warm_total) = (total(&cold), total(&warm));
+    println!("  bare cold boot:  shell after {bare_shell:.1}s, settled after {bare_settled:.1}s");
+    println!(
+        "  scenario, cold:  {cold_total:.1}s (first boot to shell {:.1}s, reboot step {:.1}s)",
+        first(&cold),
+        reboot(&cold)
+    );
+    println!(
+        "  scenario, warm:  {warm_total:.1}s (resume to shell {:.1}s, reboot step {:.1}s)",
+        first(&warm),
+        reboot(&warm)
+    );
+    let ratios = vec![
+        format!(
+            "{cell}: warm scenario / bare cold boot (settled) = {:.2} (target ≤ 1.3)",
+            warm_total / bare_settled
+        ),
+        format!(
+            "{cell}: cold scenario / bare cold boot (settled) = {:.2}",
+            cold_total / bare_settled
+        ),
+        format!(
+            "{cell}: warm scenario / cold scenario = {:.2}",
+            warm_total / cold_total
+        ),
+        format!(
+            "{cell}: warm and cold snapshots identical: {}; expectations held in both: {}",
+            yes(identical),
+            yes(passed)
+        ),
+    ];
+    for line in &ratios {
+        println!("  {line}");
+    }
+    println!();
+    Ok(ratios)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+/// A trial's cell, seconds and whether it passed.
+type Timed = (String, f64, bool);
+
+/// The matrix section: the founding scenario's reachable cells, cold at
+/// -j 1, warm at -j 1 and warm at -j cores.
+fn matrix(
+    project: &Project,
+    scenario: &Scenario,
+    options: &RunOptions,
+    cores: usize,
+) -> Result<Vec<String>, Error> {
+    let cells: Vec<Cell> = scenario
+        .matrix
+        .cells()
+        .into_iter()
+        .filter(|c| {
+            project.recipes.get(&c.release).is_some_and(|r| {
+                image::lookup(&options.cache, r).is_some() || image::probe_reachable(r).is_ok()
+            })
+        })
+        .collect();
+    let names: Vec<String> = cells.iter().map(Cell::to_string).collect();
+    println!(
+        "== matrix: {} on its {} reachable cells ({}) ==",
+        scenario.name,
+        cells.len(),
+        names.join(", ")
+    );
+    let started = Instant::now();
+    for cell in &cells {
+        run::warm_state(project, cell, options)?;
+    }
+    println!(
+        "  saved states ready ({:.1}s spent here getting them)",
+        started.elapsed().as_secs_f64()
+    );
+    // As many guests as cores; `vmrepro run` also caps this by free memory.
+    let jobs = cores;
+    println!(
+        "  -j 1 against -j {jobs} (cores); by free memory `vmrepro run` would allow -j {}",
+        trial::default_jobs(options.machine.memory_mib)
+    );
+    let pass = |first_boot: FirstBoot, jobs: usize| -> Result<(f64, Vec<Timed>), Error> {
+        let mut opts = options.clone();
+        opts.first_boot = first_boot;
+        eprintln!("matrix, {} first boot, -j {jobs}", first_boot.name());
+        let started = Instant::now();
+        let work: Vec<(Scenario, Cell)> = cells
+            .iter()
+            .map(|c| (scenario.clone(), c.clone()))
+            .collect();
+        let results = trial::check_all(project, work, &opts, jobs, |_, _, _| ())?;
+        let wall = started.elapsed().as_secs_f64();
+        let per_cell = results
+            .into_iter()
+            .map(|(checked, ())| {
+                let seconds = checked
+                    .outcome
+                    .as_ref()
+                    .map_or(f64::NAN, |o| o.total_seconds);
+                (
+                    format!("{}-{}", checked.row.release, checked.row.kernel),
+                    seconds,
+                    checked.passed(),
+                )
+            })
+            .collect();
+        Ok((wall, per_cell))
+    };
+    let (cold_wall, cold_cells) = pass(FirstBoot::Cold, 1)?;
+    let (warm_wall, warm_cells) = pass(FirstBoot::Warm, 1)?;
+    let (par_wall, par_cells) = pass(FirstBoot::Warm, jobs)?;
+    println!(
+        "\n  {:<18} {:>9} {:>9} {:>10} {:>12}",
+        "cell",
+        "cold -j1",
+        "warm -j1",
+        "warm/cold",
+        format!("warm -j{jobs}")
+    );
+    let mut slower = Vec::new();
+    let mut all_passed = true;
+    for ((c, w), p) in cold_cells.iter().zip(&warm_cells).zip(&par_cells) {
+        all_passed &= c.2 && w.2 && p.2;
+        if w.1 > c.1 {
+            slower.push(c.0.clone());
+        }
+        println!(
+            "  {:<18} {:>8.1}s {:>8.1}s {:>10.2} {:>11.1}s",
+            c.0,
+            c.1,
+            w.1,
+            w.1 / c.1,
+            p.1
+        );
+    }
+    println!(
+        "  {:<18} {:>8.1}s {:>8.1}s {:>10.2} {:>11.1}s   (wall time)",
+        "whole matrix",
+        cold_wall,
+        warm_wall,
+        warm_wall / cold_wall,
+        par_wall
+    );
+    let lines = vec![
+        format!(
+            "matrix ({} cells), warm: wall at -j {jobs} / at -j 1 = {:.2} ({par_wall:.0}s / {warm_wall:.0}s; target ≤ 0.6 on 2 cores)",
+            cells.len(),
+            par_wall / warm_wall
+        ),
+        format!(
+            "matrix at -j 1: warm / cold wall = {:.2} ({warm_wall:.0}s / {cold_wall:.0}s)",
+            warm_wall / cold_wall
+        ),
+        format!(
+            "trials slower warm than cold: {}; every trial passed: {}",
+            if slower.is_empty() {
+                "none".to_owned()
+            } else {
+                slower.join(", ")
+            },
+            yes(all_passed)
+        ),
+    ];
+    Ok(lines)
+}

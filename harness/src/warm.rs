@@ -1,0 +1,389 @@
+//! Warm start: a guest booted once, saved, and resumed by every later trial.
+//!
+//! For each combination of disk image, kernel, QEMU version, accelerator and
+//! machine options, the first trial that needs it boots the guest, waits
+//! until its shell is ready and systemd has settled, stops it and saves its
+//! state (QEMU's migration stream) beside the overlay the boot wrote. Both go
+//! into the cache, read-only. A trial then resumes from that state on a fresh
+//! overlay backed by the saved one, in seconds instead of a boot, and sets
+//! the guest's clock, which stood still while the state sat in the cache.
+//!
+//! The key covers everything the saved state depends on, so changing any of
+//! it (a recipe, the kernel, QEMU, a machine option, what "ready" means here)
+//! leads to a new state being saved rather than a stale one being loaded.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{Cache, CacheError};
+use crate::console::{Console, ConsoleError};
+use crate::host;
+use crate::progress;
+use crate::vm::{Vm, VmConfig, VmError};
+
+/// The cache kind saved states live under.
+pub const KIND: &str = "warm";
+
+/// Part of every key: bump it when what a saved guest is like changes (how
+/// readiness is decided, what the control shell is set up to be).
+const WARM_FORMAT: &str = "vmrepro-warm-1";
+
+/// How long the state may take to save or to load.
+const STATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A saved, booted guest in the cache.
+#[derive(Debug, Clone)]
+pub struct WarmState {
+    /// The cache key (the entry's directory name).
+    pub key: String,
+    /// QEMU's migration stream: memory and device state.
+    pub state: PathBuf,
+    /// The overlay as the boot left it, backed by the base disk.
+    pub disk: PathBuf,
+    /// What the saving boot recorded.
+    pub meta: WarmMeta,
+}
+
+/// What the boot that saved a state recorded about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmMeta {
+    /// The base disk the saved overlay is backed by.
+    pub base_disk: PathBuf,
+    /// The guest kernel's release.
+    pub kernel_release: String,
+    /// `qemu-system-x86_64 --version`, first line.
+    pub qemu: String,
+    /// The machine options, described.
+    pub machine: String,
+    /// Seconds from QEMU start to a ready shell.
+    pub boot_seconds: f64,
+    /// Seconds until systemd had settled.
+    pub settled_seconds: f64,
+    /// What `systemctl is-system-running` said when the state was saved.
+    pub system_state: String,
+    /// Seconds the save took.
+    pub save_seconds: f64,
+    /// Size of the state file.
+    pub state_bytes: u64,
+}
+
+/// Why a warm start could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Booting, saving or resuming the guest failed.
+    #[error("{what}: {source}")]
+    Vm {
+        /// What was being done.
+        what: String,
+        /// The QEMU trouble.
+        source: VmError,
+    },
+    /// The guest's shell did not answer.
+    #[error("{what}: {source}")]
+    Console {
+        /// What was being done.
+        what: String,
+        /// The console trouble.
+        source: ConsoleError,
+    },
+}
+
+/// A resumed guest with a ready shell.
+pub struct Resumed {
+    /// The guest.
+    pub vm: Vm,
+    /// Its root shell, ready for commands.
+    pub console: Console,
+    /// Seconds from QEMU start to the ready shell, clock set.
+    pub seconds: f64,
+}
+
+/// The cache key of the saved state for `config` (whose `keep_overlay` and
+/// `resume_from` are ignored). `name` prefixes it for people reading the
+/// cache, such as `bookworm-stock`.
+pub fn key(name: &str, config: &VmConfig) -> String {
+    let mut hasher = Sha256::new();
+    let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
+    let mut parts = vec![
+        WARM_FORMAT.to_owned(),
+        qemu,
+        config.accel.accel.name().to_owned(),
+        config.machine.qemu_args(config.accel.accel).join(" "),
+        config.kernel_cmdline(),
+        config.kernel.release.clone(),
+    ];
+    // The files by path, size and modification time: an imported image or a
+    // rebuilt kernel at the same path is a different guest.
+    for file in std::iter::once(&config.base_disk)
+        .chain(std::iter::once(&config.kernel.image))
+        .chain(config.kernel.initrd.iter())
+    {
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+        let stamp = std::fs::metadata(&path)
+            .map(|m| {
+                let modified = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("{} {modified}", m.len())
+            })
+            .unwrap_or_default();
+        parts.push(format!("{} {stamp}", path.display()));
+    }
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{name}-{hex}")
+}
+
+/// The saved state for `config`, booting and saving it first if the cache
+/// has none. `label` prefixes progress lines.
+pub fn get_or_save(
+    cache: &Cache,
+    name: &str,
+    config: &VmConfig,
+    login_banner: &str,
+    boot_timeout: Duration,
+    label: &str,
+) -> Result<WarmState, WarmError> {
+    let key = key(name, config);
+    let entry = cache.get_or_build(KIND, &key, label, |work| {
+        save(work, config, login_banner, boot_timeout, label)
+    })?;
+    Ok(WarmState {
+        key,
+        state: entry.dir.join(STATE_FILE),
+        disk: entry.dir.join(DISK_FILE),
+        meta: entry.meta,
+    })
+}
+
+/// The cached state for `config`, without booting anything.
+pub fn lookup(cache: &Cache, name: &str, config: &VmConfig) -> Option<WarmState> {
+    let key = key(name, config);
+    let entry = cache.lookup::<WarmMeta>(KIND, &key)?;
+    Some(WarmState {
+        key,
+        state: entry.dir.join(STATE_FILE),
+        disk: entry.dir.join(DISK_FILE),
+        meta: entry.meta,
+    })
+}
+
+const STATE_FILE: &str = "state.bin";
+const DISK_FILE: &str = "disk.qcow2";
+
+fn save(
+    work: &Path,
+    config: &VmConfig,
+    login_banner: &str,
+    boot_timeout: Duration,
+    label: &str,
+) -> Result<WarmMeta, WarmError> {
+    progress::note(
+        label,
+        &format!(
+            "booting once to save a warm state (kernel {})",
+            config.kernel.release
+        ),
+    );
+    let vm_error = |what: &str| {
+        let what = what.to_owned();
+        move |source| WarmError::Vm { what, source }
+    };
+    let console_error = |what: &str| {
+        let what = what.to_owned();
+        move |source| WarmError::Console { what, source }
+    };
+    let boot = "booting the guest whose state is saved";
+    let mut vm = Vm::start(&VmConfig {
+        keep_overlay: Some(work.join(DISK_FILE)),
+        resume_from: None,
+        artifacts: work.to_owned(),
+        ..config.clone()
+    })
+    .map_err(vm_error(boot))?;
+    let mut console = Console::attach(
+        vm.control().map_err(vm_error(boot))?,
+        Some(vm.console_log().to_owned()),
+    )
+    .map_err(console_error(boot))?
+    .with_login_banner(login_banner);
+    console
+        .wait_ready("the first boot to reach a shell", boot_timeout)
+        .map_err(console_error(boot))?;
+    let boot_seconds = vm.uptime().as_secs_f64();
+    let system_state = console
+        .wait_settled("systemd to finish the first boot", boot_timeout)
+        .map_err(console_error(boot))?;
+    let settled_seconds = vm.uptime().as_secs_f64();
+    drop(console);
+    let saving = Instant::now();
+    let state_bytes = vm
+        .save_state(&work.join(STATE_FILE), STATE_TIMEOUT)
+        .map_err(vm_error("saving the booted guest"))?;
+    vm.quit().map_err(vm_error("stopping the saved guest"))?;
+    let save_seconds = saving.elapsed().as_secs_f64();
+    progress::note(
+        label,
+        &format!(
+            "warm state saved: shell after {boot_seconds:.1}s, system {system_state} after {settled_seconds:.1}s, {:.0} MiB saved in {save_seconds:.1}s",
+            state_bytes as f64 / (1024.0 * 1024.0)
+        ),
+    );
+    Ok(WarmMeta {
+        base_disk: std::fs::canonicalize(&config.base_disk)
+            .unwrap_or_else(|_| config.base_disk.clone()),
+        kernel_release: config.kernel.release.clone(),
+        qemu: host::tool_version("qemu-system-x86_64").unwrap_or_default(),
+        machine: config.machine.describe(),
+        boot_seconds,
+        settled_seconds,
+        system_state,
+        save_seconds,
+        state_bytes,
+    })
+}
+
+/// Starts a guest from a saved state on a throwaway overlay over its disk,
+/// waits for its shell and sets its clock to the host's.
+pub fn resume(
+    state: &WarmState,
+    config: &VmConfig,
+    login_banner: &str,
+    timeout: Duration,
+) -> Result<Resumed, WarmError> {
+    let what = "resuming the saved guest";
+    let vm_error = |source| WarmError::Vm {
+        what: what.to_owned(),
+        source,
+    };
+    let console_error = |source| WarmError::Console {
+        what: what.to_owned(),
+        source,
+    };
+    let mut vm = Vm::start(&VmConfig {
+        base_disk: state.disk.clone(),
+        keep_overlay: None,
+        resume_from: Some(state.state.clone()),
+        ..config.clone()
+    })
+    .map_err(vm_error)?;
+    vm.resume(STATE_TIMEOUT).map_err(vm_error)?;
+    let mut console = Console::attach(
+        vm.control().map_err(vm_error)?,
+        Some(vm.console_log().to_owned()),
+    )
+    .map_err(console_error)?
+    .with_login_banner(login_banner);
+    console
+        .wait_resumed("the resumed guest's shell", timeout)
+        .map_err(console_error)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let set = console
+        .run(
+            "setting the resumed guest's clock",
+            &format!(
+                "date -u -s @{}.{:09} >/dev/null",
+                now.as_secs(),
+                now.subsec_nanos()
+            ),
+            Duration::from_secs(30),
+        )
+        .map_err(console_error)?;
+    if set.status != 0 {
+        return Err(console_error(ConsoleError::Protocol {
+            what: "setting the resumed guest's clock".into(),
+            message: format!("date exited {}: {}", set.status, set.stderr.trim()),
+        }));
+    }
+    Ok(Resumed {
+        seconds: vm.uptime().as_secs_f64(),
+        vm,
+        console,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Kernel;
+    use crate::scenario::KernelFlavour;
+    use crate::vm::{Accel, AccelChoice, MachineOptions};
+
+    fn config(dir: &Path) -> VmConfig {
+        let disk = dir.join("rootfs.qcow2");
+        let image = dir.join("vmlinuz");
+        for file in [&disk, &image] {
+            if !file.exists() {
+                std::fs::write(file, b"x").expect("writable temp dir");
+            }
+        }
+        VmConfig {
+            base_disk: disk,
+            kernel: Kernel {
+                flavour: KernelFlavour::Linode,
+                image,
+                initrd: None,
+                release: "6.1.0-test".into(),
+            },
+            machine: MachineOptions::default(),
+            accel: AccelChoice {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            },
+            artifacts: dir.join("artifacts"),
+            keep_overlay: None,
+            resume_from: None,
+        }
+    }
+
+    #[test]
+    fn the_key_changes_with_whatever_the_saved_state_depends_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let base = config(dir.path());
+        let key = key("bookworm-linode", &base);
+        assert!(key.starts_with("bookworm-linode-"), "{key}");
+
+        // Per-run settings do not matter.
+        let mut same = base.clone();
+        same.artifacts = dir.path().join("elsewhere");
+        same.keep_overlay = Some(dir.path().join("o.qcow2"));
+        assert_eq!(key, super::key("bookworm-linode", &same));
+
+        let mut memory = base.clone();
+        memory.machine.memory_mib = 512;
+        let mut cmdline = base.clone();
+        cmdline.machine.cmdline = vec!["quiet".into()];
+        let mut machine = base.clone();
+        machine.machine.machine = "q35".into();
+        let mut accel = base.clone();
+        accel.accel.accel = Accel::Kvm;
+        let mut kernel = base.clone();
+        kernel.kernel.release = "6.1.0-other".into();
+        for changed in [&memory, &cmdline, &machine, &accel, &kernel] {
+            assert_ne!(key, super::key("bookworm-linode", changed));
+        }
+
+        // A disk rewritten in place (a re-imported image) is a new guest.
+        std::fs::write(&base.base_disk, b"a different, longer disk").expect("writable");
+        assert_ne!(key, super::key("bookworm-linode", &base));
+    }
+}
