@@ -25,6 +25,10 @@ use crate::vm;
 const POLL: u64 = 500;
 /// How long to wait for a shell prompt before the first readiness probe.
 const PROMPT_HINT: Duration = Duration::from_secs(5);
+/// What the end of a shell prompt looks like, allowing for the terminal
+/// escapes (such as readline's bracketed-paste switch) a shell may print
+/// after it.
+const PROMPT: &str = r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*$";
 /// How often the readiness probe is repeated while the guest boots.
 const PROBE_EVERY: Duration = Duration::from_secs(3);
 
@@ -188,7 +192,7 @@ impl Console {
         }
         // Likewise, wait briefly for something that looks like a prompt
         // before the first probe. This is only a hint; the probe decides.
-        let prompt = Regex::new(r"[#$] $").map_err(|e| self.protocol(what, e.to_string()))?;
+        let prompt = Regex::new(PROMPT).map_err(|e| self.protocol(what, e.to_string()))?;
         if booting {
             let prompt_deadline = (Instant::now() + PROMPT_HINT).min(deadline);
             let _ = self.wait_for(&prompt, prompt_deadline, what)?;
@@ -560,6 +564,21 @@ mod tests {
         assert!(out
             .stdout
             .ends_with("line 3000 with 'quotes' and \"more\"\n"));
+    }
+
+    #[test]
+    fn prompts_are_recognised_with_or_without_bracketed_paste() {
+        let prompt = Regex::new(PROMPT).expect("valid");
+        for text in [
+            "Debian GNU/Linux 12 vmrepro ttyS1\n\nroot@vmrepro:~# ",
+            "root@vmrepro:~# \x1b[?2004h",
+            "$ ",
+        ] {
+            assert!(prompt.is_match(text), "{text:?}");
+        }
+        for text in ["root@vmrepro:~# ls\n", "login: ", "# x"] {
+            assert!(!prompt.is_match(text), "{text:?}");
+        }
     }
 
     #[test]
