@@ -13,7 +13,9 @@
 //!
 //! Everything runs in one process, side by side, so that the ratios hold on
 //! a noisy machine even where the seconds do not. `VMREPRO_BENCH_ROUNDS=N`
-//! repeats the boot-path and warm measurements N times and reports medians.
+//! repeats the boot-path and warm measurements N times and reports medians;
+//! `VMREPRO_BENCH_VARIANTS=qboot,512` limits the boot path to the reference
+//! and the settings whose names contain those words.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -165,6 +167,16 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
     ];
     if options.accel.accel == vm::Accel::Kvm {
         variants.push(("cpu host", with(&|o| o.cpu = Some("host".into()))));
+    }
+    // VMREPRO_BENCH_VARIANTS=qboot,512 keeps the reference and the variants
+    // whose names contain one of the words, for repeating a close call.
+    if let Ok(filter) = std::env::var("VMREPRO_BENCH_VARIANTS") {
+        let words: Vec<&str> = filter
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        variants.retain(|(name, _)| *name == "reference" || words.iter().any(|w| name.contains(w)));
     }
     let kernels = [KernelFlavour::Linode, KernelFlavour::Stock];
     // times[variant][kernel] = (shell, settled) per round, or the failure.

@@ -7,7 +7,7 @@ use crate::host;
 use crate::project::Project;
 use crate::report::{self, Row};
 use crate::run::{self, Outcome, RunError, RunOptions};
-use crate::scenario::{Cell, Scenario};
+use crate::scenario::{Cell, KernelFlavour, Scenario};
 use crate::snapshot::{self, SnapshotError};
 
 /// What a trial produced.
@@ -75,8 +75,9 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
 
 /// Runs trials with at most `jobs` guests at once, each on a blocking thread
 /// of its own; the cache is the only state they share, and it is locked.
-/// `done` sees each trial as it finishes; its answers come back, in the
-/// order of `cells`, beside each trial's result.
+/// Trials start longest-expected first; `done` sees each as it finishes,
+/// and the results come back in the order of `cells`, each with what `done`
+/// answered.
 pub fn check_all<T: Send + 'static>(
     project: &Project,
     cells: Vec<(Scenario, Cell)>,
@@ -90,10 +91,11 @@ pub fn check_all<T: Send + 'static>(
         .max_blocking_threads(jobs)
         .enable_all()
         .build()?;
+    let order = longest_first(&cells);
     runtime.block_on(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut handles = Vec::new();
-        for (scenario, cell) in cells {
+        for (scenario, cell) in order.iter().map(|&i| cells[i].clone()) {
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -107,11 +109,11 @@ pub fn check_all<T: Send + 'static>(
                 (checked, answer)
             }));
         }
-        let mut results = Vec::new();
-        for handle in handles {
-            results.push(handle.await.map_err(std::io::Error::other)?);
+        let mut results: Vec<Option<(Checked, T)>> = (0..order.len()).map(|_| None).collect();
+        for (handle, &i) in handles.into_iter().zip(&order) {
+            results[i] = Some(handle.await.map_err(std::io::Error::other)?);
         }
-        Ok(results)
+        Ok(results.into_iter().flatten().collect())
     })
 }
 
@@ -133,4 +135,27 @@ pub fn default_jobs(memory_mib: u32) -> usize {
         .unwrap_or(u64::from(memory_mib) * 2);
     let by_memory = (available_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
     cores.min(by_memory)
+}
+
+/// Indices of `cells` with the likely-longest trials first, so that the last
+/// guest to start is not the one that keeps every other core idle at the
+/// end: stock kernels (initrd, module loading) before the Linode-style one,
+/// newer releases (more units to start) before older ones. The sort is
+/// stable, so equal cells keep their order.
+pub fn longest_first(cells: &[(Scenario, Cell)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| {
+        let (scenario, cell) = &cells[i];
+        let release = scenario
+            .matrix
+            .releases
+            .iter()
+            .position(|r| r == &cell.release)
+            .unwrap_or(0);
+        (
+            cell.kernel != KernelFlavour::Stock,
+            std::cmp::Reverse(release),
+        )
+    });
+    order
 }

@@ -742,6 +742,83 @@ mod tests {
         );
     }
 
+    /// A QMP peer that answers each request with the next canned lines.
+    fn fake_qmp(answers: Vec<&'static str>) -> (Qmp, std::thread::JoinHandle<Vec<String>>) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let peer = std::thread::spawn(move || {
+            let mut reader = BufReader::new(theirs.try_clone().expect("clone"));
+            let mut writer = theirs;
+            let mut requests = Vec::new();
+            for answer in answers {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                requests.push(line.trim().to_owned());
+                writer.write_all(answer.as_bytes()).expect("answer");
+            }
+            requests
+        });
+        let writer = ours.try_clone().expect("clone");
+        (
+            Qmp {
+                reader: BufReader::new(ours),
+                writer,
+            },
+            peer,
+        )
+    }
+
+    #[test]
+    fn qmp_skips_events_and_reports_errors() {
+        let (mut qmp, peer) = fake_qmp(vec![
+            "{\"event\": \"STOP\", \"timestamp\": {}}\n{\"return\": {\"status\": \"paused\"}}\n",
+            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no migration in progress\"}}\n",
+        ]);
+        let status = qmp.execute("query-status", None).expect("answer");
+        assert_eq!(status["status"], "paused");
+        let err = qmp
+            .execute(
+                "migrate",
+                Some(serde_json::json!({ "uri": "exec:cat > f" })),
+            )
+            .expect_err("an error answer");
+        assert!(
+            err.to_string()
+                .contains("migrate: no migration in progress"),
+            "{err}"
+        );
+        let requests = peer.join().expect("peer");
+        assert_eq!(requests[0], r#"{"execute":"query-status"}"#);
+        assert!(
+            requests[1].contains(r#""arguments":{"uri":"exec:cat > f"}"#),
+            "{}",
+            requests[1]
+        );
+    }
+
+    #[test]
+    fn machine_options_become_qemu_arguments() {
+        let options = MachineOptions {
+            machine: "q35".into(),
+            firmware: Firmware::Qboot,
+            cpu: None,
+            memory_mib: 512,
+            cmdline: vec!["quiet".into()],
+        };
+        let tcg = options.qemu_args(Accel::Tcg).join(" ");
+        assert_eq!(tcg, "-machine q35 -accel tcg -smp 1 -m 512 -bios qboot.rom");
+        let kvm = options.qemu_args(Accel::Kvm).join(" ");
+        assert!(
+            kvm.contains("-accel kvm") && kvm.contains("-cpu host"),
+            "{kvm}"
+        );
+        assert_eq!(
+            options.describe(),
+            "q35, qboot, default CPU, 512 MiB, cmdline +quiet"
+        );
+    }
+
     #[test]
     fn accel_can_be_forced() {
         std::env::set_var("VMREPRO_ACCEL", "tcg");

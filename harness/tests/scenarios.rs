@@ -35,15 +35,14 @@ fn main() -> ExitCode {
 
     let shared = Arc::new(Shared::default());
     let trials = match Project::open(&root).and_then(|p| p.scenarios().map(|s| (p, s))) {
-        Ok((project, scenarios)) => trials(Arc::new(project), scenarios, &shared),
+        Ok((project, scenarios)) => match trials(Arc::new(project), scenarios, &shared) {
+            Ok(trials) => trials,
+            Err(message) => vec![Trial::test("VMREPRO_SHARD", move || Err(message.into()))],
+        },
         Err(e) => {
             let message = e.to_string();
             vec![Trial::test("scenario files", move || Err(message.into()))]
         }
-    };
-    let trials = match shard(trials) {
-        Ok(trials) => trials,
-        Err(message) => vec![Trial::test("VMREPRO_SHARD", move || Err(message.into()))],
     };
     let conclusion = libtest_mimic::run(&args, trials);
     if let Ok(mut rows) = shared.rows.lock() {
@@ -67,19 +66,28 @@ fn main() -> ExitCode {
     conclusion.exit_code()
 }
 
-fn trials(project: Arc<Project>, scenarios: Vec<Scenario>, shared: &Arc<Shared>) -> Vec<Trial> {
-    let mut trials = Vec::new();
-    for scenario in scenarios {
-        let scenario = Arc::new(scenario);
-        for cell in scenario.matrix.cells() {
+/// One trial per scenario × cell, of this run's shard, likely-longest first
+/// (as `vmrepro run` orders them), so that two guests stay busy to the end.
+fn trials(
+    project: Arc<Project>,
+    scenarios: Vec<Scenario>,
+    shared: &Arc<Shared>,
+) -> Result<Vec<Trial>, String> {
+    let cells: Vec<(Scenario, Cell)> = scenarios
+        .into_iter()
+        .flat_map(|s| s.matrix.cells().into_iter().map(move |c| (s.clone(), c)))
+        .collect();
+    let cells = shard(cells)?;
+    let order = trial::longest_first(&cells);
+    Ok(order
+        .into_iter()
+        .map(|i| {
+            let (scenario, cell) = cells[i].clone();
             let name = format!("{}::{}::{}", scenario.name, cell.release, cell.kernel);
-            let (project, scenario, shared) = (project.clone(), scenario.clone(), shared.clone());
-            trials.push(Trial::ignorable_test(name, move || {
-                run_trial(&project, &scenario, &cell, &shared)
-            }));
-        }
-    }
-    trials
+            let (project, shared) = (project.clone(), shared.clone());
+            Trial::ignorable_test(name, move || run_trial(&project, &scenario, &cell, &shared))
+        })
+        .collect())
 }
 
 /// Work done once per test run, whichever trial needs it first.
@@ -208,12 +216,12 @@ fn required(release: &str) -> bool {
 
 /// Keeps the trials of shard K of N (`VMREPRO_SHARD=K/N`), in the stable
 /// order of scenario files and matrices.
-fn shard(trials: Vec<Trial>) -> Result<Vec<Trial>, String> {
+fn shard<T>(items: Vec<T>) -> Result<Vec<T>, String> {
     let Ok(spec) = std::env::var("VMREPRO_SHARD") else {
-        return Ok(trials);
+        return Ok(items);
     };
     let shard = Shard::parse(&spec).map_err(|e| format!("VMREPRO_SHARD={e}"))?;
-    Ok(trials
+    Ok(items
         .into_iter()
         .enumerate()
         .filter(|(i, _)| shard.holds(*i))
