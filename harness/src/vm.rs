@@ -135,8 +135,9 @@ pub struct MachineOptions {
 }
 
 impl Default for MachineOptions {
-    /// The settings the boot-path benchmark found fastest among those that
-    /// boot every release with both kernels (`cargo bench`, "boot path").
+    /// QEMU's plain `pc` machine: none of the other settings the boot-path
+    /// benchmark tries (`cargo bench -- boot-path`) was faster with both
+    /// kernels beyond the noise of a TCG host.
     fn default() -> MachineOptions {
         MachineOptions {
             machine: "pc".into(),
