@@ -91,7 +91,8 @@ pub fn check_all<T: Send + 'static>(
         .max_blocking_threads(jobs)
         .enable_all()
         .build()?;
-    let order = longest_first(&cells);
+    let built = crate::kernel::lookup_linode(&options.cache, &project.linode_kernel).is_some();
+    let order = longest_first(&cells, built);
     runtime.block_on(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut handles = Vec::new();
@@ -140,9 +141,11 @@ pub fn default_jobs(memory_mib: u32) -> usize {
 /// Indices of `cells` with the likely-longest trials first, so that the last
 /// guest to start is not the one that keeps every other core idle at the
 /// end: stock kernels (initrd, module loading) before the Linode-style one,
-/// newer releases (more units to start) before older ones. The sort is
-/// stable, so equal cells keep their order.
-pub fn longest_first(cells: &[(Scenario, Cell)]) -> Vec<usize> {
+/// newer releases (more units to start) before older ones. When the
+/// Linode-style kernel still has to be built (minutes), one of its cells
+/// goes first, so that the build overlaps the other trials instead of
+/// running alone at the end. The sort is stable.
+pub fn longest_first(cells: &[(Scenario, Cell)], linode_kernel_built: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..cells.len()).collect();
     order.sort_by_key(|&i| {
         let (scenario, cell) = &cells[i];
@@ -157,5 +160,75 @@ pub fn longest_first(cells: &[(Scenario, Cell)]) -> Vec<usize> {
             std::cmp::Reverse(release),
         )
     });
+    if !linode_kernel_built {
+        if let Some(at) = order
+            .iter()
+            .position(|&i| cells[i].1.kernel == KernelFlavour::Linode)
+        {
+            let first = order.remove(at);
+            order.insert(0, first);
+        }
+    }
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Expectations, FirstBoot, Matrix};
+
+    fn cells() -> Vec<(Scenario, Cell)> {
+        let scenario = Scenario {
+            name: "s".into(),
+            description: String::new(),
+            path: "scenarios/s.toml".into(),
+            matrix: Matrix {
+                releases: vec!["bullseye".into(), "bookworm".into()],
+                kernels: vec![KernelFlavour::Linode, KernelFlavour::Stock],
+            },
+            steps: Vec::new(),
+            captures: Vec::new(),
+            expect: Expectations::default(),
+            expect_cells: Vec::new(),
+            first_boot: FirstBoot::Warm,
+        };
+        scenario
+            .matrix
+            .cells()
+            .into_iter()
+            .map(|c| (scenario.clone(), c))
+            .collect()
+    }
+
+    fn names(cells: &[(Scenario, Cell)], order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| cells[i].1.to_string()).collect()
+    }
+
+    #[test]
+    fn stock_and_newer_cells_start_first() {
+        let cells = cells();
+        assert_eq!(
+            names(&cells, &longest_first(&cells, true)),
+            [
+                "bookworm-stock",
+                "bullseye-stock",
+                "bookworm-linode",
+                "bullseye-linode"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kernel_still_to_build_starts_at_once() {
+        let cells = cells();
+        assert_eq!(
+            names(&cells, &longest_first(&cells, false)),
+            [
+                "bookworm-linode",
+                "bookworm-stock",
+                "bullseye-stock",
+                "bullseye-linode"
+            ]
+        );
+    }
 }

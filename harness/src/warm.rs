@@ -173,18 +173,6 @@ pub fn get_or_save(
     })
 }
 
-/// The cached state for `config`, without booting anything.
-pub fn lookup(cache: &Cache, name: &str, config: &VmConfig) -> Option<WarmState> {
-    let key = key(name, config);
-    let entry = cache.lookup::<WarmMeta>(KIND, &key)?;
-    Some(WarmState {
-        key,
-        state: entry.dir.join(STATE_FILE),
-        disk: entry.dir.join(DISK_FILE),
-        meta: entry.meta,
-    })
-}
-
 const STATE_FILE: &str = "state.bin";
 const DISK_FILE: &str = "disk.qcow2";
 

@@ -78,7 +78,9 @@ fn trials(
         .flat_map(|s| s.matrix.cells().into_iter().map(move |c| (s.clone(), c)))
         .collect();
     let cells = shard(cells)?;
-    let order = trial::longest_first(&cells);
+    let built =
+        vmrepro::kernel::lookup_linode(&Cache::from_env(), &project.linode_kernel).is_some();
+    let order = trial::longest_first(&cells, built);
     Ok(order
         .into_iter()
         .map(|i| {
