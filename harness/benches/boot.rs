@@ -75,8 +75,8 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     println!("vmrepro benchmark");
     println!(
         "  host: {cores} cores, {} MiB available; {}",
-        available_mib(),
-        host::tool_version("qemu-system-x86_64").unwrap_or_default()
+        host::available_memory_mib().unwrap_or(0),
+        host::qemu_version()
     );
     println!("  accelerator: {} ({})", accel.accel.name(), accel.reason);
     println!(
@@ -101,17 +101,6 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-fn available_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use regex::Regex;
 use rexpect::session::StreamSession;
 
-use crate::vm;
+use crate::{image, vm};
 
 /// How long one low-level read waits before the loop checks its deadline.
 const POLL: u64 = 500;
@@ -337,7 +337,7 @@ impl Console {
         mode: u32,
         timeout: Duration,
     ) -> Result<CommandOutput, ConsoleError> {
-        let quoted = shell_quote(path);
+        let quoted = image::shell_quote(path);
         let script = format!(
             "set -e\nmkdir -p \"$(dirname {quoted})\"\nbase64 -d > {quoted} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\nchmod {mode:o} {quoted}\n",
             wrapped_base64(content.as_bytes())
@@ -369,7 +369,7 @@ impl Console {
             what,
             &format!(
                 "stty sane rows {rows} cols {cols} 2>/dev/null; export TERM=xterm-256color PS1={}; unset PROMPT_COMMAND; cd /root\n",
-                shell_quote(prompt)
+                image::shell_quote(prompt)
             ),
         )?;
         self.detached.store(true, Ordering::SeqCst);
@@ -483,10 +483,6 @@ fn wrapped_base64(bytes: &[u8]) -> String {
         out.push('\n');
     }
     out
-}
-
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

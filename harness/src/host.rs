@@ -377,6 +377,33 @@ pub fn tool_version(command: &str) -> Option<String> {
     out.lines().next().map(|l| l.trim().to_owned())
 }
 
+/// `qemu-system-x86_64 --version`, first line; asked once per process (it
+/// goes into every report and every warm-state key), empty while QEMU is
+/// missing.
+pub fn qemu_version() -> String {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(version) = VERSION.get() {
+        return version.clone();
+    }
+    match tool_version("qemu-system-x86_64") {
+        Some(version) => VERSION.get_or_init(|| version).clone(),
+        None => String::new(),
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in MiB.
+pub fn available_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
 /// Debian release code names, for recognising Debian entries in apt sources.
 const DEBIAN_CODENAMES: &[&str] = &[
     "jessie",

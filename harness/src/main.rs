@@ -309,7 +309,7 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
             let scenario = project.scenario(&scenario)?;
             let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
             let options = run_options(cold)?;
-            let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
+            let qemu = host::qemu_version();
             let (markdown, code) = match run::run_cell(&project, &scenario, &cell, &options) {
                 Ok(outcome) => {
                     let code = if outcome.passed() {

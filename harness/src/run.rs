@@ -334,7 +334,6 @@ pub fn warm_state(
         &options.cache,
         &cell.to_string(),
         &bootable.config,
-        image::AUTOLOGIN_BANNER,
         BOOT_TIMEOUT,
         &format!("warm state {cell}"),
     )?)
@@ -362,12 +361,11 @@ fn boot(
             &options.cache,
             &cell.to_string(),
             &config,
-            image::AUTOLOGIN_BANNER,
             BOOT_TIMEOUT,
             label,
         )?;
         progress::note(label, &format!("resuming the saved state {}", saved.key));
-        match warm::resume(&saved, &config, image::AUTOLOGIN_BANNER, BOOT_TIMEOUT) {
+        match warm::resume(&saved, &config, BOOT_TIMEOUT) {
             Ok(resumed) => {
                 let mut console = resumed.console;
                 progress::note(
@@ -386,7 +384,15 @@ fn boot(
                 });
             }
             Err(e) => {
-                let reason = e.to_string().lines().next().unwrap_or("").to_owned();
+                // The message and QEMU's own words, without the console tail.
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .take_while(|l| !l.starts_with("---"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 progress::note(label, &format!("{reason}; booting cold instead"));
                 start = Start::ColdAfterWarmFailed { reason };
                 let _ = std::fs::remove_dir_all(artifacts);

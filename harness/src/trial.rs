@@ -34,10 +34,9 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
     let outcome = run::run_cell(project, scenario, cell, options);
     let (row, snapshot) = match &outcome {
         Ok(outcome) => {
-            let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
             let _ = std::fs::write(
                 artifacts.join("report.md"),
-                report::markdown(scenario, outcome, &qemu),
+                report::markdown(scenario, outcome, &host::qemu_version()),
             );
             let snapshot = snapshot::compare_outcome(&project.snapshots_dir(), scenario, outcome);
             let row = Row::of(
@@ -124,16 +123,7 @@ pub fn default_jobs(memory_mib: u32) -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let available_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(u64::from(memory_mib) * 2);
+    let available_mib = host::available_memory_mib().unwrap_or(u64::from(memory_mib) * 2);
     let by_memory = (available_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
     cores.min(by_memory)
 }

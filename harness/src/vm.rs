@@ -295,7 +295,8 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates a throwaway overlay, starts QEMU and connects the control port.
+    /// Creates the overlay (throwaway unless [`VmConfig::keep_overlay`]),
+    /// starts QEMU and connects the control port and the monitor.
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -420,27 +421,18 @@ impl Vm {
     /// Waits until the state given as [`VmConfig::resume_from`] is loaded,
     /// then lets the guest run.
     pub fn resume(&mut self, timeout: Duration) -> Result<(), VmError> {
-        let what = "loading the saved state";
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_running()?;
-            let status = self.qmp.execute("query-status", None)?;
+        self.poll("loading the saved state", timeout, |vm| {
+            let status = vm.qmp.execute("query-status", None)?;
             match status["status"].as_str().unwrap_or("") {
-                "inmigrate" | "restore-vm" => {}
-                "running" => return Ok(()),
+                "inmigrate" | "restore-vm" => Ok(None),
+                "running" => Ok(Some(())),
                 "paused" | "postmigrate" | "prelaunch" => {
-                    self.qmp.execute("cont", None)?;
-                    return Ok(());
+                    vm.qmp.execute("cont", None)?;
+                    Ok(Some(()))
                 }
-                other => return Err(self.state_error(what, format!("QEMU reports {other:?}"))),
+                other => Err(PollError::Failed(format!("QEMU reports {other:?}"))),
             }
-            if Instant::now() > deadline {
-                return Err(
-                    self.state_error(what, format!("still loading after {}s", timeout.as_secs()))
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// Stops the guest and writes its whole state (memory and devices, not
@@ -461,25 +453,19 @@ impl Vm {
         );
         self.qmp
             .execute("migrate", Some(serde_json::json!({ "uri": uri })))?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_running()?;
-            let info = self.qmp.execute("query-migrate", None)?;
+        self.poll(what, timeout, |vm| {
+            let info = vm.qmp.execute("query-migrate", None)?;
             match info["status"].as_str().unwrap_or("") {
-                "completed" => break,
-                "failed" | "cancelled" => {
-                    let why = info["error-desc"].as_str().unwrap_or("no reason given");
-                    return Err(self.state_error(what, why.to_owned()));
-                }
-                _ => {}
+                "completed" => Ok(Some(())),
+                "failed" | "cancelled" => Err(PollError::Failed(
+                    info["error-desc"]
+                        .as_str()
+                        .unwrap_or("no reason given")
+                        .to_owned(),
+                )),
+                _ => Ok(None),
             }
-            if Instant::now() > deadline {
-                return Err(
-                    self.state_error(what, format!("not done after {}s", timeout.as_secs()))
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })?;
         fs::metadata(file)
             .map(|m| m.len())
             .map_err(|source| VmError::Io {
@@ -508,6 +494,33 @@ impl Vm {
                     })
                 }
             }
+        }
+    }
+
+    /// Asks `step` every 50 ms until it has an answer (`Some`), fails (`Err`
+    /// with the reason, or a monitor error) or `timeout` passes; QEMU exiting
+    /// meanwhile is an error too.
+    fn poll<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut step: impl FnMut(&mut Vm) -> Result<Option<T>, PollError>,
+    ) -> Result<T, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            match step(self) {
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) => {}
+                Err(PollError::Vm(e)) => return Err(e),
+                Err(PollError::Failed(why)) => return Err(self.state_error(what, why)),
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    self.state_error(what, format!("not done after {}s", timeout.as_secs()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -570,6 +583,20 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Why one step of [`Vm::poll`] failed.
+enum PollError {
+    /// QEMU or its monitor failed.
+    Vm(VmError),
+    /// QEMU answered with a failure; the reason.
+    Failed(String),
+}
+
+impl From<VmError> for PollError {
+    fn from(e: VmError) -> PollError {
+        PollError::Vm(e)
     }
 }
 

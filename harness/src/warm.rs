@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use crate::cache::{Cache, CacheError};
 use crate::console::{Console, ConsoleError};
 use crate::host;
+use crate::image::AUTOLOGIN_BANNER;
 use crate::progress;
 use crate::vm::{Vm, VmConfig, VmError};
 
@@ -109,10 +110,9 @@ pub struct Resumed {
 /// cache, such as `bookworm-stock`.
 pub fn key(name: &str, config: &VmConfig) -> String {
     let mut hasher = Sha256::new();
-    let qemu = host::tool_version("qemu-system-x86_64").unwrap_or_default();
     let mut parts = vec![
         WARM_FORMAT.to_owned(),
-        qemu,
+        host::qemu_version(),
         config.accel.accel.name().to_owned(),
         config.machine.qemu_args(config.accel.accel).join(" "),
         config.kernel_cmdline(),
@@ -157,13 +157,12 @@ pub fn get_or_save(
     cache: &Cache,
     name: &str,
     config: &VmConfig,
-    login_banner: &str,
     boot_timeout: Duration,
     label: &str,
 ) -> Result<WarmState, WarmError> {
     let key = key(name, config);
     let entry = cache.get_or_build(KIND, &key, label, |work| {
-        save(work, config, login_banner, boot_timeout, label)
+        save(work, config, boot_timeout, label)
     })?;
     Ok(WarmState {
         key,
@@ -179,7 +178,6 @@ const DISK_FILE: &str = "disk.qcow2";
 fn save(
     work: &Path,
     config: &VmConfig,
-    login_banner: &str,
     boot_timeout: Duration,
     label: &str,
 ) -> Result<WarmMeta, WarmError> {
@@ -211,7 +209,7 @@ fn save(
         Some(vm.console_log().to_owned()),
     )
     .map_err(console_error(boot))?
-    .with_login_banner(login_banner);
+    .with_login_banner(AUTOLOGIN_BANNER);
     console
         .wait_ready("the first boot to reach a shell", boot_timeout)
         .map_err(console_error(boot))?;
@@ -238,7 +236,7 @@ fn save(
         base_disk: std::fs::canonicalize(&config.base_disk)
             .unwrap_or_else(|_| config.base_disk.clone()),
         kernel_release: config.kernel.release.clone(),
-        qemu: host::tool_version("qemu-system-x86_64").unwrap_or_default(),
+        qemu: host::qemu_version(),
         machine: config.machine.describe(),
         boot_seconds,
         settled_seconds,
@@ -253,7 +251,6 @@ fn save(
 pub fn resume(
     state: &WarmState,
     config: &VmConfig,
-    login_banner: &str,
     timeout: Duration,
 ) -> Result<Resumed, WarmError> {
     let what = "resuming the saved guest";
@@ -278,7 +275,7 @@ pub fn resume(
         Some(vm.console_log().to_owned()),
     )
     .map_err(console_error)?
-    .with_login_banner(login_banner);
+    .with_login_banner(AUTOLOGIN_BANNER);
     console
         .wait_resumed("the resumed guest's shell", timeout)
         .map_err(console_error)?;
