@@ -71,6 +71,11 @@ pub struct ImageRecipe {
     /// Size of the root file system in MiB.
     #[serde(default = "default_disk_mib")]
     pub disk_mib: u64,
+    /// mmdebstrap hook directories (`--hook-dir`), such as the
+    /// `jessie-or-older` hooks that jessie's essential set needs. Absent
+    /// from the hash when empty, so recipes without hooks keep their keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hook_dirs: Vec<String>,
 }
 
 fn default_disk_mib() -> u64 {
@@ -206,9 +211,15 @@ impl ImageRecipe {
                 shell_quote(&selections)
             ));
         }
+        for dir in &self.hook_dirs {
+            command.arg(format!("--hook-dir={dir}"));
+        }
         if self.archived {
+            // The archive of retired releases answers slowly at times; apt
+            // retries each download rather than failing the whole build.
             command
                 .arg("--aptopt=Acquire::Check-Valid-Until \"false\"")
+                .arg("--aptopt=Acquire::Retries \"3\"")
                 .arg(format!("--keyring={REMOVED_KEYS}"));
         }
         command.arg(&self.suite).arg(target);
@@ -363,6 +374,15 @@ fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
         source,
     };
     let tree = work.join("root");
+    if let Some(missing) = recipe.hook_dirs.iter().find(|d| !Path::new(d).is_dir()) {
+        return Err(ImageError::Tree {
+            release: recipe.release.clone(),
+            message: format!(
+                "the recipe needs the mmdebstrap hook directory {missing}, which this host lacks \
+                 (mmdebstrap ships its jessie-or-older hooks from version 1.2.4 on; bookworm's 1.3.5 has them)"
+            ),
+        });
+    }
     progress::note(
         &label,
         &format!(
@@ -697,10 +717,39 @@ fn installed_packages(tree: &Path) -> BTreeMap<String, String> {
     .unwrap_or_default()
 }
 
+/// How many times the probe asks before it calls an archive unreachable,
+/// and how long it waits before each repeat: the archive of retired
+/// releases answers slowly at times.
+const PROBE_TRIES: &[Duration] = &[
+    Duration::ZERO,
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
 /// Checks within seconds whether a release's archive answers, by fetching
 /// its `Release` file with apt's own downloader (which honours the host's apt
-/// proxy settings).
+/// proxy settings). A slow or refused answer is asked again; a host name
+/// that does not resolve is final at once.
 pub fn probe_reachable(recipe: &ImageRecipe) -> Result<(), ImageError> {
+    let mut last = Ok(());
+    for pause in PROBE_TRIES {
+        std::thread::sleep(*pause);
+        last = probe_once(recipe);
+        match &last {
+            Ok(()) => return Ok(()),
+            Err(ImageError::Unreachable { reason, .. })
+                if reason.contains("Could not resolve")
+                    || reason.contains("Temporary failure resolving") =>
+            {
+                return last;
+            }
+            Err(_) => {}
+        }
+    }
+    last
+}
+
+fn probe_once(recipe: &ImageRecipe) -> Result<(), ImageError> {
     let unreachable = |reason: String| ImageError::Unreachable {
         release: recipe.release.clone(),
         reason,
@@ -797,32 +846,35 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
         );
     }
 
+    /// The committed jessie recipe, exactly as a build reads it.
+    fn committed_jessie() -> ImageRecipe {
+        ImageRecipe::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/jessie.toml"))
+            .expect("images/jessie.toml is a valid recipe")
+    }
+
     #[test]
     fn an_archived_release_trusts_the_archive_and_ignores_valid_until() {
-        let jessie = recipe(
-            r#"
-release = "jessie"
-suite = "jessie"
-mirror = "http://archive.debian.org/debian"
-archived = true
-packages = ["systemd-sysv"]
-stock_kernel = "linux-image-amd64"
-ext4_features = ["^metadata_csum", "^metadata_csum_seed", "^orphan_file"]
-"#,
-        );
+        let jessie = committed_jessie();
         let args = args(&jessie.bootstrap_command(Path::new("/t/root")));
         assert_eq!(
             args,
             [
                 "--variant=minbase",
-                "--include=systemd-sysv,linux-image-amd64,initramfs-tools",
+                "--include=systemd-sysv,udev,kmod,iptables,iptables-persistent,iproute2,linux-image-amd64,initramfs-tools",
+                "--essential-hook=printf '%s' 'iptables-persistent iptables-persistent/autosave_v4 boolean false\niptables-persistent iptables-persistent/autosave_v6 boolean false\n' | chroot \"$1\" debconf-set-selections",
+                "--hook-dir=/usr/share/mmdebstrap/hooks/jessie-or-older",
                 "--aptopt=Acquire::Check-Valid-Until \"false\"",
+                "--aptopt=Acquire::Retries \"3\"",
                 "--keyring=/usr/share/keyrings/debian-archive-removed-keys.gpg",
                 "jessie",
                 "/t/root",
                 "deb [trusted=yes] http://archive.debian.org/debian jessie main",
             ]
         );
+        // The hook is part of the recipe, so it is part of the image's key.
+        let mut without = jessie.clone();
+        without.hook_dirs.clear();
+        assert_ne!(jessie.hash(), without.hash());
         let mke2fs = jessie.mke2fs_command(Path::new("/t/root"), Path::new("/t/rootfs.raw"));
         assert_eq!(
             self::args(&mke2fs),

@@ -27,5 +27,6 @@ pub mod run;
 pub mod scenario;
 pub mod snapshot;
 pub mod trial;
+pub mod verdict;
 pub mod vm;
 pub mod warm;

@@ -13,14 +13,7 @@ use vmrepro::run::{self, RunError, RunOptions};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
 use vmrepro::{host, image, kernel, progress, report, trial, vm};
 
-/// Exit status: every trial passed.
-const EXIT_PASS: u8 = 0;
-/// Exit status: a scenario failed (expectation, snapshot or guest error).
-const EXIT_FAIL: u8 = 1;
-/// Exit status: bad usage or input (a malformed scenario, an unknown name).
-const EXIT_USAGE: u8 = 2;
-/// Exit status: the environment is not fit (missing tools, unreachable release).
-const EXIT_ENV: u8 = 3;
+use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
 #[derive(Parser)]
 #[command(
@@ -309,29 +302,15 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
             let scenario = project.scenario(&scenario)?;
             let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
             let options = run_options(cold)?;
-            let qemu = host::qemu_version();
-            let (markdown, code) = match run::run_cell(&project, &scenario, &cell, &options) {
-                Ok(outcome) => {
-                    let code = if outcome.passed() {
-                        EXIT_PASS
-                    } else {
-                        EXIT_FAIL
-                    };
-                    (report::markdown(&scenario, &outcome, &qemu), code)
-                }
-                Err(e) => {
-                    let code = match &e {
-                        RunError::Image(ImageError::Unreachable { .. }) | RunError::Vm(_) => {
-                            EXIT_ENV
-                        }
-                        _ => EXIT_FAIL,
-                    };
-                    (
-                        report::markdown_error(&scenario, &cell.to_string(), &e),
-                        code,
-                    )
-                }
-            };
+            // The same path as `run` and the test target, so the same cell
+            // gets the same verdict and exit status through all three.
+            let checked = trial::check(&project, &scenario, &cell, &options);
+            let code = checked.row.status.exit_code();
+            let report_file = project
+                .artifacts_dir(&scenario.name, &cell.to_string())
+                .join("report.md");
+            let markdown = std::fs::read_to_string(&report_file)
+                .with_context(|| format!("reading {}", report_file.display()))?;
             match output {
                 Some(path) => {
                     std::fs::write(&path, &markdown)
@@ -367,18 +346,20 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
                         .matrix
                         .cells()
                         .into_iter()
-                        .filter(|cell| {
-                            release.as_ref().is_none_or(|r| r == &cell.release)
-                                && kernel.is_none_or(|k| k == cell.kernel)
-                        })
                         .map(|cell| (scenario.clone(), cell))
                 })
                 .collect();
+            // Sharded first, as the test target does, then filtered.
+            let cells = match shard {
+                Some(shard) => shard.select(cells),
+                None => cells,
+            };
             let cells: Vec<(Scenario, Cell)> = cells
                 .into_iter()
-                .enumerate()
-                .filter(|(i, _)| shard.is_none_or(|s| s.holds(*i)))
-                .map(|(_, c)| c)
+                .filter(|(_, cell)| {
+                    release.as_ref().is_none_or(|r| r == &cell.release)
+                        && kernel.is_none_or(|k| k == cell.kernel)
+                })
                 .collect();
             if cells.is_empty() {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
@@ -390,12 +371,8 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
                 "vmrepro: {} cell(s), {jobs} at a time",
                 cells.len()
             ));
-            let results = trial::check_all(&project, cells, &options, jobs, exit_code)?;
-            let worst = results
-                .iter()
-                .map(|(_, code)| *code)
-                .max()
-                .unwrap_or(EXIT_PASS);
+            let results = trial::check_all(&project, cells, &options, jobs, say_error)?;
+            let worst = verdict::exit_code(results.iter().map(|(checked, _)| checked.row.status));
             let mut rows: Vec<report::Row> = results
                 .into_iter()
                 .map(|(checked, _)| checked.row)
@@ -463,16 +440,12 @@ fn pick_cell(scenario: &Scenario, release: Option<&str>, kernel: Option<&str>) -
     Ok(cell)
 }
 
-/// The exit status a trial calls for; an error is printed as it happens.
-fn exit_code(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) -> u8 {
-    match &checked.outcome {
-        Err(RunError::Image(ImageError::Unreachable { .. })) => EXIT_ENV,
-        Err(e) => {
+/// Prints a trial's error as it happens (skips are said in the table).
+fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
+    if let Err(e) = &checked.outcome {
+        if checked.row.status != verdict::Status::Skipped {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
-            EXIT_FAIL
         }
-        Ok(_) if checked.passed() => EXIT_PASS,
-        Ok(_) => EXIT_FAIL,
     }
 }
 
@@ -485,21 +458,14 @@ fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
             println!("no results yet: run `vmrepro run` or `cargo test`")
         }
         Format::Text if colour => {
-            for line in report::table(rows).lines() {
-                let code = if line.ends_with("  pass") {
-                    "32"
-                } else if line.contains("  FAIL") || line.contains("  ERROR") {
-                    "31"
-                } else if line.contains("  skipped") {
-                    "33"
-                } else {
-                    ""
-                };
-                if code.is_empty() {
-                    println!("{line}");
-                } else {
-                    println!("\x1b[{code}m{line}\x1b[0m");
-                }
+            let table = report::table(rows);
+            let mut lines = table.lines();
+            if let Some(header) = lines.next() {
+                println!("{header}");
+            }
+            // The table keeps the rows' order, so each line has its row.
+            for (line, row) in lines.zip(rows) {
+                println!("\x1b[{}m{line}\x1b[0m", row.status.colour());
             }
         }
         Format::Text => print!("{}", report::table(rows)),

@@ -132,3 +132,34 @@ impl Project {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The project's own scenario files load, so a broken one fails the
+    /// unit tests too, not only the VM suite.
+    #[test]
+    fn the_committed_scenarios_load_and_read_the_journal_portably() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let project = Project::open(&root).expect("the project opens");
+        let scenarios = project.scenarios().expect("every scenario file loads");
+        assert!(!scenarios.is_empty());
+        for scenario in &scenarios {
+            // jessie's journalctl (systemd 215) has no -t/--identifier=,
+            // which came in 217 (systemd NEWS, "CHANGES WITH 217").
+            for capture in &scenario.captures {
+                let words: Vec<&str> = capture.command.split_whitespace().collect();
+                let identifier = words
+                    .iter()
+                    .any(|w| *w == "-t" || w.starts_with("--identifier"));
+                assert!(
+                    !(words.contains(&"journalctl") && identifier),
+                    "{}: capture {:?} uses journalctl -t, which jessie lacks",
+                    scenario.path.display(),
+                    capture.name
+                );
+            }
+        }
+    }
+}

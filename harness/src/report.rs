@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use crate::run::{Outcome, RunError};
-use crate::scenario::{Action, Scenario};
+use crate::scenario::{Action, Scenario, StepStatus};
+use crate::snapshot::SnapshotError;
+use crate::verdict::Status;
 
 /// Packages whose versions matter for the scenarios this project ships.
 const INTERESTING: &[&str] = &[
@@ -15,17 +17,15 @@ const INTERESTING: &[&str] = &[
     "udev",
 ];
 
-/// Renders a finished trial.
-pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> String {
+/// Renders a finished trial; `row` is its row of the outcome table, whose
+/// status is the verdict.
+pub fn markdown(scenario: &Scenario, outcome: &Outcome, row: &Row, qemu_version: &str) -> String {
     let mut md = String::new();
-    let verdict = if outcome.passed() && !outcome.expect.lost_on_reboot.is_empty() {
-        "REPRODUCED: the state is lost across the reboot, as this cell expects; every expectation held".to_owned()
-    } else if outcome.passed() {
-        "PASS: every expectation held".to_owned()
-    } else {
-        format!("FAIL: {}", outcome.failures.join("; "))
+    let verdict = match row.status {
+        Status::Reproduced => "REPRODUCED: the state is lost across the reboot, as this cell expects; every expectation held and the snapshot matches".to_owned(),
+        Status::Pass => "PASS: every expectation held and the snapshot matches".to_owned(),
+        _ => row.verdict.clone(),
     };
-    let row = Row::of(outcome, Ok(()));
     let _ = writeln!(md, "# vmrepro: {} on {}\n", scenario.name, outcome.cell);
     let _ = writeln!(md, "**Verdict:** {verdict}\n");
     let _ = writeln!(
@@ -88,16 +88,23 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
             Action::Reboot => {}
         }
         if let Some(out) = &step.output {
+            // Say what this cell expected wherever it is not a plain 0, so a
+            // step that fails on purpose reads as the finding it is.
+            let exit = match step.expected {
+                Some(expected) if expected != StepStatus::Exactly(0) => {
+                    format!("exit {}; this cell expects {expected}", out.status)
+                }
+                _ => format!("exit {}", out.status),
+            };
             let text = format!("{}{}", out.stdout, out.stderr);
             if !text.trim().is_empty() {
                 let _ = writeln!(
                     md,
-                    "   Output (exit {}):\n   ```\n{}\n   ```",
-                    out.status,
+                    "   Output ({exit}):\n   ```\n{}\n   ```",
                     indent(text.trim_end())
                 );
             } else {
-                let _ = writeln!(md, "   Exit {}.", out.status);
+                let _ = writeln!(md, "   {}.", capitalise(&exit));
             }
         }
     }
@@ -127,7 +134,8 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
     if !outcome.units.is_empty() {
         let _ = writeln!(md, "\n## Units\n");
         for (unit, state) in &outcome.units {
-            let expected = scenario
+            // The cell's own expectations, overrides applied.
+            let expected = outcome
                 .expect
                 .units
                 .get(unit)
@@ -162,8 +170,14 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, qemu_version: &str) -> S
 
 /// Renders a trial that could not run to the end.
 pub fn markdown_error(scenario: &Scenario, cell: &str, error: &RunError) -> String {
+    let status = crate::run::error_status(error);
+    let why = match status {
+        Status::Skipped => "SKIPPED: the release cannot be fetched here",
+        Status::Error => "ERROR: this host could not run the flow",
+        _ => "FAIL: the flow could not run to the end",
+    };
     format!(
-        "# vmrepro: {} on {cell}\n\n**Verdict:** ERROR: the flow could not run to the end\n\n```\n{error}\n```\n",
+        "# vmrepro: {} on {cell}\n\n**Verdict:** {why}\n\n```\n{error}\n```\n",
         scenario.name
     )
 }
@@ -211,13 +225,20 @@ pub struct Row {
     pub after_reboot: String,
     /// Units that did not end active, with their states.
     pub units: String,
-    /// `pass`, `FAIL: …`, `ERROR: …` or `skipped: …`.
+    /// The verdict.
+    pub status: Status,
+    /// The verdict in words: the status, and for anything but a pass why
+    /// (`FAIL: …`, `NEW: …`, `ERROR: …`, `skipped: …`).
     pub verdict: String,
+    /// The accelerator the guest ran under (`kvm`, `tcg`), empty when no
+    /// guest ran.
+    #[serde(default)]
+    pub accel: String,
 }
 
 impl Row {
     /// The row of a finished trial; `snapshot` is the snapshot comparison.
-    pub fn of(outcome: &Outcome, snapshot: Result<(), String>) -> Row {
+    pub fn of(outcome: &Outcome, snapshot: &Result<(), SnapshotError>) -> Row {
         let watched: Vec<&String> = outcome
             .expect
             .survive_reboot
@@ -254,10 +275,20 @@ impl Row {
             .filter(|(_, state)| state.as_str() != "active")
             .map(|(unit, state)| format!("{} {state}", unit.trim_end_matches(".service")))
             .collect();
-        let verdict = match (outcome.passed(), snapshot) {
-            (true, Ok(())) => "pass".to_owned(),
-            (true, Err(e)) => format!("FAIL: {e}"),
-            (false, _) => format!("FAIL: {}", outcome.failures.join("; ")),
+        let (status, verdict) = match (outcome.passed(), snapshot) {
+            (false, _) => (
+                Status::Fail,
+                format!("FAIL: {}", outcome.failures.join("; ")),
+            ),
+            (true, Err(SnapshotError::New { path, .. })) => (
+                Status::New,
+                format!("NEW: every expectation held; no committed snapshot yet ({path}.new written for review)"),
+            ),
+            (true, Err(e @ SnapshotError::Differs { .. })) => (Status::Fail, format!("FAIL: {e}")),
+            (true, Ok(())) if !outcome.expect.lost_on_reboot.is_empty() => {
+                (Status::Reproduced, "reproduced".to_owned())
+            }
+            (true, Ok(())) => (Status::Pass, "pass".to_owned()),
         };
         Row {
             scenario: outcome.scenario.clone(),
@@ -269,19 +300,35 @@ impl Row {
             } else {
                 units.join(", ")
             },
+            status,
             verdict,
+            accel: outcome.accel.accel.name().to_owned(),
         }
     }
 
-    /// The row of a trial that did not finish or did not run.
-    pub fn without_outcome(scenario: &str, cell: &crate::scenario::Cell, verdict: String) -> Row {
+    /// The row of a trial that did not finish or did not run; `why` is
+    /// one line.
+    pub fn without_outcome(
+        scenario: &str,
+        cell: &crate::scenario::Cell,
+        status: Status,
+        why: &str,
+    ) -> Row {
+        let verdict = match status {
+            Status::Skipped => format!("skipped: {why}"),
+            Status::Error => format!("ERROR: {why}"),
+            Status::Fail => format!("FAIL: {why}"),
+            other => format!("{}: {why}", other.name().to_uppercase()),
+        };
         Row {
             scenario: scenario.to_owned(),
             release: cell.release.clone(),
             kernel: cell.kernel.to_string(),
             after_reboot: "-".into(),
             units: "-".into(),
+            status,
             verdict,
+            accel: String::new(),
         }
     }
 }
@@ -395,4 +442,12 @@ pub fn sort_rows(rows: &mut [Row]) {
             &b.kernel,
         ))
     });
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }

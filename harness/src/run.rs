@@ -13,7 +13,7 @@ use crate::image::{self, ImageError};
 use crate::kernel::{self, KernelError};
 use crate::progress;
 use crate::project::Project;
-use crate::scenario::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario};
+use crate::scenario::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario, StepStatus};
 use crate::vm::{self, AccelChoice, MachineOptions, Vm, VmConfig, VmError};
 use crate::warm::{self, WarmError};
 
@@ -116,13 +116,28 @@ pub enum RunError {
         title: String,
         /// The status it ended with.
         got: i32,
-        /// The status the scenario expects.
-        expected: i32,
+        /// The status the scenario expects on this cell.
+        expected: StepStatus,
         /// Its standard output.
         stdout: String,
         /// Its standard error.
         stderr: String,
     },
+}
+
+/// The verdict of a trial that could not run to the end: a guest that
+/// stopped answering or a step with the wrong exit status is the guest's
+/// doing (a failure); an image, kernel or QEMU that cannot be had is the
+/// host's (an error); a release that cannot be fetched is skipped.
+pub fn error_status(error: &RunError) -> crate::verdict::Status {
+    use crate::verdict::Status;
+    match error {
+        RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
+        RunError::Image(_) | RunError::Kernel(_) | RunError::Vm(_) | RunError::Warm(_) => {
+            Status::Error
+        }
+        RunError::Console(_) | RunError::Step { .. } => Status::Fail,
+    }
 }
 
 /// What one step did.
@@ -134,6 +149,8 @@ pub struct StepRecord {
     pub action: Action,
     /// What the guest answered (none for a reboot).
     pub output: Option<CommandOutput>,
+    /// The exit status this cell expected (none for a write or a reboot).
+    pub expected: Option<StepStatus>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -418,6 +435,7 @@ fn boot(
 fn run_steps(
     guest: &mut Guest,
     scenario: &Scenario,
+    cell: &Cell,
     label: &str,
 ) -> Result<(Vec<StepRecord>, Vec<Capture>), RunError> {
     let last_reboot = scenario
@@ -441,22 +459,17 @@ fn run_steps(
         }
         progress::note(label, &what);
         let step_started = Instant::now();
-        let (output, expected) = match &step.action {
-            Action::Run { command, status } => (
-                Some(guest.console.run(&what, command, step.timeout)?),
-                *status,
-            ),
+        let expected = step.status_for(cell);
+        let output = match &step.action {
+            Action::Run { command, .. } => Some(guest.console.run(&what, command, step.timeout)?),
             Action::Write {
                 path,
                 content,
                 mode,
-            } => (
-                Some(
-                    guest
-                        .console
-                        .write_file(&what, path, content, *mode, step.timeout)?,
-                ),
-                0,
+            } => Some(
+                guest
+                    .console
+                    .write_file(&what, path, content, *mode, step.timeout)?,
             ),
             Action::Reboot => {
                 let timeout = step.timeout.max(BOOT_TIMEOUT);
@@ -473,15 +486,17 @@ fn run_steps(
                     ),
                 );
                 guest.facts = GuestFacts::read(&mut guest.console)?;
-                (None, 0)
+                None
             }
         };
-        if let Some(out) = output.as_ref().filter(|o| o.status != expected) {
+        // A write has no status of its own to expect: it must succeed.
+        let must = expected.unwrap_or(StepStatus::Exactly(0));
+        if let Some(out) = output.as_ref().filter(|o| !must.accepts(o.status)) {
             return Err(RunError::Step {
                 index,
                 title: step.title.clone(),
                 got: out.status,
-                expected,
+                expected: must,
                 stdout: out.stdout.clone(),
                 stderr: out.stderr.clone(),
             });
@@ -490,6 +505,7 @@ fn run_steps(
             title: step.title.clone(),
             action: step.action.clone(),
             output,
+            expected,
             seconds: step_started.elapsed().as_secs_f64(),
         });
     }
@@ -514,7 +530,7 @@ pub fn run_cell(
         &label,
         &artifacts,
     )?;
-    let (steps, before_reboot) = run_steps(&mut guest, scenario, &label)?;
+    let (steps, before_reboot) = run_steps(&mut guest, scenario, cell, &label)?;
 
     progress::note(&label, "capturing state");
     let captures = capture::take(
@@ -588,7 +604,7 @@ pub fn shell(
     let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
     let mut guest = boot(project, cell, options, first_boot, &label, &artifacts)?;
     if let Some(scenario) = scenario {
-        run_steps(&mut guest, scenario, &label)?;
+        run_steps(&mut guest, scenario, cell, &label)?;
     }
     let (rows, cols) = progress::terminal_size();
     let Guest { vm, console, .. } = guest;

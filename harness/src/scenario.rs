@@ -17,6 +17,8 @@ use toml::Spanned;
 
 /// The default time one `run` step or capture may take inside the guest.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a step may be given: a day, far beyond any reboot bug.
+const MAX_STEP_TIMEOUT_SECS: i64 = 86_400;
 
 /// A parsed, validated scenario file.
 #[derive(Debug, Clone)]
@@ -126,6 +128,18 @@ impl Shard {
     pub fn holds(self, index: usize) -> bool {
         index % self.n == self.k - 1
     }
+
+    /// The items of this share, from every scenario × cell in file and
+    /// matrix order; the CLI and the test target both shard this way, before
+    /// any other selection, so the same `K/N` means the same trials.
+    pub fn select<T>(self, items: Vec<T>) -> Vec<T> {
+        items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.holds(*i))
+            .map(|(_, t)| t)
+            .collect()
+    }
 }
 
 /// Which kernel boots the guest.
@@ -173,17 +187,101 @@ pub struct Step {
     pub action: Action,
     /// How long the step may take before the trial fails.
     pub timeout: Duration,
+    /// Per-cell exit statuses of a `run` step (`[[step.cell]]`), replacing
+    /// the step's own `status` on the cells they name, in file order.
+    pub cells: Vec<StepCell>,
+}
+
+impl Step {
+    /// The exit status this step must end with on `cell`: its own `status`
+    /// with every matching `[[step.cell]]` applied in file order. `None` for
+    /// steps that have no exit status (writes and reboots).
+    pub fn status_for(&self, cell: &Cell) -> Option<StepStatus> {
+        let Action::Run { status, .. } = &self.action else {
+            return None;
+        };
+        Some(
+            self.cells
+                .iter()
+                .filter(|c| c.cells.applies_to(cell))
+                .fold(*status, |_, c| c.status),
+        )
+    }
+}
+
+/// The exit status a `run` step must end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Exactly this status (0–255).
+    Exactly(i32),
+    /// Any status; the report records the one it ended with. For a step
+    /// whose outcome differs between releases in a way the scenario does not
+    /// assert (a later step deals with both).
+    Any,
+}
+
+impl StepStatus {
+    /// Whether a step that ended with `status` did what was expected.
+    pub fn accepts(self, status: i32) -> bool {
+        match self {
+            StepStatus::Exactly(expected) => status == expected,
+            StepStatus::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepStatus::Exactly(status) => write!(f, "{status}"),
+            StepStatus::Any => f.write_str("any"),
+        }
+    }
+}
+
+/// A `[[step.cell]]` table: the exit status a step must end with on some
+/// cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCell {
+    /// The cells it applies to.
+    pub cells: CellFilter,
+    /// The status expected there.
+    pub status: StepStatus,
+}
+
+/// The cells a `[[… .cell]]` table names: every cell whose release and
+/// kernel are listed (all of them where a list is absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CellFilter {
+    /// Releases it applies to; all when `None`.
+    pub releases: Option<Vec<String>>,
+    /// Kernels it applies to; all when `None`.
+    pub kernels: Option<Vec<KernelFlavour>>,
+}
+
+impl CellFilter {
+    /// Whether `cell` is one of the named cells.
+    pub fn applies_to(&self, cell: &Cell) -> bool {
+        self.releases
+            .as_ref()
+            .is_none_or(|r| r.contains(&cell.release))
+            && self
+                .kernels
+                .as_ref()
+                .is_none_or(|k| k.contains(&cell.kernel))
+    }
 }
 
 /// The kinds of step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Run a shell script (bash) as root; its exit status must equal `status`.
+    /// Run a shell script (bash) as root; its exit status must be `status`
+    /// (on cells without a `[[step.cell]]` of their own).
     Run {
         /// The script.
         command: String,
         /// The exit status the script must end with.
-        status: i32,
+        status: StepStatus,
     },
     /// Write a file, replacing what was there.
     Write {
@@ -261,10 +359,8 @@ pub struct Expectations {
 /// Expectations for some cells only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CellExpectations {
-    /// Releases it applies to; all when `None`.
-    pub releases: Option<Vec<String>>,
-    /// Kernels it applies to; all when `None`.
-    pub kernels: Option<Vec<KernelFlavour>>,
+    /// The cells it applies to.
+    pub cells: CellFilter,
     /// Replaces `survive_reboot` when given.
     pub survive_reboot: Option<Vec<String>>,
     /// Replaces `lost_on_reboot` when given.
@@ -273,18 +369,6 @@ pub struct CellExpectations {
     pub units: BTreeMap<String, String>,
     /// Texts added to the general ones, capture by capture.
     pub contains: BTreeMap<String, Vec<String>>,
-}
-
-impl CellExpectations {
-    fn applies_to(&self, cell: &Cell) -> bool {
-        self.releases
-            .as_ref()
-            .is_none_or(|r| r.contains(&cell.release))
-            && self
-                .kernels
-                .as_ref()
-                .is_none_or(|k| k.contains(&cell.kernel))
-    }
 }
 
 /// Why a scenario file could not be used.
@@ -387,13 +471,64 @@ impl Scenario {
             ));
         }
 
+        let cell_filter = |key: &str,
+                           releases: &Option<Vec<Spanned<String>>>,
+                           kernels: &Option<Vec<KernelFlavour>>|
+         -> Result<CellFilter, ScenarioError> {
+            if let Some(bad) = releases
+                .iter()
+                .flatten()
+                .find(|r| !known_releases.contains(r.get_ref()))
+            {
+                return Err(invalid(
+                    Some(bad.span()),
+                    format!(
+                        "key `{key}.releases`: no image recipe for release {:?}",
+                        bad.get_ref()
+                    ),
+                ));
+            }
+            Ok(CellFilter {
+                releases: releases
+                    .as_ref()
+                    .map(|r| r.iter().map(|s| s.get_ref().clone()).collect()),
+                kernels: kernels.clone(),
+            })
+        };
+        let step_status = |index: usize, raw: &Spanned<RawStatus>| match raw.get_ref() {
+            RawStatus::Code(code) if (0..=255).contains(code) => {
+                Ok(StepStatus::Exactly(*code as i32))
+            }
+            RawStatus::Word(word) if word == "any" => Ok(StepStatus::Any),
+            RawStatus::Code(code) => Err(invalid(
+                Some(raw.span()),
+                format!("step {index}: key `status`: {code} is not an exit status (0 to 255)"),
+            )),
+            RawStatus::Word(word) => Err(invalid(
+                Some(raw.span()),
+                format!("step {index}: key `status`: {word:?} is neither an exit status (0 to 255) nor \"any\""),
+            )),
+        };
+
         let mut steps = Vec::new();
         for (index, spanned) in raw.steps.iter().enumerate() {
             let step = spanned.get_ref();
-            let timeout = step
-                .timeout
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_STEP_TIMEOUT);
+            let timeout = match &step.timeout {
+                None => DEFAULT_STEP_TIMEOUT,
+                Some(t) if *t.get_ref() >= 1 && *t.get_ref() <= MAX_STEP_TIMEOUT_SECS => {
+                    Duration::from_secs(*t.get_ref() as u64)
+                }
+                Some(t) => {
+                    return Err(invalid(
+                        Some(t.span()),
+                        format!(
+                            "step {}: key `timeout`: {} is not a number of seconds from 1 to {MAX_STEP_TIMEOUT_SECS}",
+                            index + 1,
+                            t.get_ref()
+                        ),
+                    ))
+                }
+            };
             let given: Vec<&str> = [
                 step.run.as_ref().map(|_| "run"),
                 step.write.as_ref().map(|_| "write"),
@@ -406,7 +541,12 @@ impl Scenario {
             let action = match given.as_slice() {
                 ["run"] => Action::Run {
                     command: step.run.clone().unwrap_or_default(),
-                    status: step.status.unwrap_or(0),
+                    status: step
+                        .status
+                        .as_ref()
+                        .map(|s| step_status(index + 1, s))
+                        .transpose()?
+                        .unwrap_or(StepStatus::Exactly(0)),
                 },
                 ["write"] => {
                     let content = step.content.clone().ok_or_else(|| {
@@ -467,6 +607,10 @@ impl Scenario {
                     "status",
                 ),
                 (
+                    !step.cell.is_empty() && !matches!(action, Action::Run { .. }),
+                    "cell",
+                ),
+                (
                     (step.content.is_some() || step.mode.is_some())
                         && !matches!(action, Action::Write { .. }),
                     "content/mode",
@@ -490,10 +634,19 @@ impl Scenario {
                 Action::Write { path, .. } => format!("write {path}"),
                 Action::Reboot => "reboot".into(),
             });
+            let mut cells = Vec::new();
+            for raw_cell in &step.cell {
+                let raw_cell = raw_cell.get_ref();
+                cells.push(StepCell {
+                    cells: cell_filter("step.cell", &raw_cell.releases, &raw_cell.kernels)?,
+                    status: step_status(index + 1, &raw_cell.status)?,
+                });
+            }
             steps.push(Step {
                 title,
                 action,
                 timeout,
+                cells,
             });
         }
 
@@ -560,26 +713,8 @@ impl Scenario {
             }
             for cell in &raw_expect.cell {
                 let raw_cell = cell.get_ref();
-                if let Some(releases) = &raw_cell.releases {
-                    if let Some(bad) = releases
-                        .iter()
-                        .find(|r| !known_releases.contains(r.get_ref()))
-                    {
-                        return Err(invalid(
-                            Some(bad.span()),
-                            format!(
-                                "key `expect.cell.releases`: no image recipe for release {:?}",
-                                bad.get_ref()
-                            ),
-                        ));
-                    }
-                }
                 expect_cells.push(CellExpectations {
-                    releases: raw_cell
-                        .releases
-                        .as_ref()
-                        .map(|r| r.iter().map(|s| s.get_ref().clone()).collect()),
-                    kernels: raw_cell.kernels.clone(),
+                    cells: cell_filter("expect.cell", &raw_cell.releases, &raw_cell.kernels)?,
                     survive_reboot: raw_cell
                         .survive_reboot
                         .as_ref()
@@ -613,7 +748,7 @@ impl Scenario {
     /// matching `[[expect.cell]]` applied in file order.
     pub fn expectations_for(&self, cell: &Cell) -> Expectations {
         let mut expect = self.expect.clone();
-        for over in self.expect_cells.iter().filter(|c| c.applies_to(cell)) {
+        for over in self.expect_cells.iter().filter(|c| c.cells.applies_to(cell)) {
             if let Some(names) = &over.survive_reboot {
                 expect.survive_reboot = names.clone();
             }
@@ -698,12 +833,30 @@ struct RawMatrix {
 struct RawStep {
     title: Option<String>,
     run: Option<String>,
-    status: Option<i32>,
+    status: Option<Spanned<RawStatus>>,
     write: Option<String>,
     content: Option<String>,
     mode: Option<String>,
     reboot: Option<bool>,
-    timeout: Option<u64>,
+    timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    cell: Vec<Spanned<RawStepCell>>,
+}
+
+/// An exit status as written: a number, or a word such as `"any"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStatus {
+    Code(i64),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepCell {
+    releases: Option<Vec<Spanned<String>>>,
+    kernels: Option<Vec<KernelFlavour>>,
+    status: Spanned<RawStatus>,
 }
 
 #[derive(Deserialize)]
@@ -806,7 +959,7 @@ units = { "netfilter-persistent.service" = "active" }
             s.steps[0].action,
             Action::Run {
                 command: "echo loop >> /etc/modules".into(),
-                status: 0
+                status: StepStatus::Exactly(0)
             }
         );
         assert_eq!(s.steps[0].title, "echo loop >> /etc/modules");
@@ -908,6 +1061,62 @@ units = { "netfilter-persistent.service" = "active" }
         assert_eq!(trixie.lost_on_reboot, ["rules"]);
         assert_eq!(trixie.units["netfilter-persistent.service"], "inactive");
         assert_eq!(trixie.contains["rules"], ["DROP"]);
+    }
+
+    #[test]
+    fn a_step_status_can_differ_per_cell() {
+        let text = GOOD.replace(
+            "[[step]]\nrun = \"echo loop >> /etc/modules\"\n",
+            "[[step]]\nrun = \"netfilter-persistent save\"\n\n[[step.cell]]\nreleases = [\"trixie\"]\nstatus = \"any\"\n\n[[step.cell]]\nreleases = [\"trixie\"]\nkernels = [\"stock\"]\nstatus = 1\n",
+        );
+        let s = parse(&text).expect("valid");
+        let cell = |release: &str, kernel| Cell {
+            release: release.into(),
+            kernel,
+        };
+        let step = &s.steps[0];
+        assert_eq!(
+            step.status_for(&cell("bookworm", KernelFlavour::Stock)),
+            Some(StepStatus::Exactly(0))
+        );
+        // Later tables win: trixie × stock expects 1, trixie × linode any.
+        assert_eq!(
+            step.status_for(&cell("trixie", KernelFlavour::Stock)),
+            Some(StepStatus::Exactly(1))
+        );
+        assert_eq!(
+            step.status_for(&cell("trixie", KernelFlavour::Linode)),
+            Some(StepStatus::Any)
+        );
+        assert!(StepStatus::Any.accepts(1) && StepStatus::Any.accepts(0));
+        assert!(!StepStatus::Exactly(1).accepts(0));
+        assert_eq!(s.steps[2].status_for(&cell("trixie", KernelFlavour::Stock)), None);
+    }
+
+    #[test]
+    fn out_of_range_statuses_and_timeouts_are_refused_where_written() {
+        let (line, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\nstatus = 300",
+        ));
+        assert_eq!(line, 11, "{message}");
+        assert!(message.contains("300") && message.contains("0 to 255"), "{message}");
+        let (line, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\ntimeout = 0",
+        ));
+        assert_eq!(line, 11, "{message}");
+        assert!(message.contains("timeout"), "{message}");
+        let (_, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\nstatus = \"some\"",
+        ));
+        assert!(message.contains("\"some\""), "{message}");
+        let (_, message) = error_of(&GOOD.replace(
+            "reboot = true",
+            "reboot = true\n[[step.cell]]\nstatus = 1",
+        ));
+        assert!(message.contains("`cell` does not apply"), "{message}");
     }
 
     #[test]

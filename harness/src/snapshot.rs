@@ -9,14 +9,25 @@ use crate::capture::Capture;
 use crate::run::Outcome;
 use crate::scenario::Scenario;
 
-/// A snapshot did not match (or did not exist yet).
+/// A snapshot did not match, or none is committed yet.
 #[derive(Debug, thiserror::Error)]
-#[error("snapshot {name} does not match {path} (diff above; review with `cargo insta review`)")]
-pub struct SnapshotError {
-    /// The snapshot's name.
-    pub name: String,
-    /// The committed file.
-    pub path: String,
+pub enum SnapshotError {
+    /// No snapshot is committed for this trial: its first run.
+    #[error("no committed snapshot {path} yet; insta wrote the captures beside it as {path}.new (unless INSTA_UPDATE=no): read it, then accept it with `cargo insta accept` (or review with `cargo insta review`) from the project directory")]
+    New {
+        /// The snapshot's name.
+        name: String,
+        /// The file that would hold it.
+        path: String,
+    },
+    /// The captures differ from the committed snapshot.
+    #[error("snapshot {name} does not match {path} (diff above; review with `cargo insta review`)")]
+    Differs {
+        /// The snapshot's name.
+        name: String,
+        /// The committed file.
+        path: String,
+    },
 }
 
 /// The snapshot name of a trial: `scenario@release-kernel`.
@@ -70,6 +81,8 @@ pub fn compare(
     settings.set_omit_expression(true);
     settings.set_description(description);
     quiet_insta_panics();
+    let path = snapshots_dir.join(format!("{name}.snap"));
+    let new = !path.exists();
     let result = settings.bind(|| {
         COMPARING.with(|c| c.set(true));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -78,12 +91,13 @@ pub fn compare(
         COMPARING.with(|c| c.set(false));
         result
     });
-    result.map_err(|_| SnapshotError {
-        name: name.to_owned(),
-        path: snapshots_dir
-            .join(format!("{name}.snap"))
-            .display()
-            .to_string(),
+    let (name, path) = (name.to_owned(), path.display().to_string());
+    result.map_err(|_| {
+        if new {
+            SnapshotError::New { name, path }
+        } else {
+            SnapshotError::Differs { name, path }
+        }
     })
 }
 

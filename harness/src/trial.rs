@@ -3,7 +3,11 @@
 //! snapshot, and make (and save) its row of the outcome table. Also runs
 //! many trials at once.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use crate::host;
+use crate::verdict::Status;
 use crate::project::Project;
 use crate::report::{self, Row};
 use crate::run::{self, Outcome, RunError, RunOptions};
@@ -24,27 +28,57 @@ impl Checked {
     /// Whether the flow finished, every expectation held and the snapshot
     /// matched.
     pub fn passed(&self) -> bool {
-        self.snapshot.is_ok() && self.outcome.as_ref().is_ok_and(Outcome::passed)
+        self.row.status.passed()
     }
 }
 
-/// Runs one scenario on one cell and checks it.
+/// Whether a release must really boot in this run (`VMREPRO_REQUIRE_ALL=1`,
+/// or named in `VMREPRO_REQUIRE=bookworm,trixie`), so that an unreachable
+/// archive is an error instead of a skip.
+pub fn required(release: &str) -> bool {
+    std::env::var("VMREPRO_REQUIRE_ALL").is_ok_and(|v| v == "1")
+        || std::env::var("VMREPRO_REQUIRE")
+            .is_ok_and(|list| list.split(',').any(|r| r.trim() == release))
+}
+
+/// Whether a release can be had here: in the cache already, or its archive
+/// answers. Asked once per release and process, so a suite of many cells
+/// of an unreachable release learns it within seconds.
+pub fn reachable(project: &Project, cache: &crate::cache::Cache, release: &str) -> Result<(), String> {
+    static PROBES: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
+    let Some(recipe) = project.recipes.get(release) else {
+        return Err(format!("no image recipe for release {release:?}"));
+    };
+    if crate::image::lookup(cache, recipe).is_some() {
+        return Ok(());
+    }
+    let mut probes = PROBES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    probes
+        .entry(release.to_owned())
+        .or_insert_with(|| crate::image::probe_reachable(recipe).map_err(|e| e.to_string()))
+        .clone()
+}
+
+/// Runs one scenario on one cell and checks it: the same verdict whether
+/// `vmrepro repro`, `vmrepro run` or the test target asks. A release that
+/// cannot be fetched is skipped within seconds (an error where the run
+/// requires it) before anything is built.
 pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunOptions) -> Checked {
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let outcome = run::run_cell(project, scenario, cell, options);
+    let outcome = match reachable(project, &options.cache, &cell.release) {
+        Err(reason) => Err(RunError::Image(crate::image::ImageError::Unreachable {
+            release: cell.release.clone(),
+            reason,
+        })),
+        Ok(()) => run::run_cell(project, scenario, cell, options),
+    };
     let (row, snapshot) = match &outcome {
         Ok(outcome) => {
+            let snapshot = snapshot::compare_outcome(&project.snapshots_dir(), scenario, outcome);
+            let row = Row::of(outcome, &snapshot);
             let _ = std::fs::write(
                 artifacts.join("report.md"),
-                report::markdown(scenario, outcome, &host::qemu_version()),
-            );
-            let snapshot = snapshot::compare_outcome(&project.snapshots_dir(), scenario, outcome);
-            let row = Row::of(
-                outcome,
-                snapshot
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|_| "snapshot differs".to_owned()),
+                report::markdown(scenario, outcome, &row, &host::qemu_version()),
             );
             (row, snapshot)
         }
@@ -54,14 +88,22 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
                 artifacts.join("report.md"),
                 report::markdown_error(scenario, &cell.to_string(), e),
             );
-            let first = e.to_string().lines().next().unwrap_or("").to_owned();
-            let verdict = match e {
+            let why = match e {
                 RunError::Image(crate::image::ImageError::Unreachable { reason, .. }) => {
-                    format!("skipped: {reason}")
+                    reason.clone()
                 }
-                _ => format!("ERROR: {first}"),
+                _ => e.to_string().lines().next().unwrap_or("").to_owned(),
             };
-            (Row::without_outcome(&scenario.name, cell, verdict), Ok(()))
+            let status = match run::error_status(e) {
+                Status::Skipped if required(&cell.release) => Status::Error,
+                status => status,
+            };
+            let why = if status == Status::Error && matches!(e, RunError::Image(crate::image::ImageError::Unreachable { .. })) {
+                format!("{} is required here and cannot be fetched: {why}", cell.release)
+            } else {
+                why
+            };
+            (Row::without_outcome(&scenario.name, cell, status, &why), Ok(()))
         }
     };
     report::save_row(&artifacts, &row);
