@@ -163,7 +163,18 @@ impl Cache {
             .tempdir_in(&parent)
             .map_err(io_error(&parent))?;
         let _registration = Supervisor::global().register(None, Some(work.path().to_owned()));
-        let meta = build(work.path())?;
+        let meta = match build(work.path()) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let logs = self.failed_logs_dir(kind, key);
+                keep_logs(work.path(), &logs);
+                progress::note(
+                    label,
+                    &format!("build failed; its logs are kept in {}", logs.display()),
+                );
+                return Err(e);
+            }
+        };
         publish(work, &dir, meta)?;
         drop(lock);
         let entry = read_entry(&dir).map_err(|why| CacheError::Io {
@@ -173,13 +184,26 @@ impl Cache {
         Ok(entry)
     }
 
+    /// Where the logs of the last failed build of an entry are kept: the
+    /// build directory itself goes, half-written as it is, but its logs are
+    /// what a failed CI job must upload.
+    pub fn failed_logs_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root
+            .join(".failed-builds")
+            .join(format!("{kind}-{key}"))
+    }
+
     /// Every entry of every kind.
     pub fn list(&self) -> Vec<EntryInfo> {
         let mut rows = Vec::new();
         let Ok(kinds) = fs::read_dir(&self.root) else {
             return rows;
         };
-        for kind in kinds.flatten().filter(|k| k.path().is_dir()) {
+        // Hidden folders (kept logs of failed builds) hold no entries.
+        for kind in kinds
+            .flatten()
+            .filter(|k| k.path().is_dir() && !k.file_name().to_string_lossy().starts_with('.'))
+        {
             let Ok(entries) = fs::read_dir(kind.path()) else {
                 continue;
             };
@@ -364,6 +388,16 @@ mod tests {
         });
         assert!(failed.is_err());
         assert!(cache.lookup::<u32>("things", "c-3").is_none());
+        let failed_log = cache.get_or_build::<u32, Failed>("things", "c-4", "test", |work| {
+            fs::write(work.join("build.log"), b"what went wrong").map_err(|_| Failed)?;
+            Err(Failed)
+        });
+        assert!(failed_log.is_err());
+        assert_eq!(
+            fs::read_to_string(cache.failed_logs_dir("things", "c-4").join("build.log"))
+                .expect("the failed build's log is kept"),
+            "what went wrong"
+        );
         assert!(cache
             .list()
             .iter()
@@ -394,5 +428,20 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".build-"))
             .count();
         assert_eq!(leftovers, 0);
+    }
+}
+
+/// Copies the `*.log` files of a failed build directory to `to`, replacing
+/// what an earlier failure left there.
+fn keep_logs(work: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let Ok(entries) = fs::read_dir(work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") && fs::create_dir_all(to).is_ok() {
+            let _ = fs::copy(&path, to.join(entry.file_name()));
+        }
     }
 }

@@ -780,10 +780,17 @@ fn probe_once(recipe: &ImageRecipe) -> Result<(), ImageError> {
     ) {
         Ok(_) => Ok(()),
         Err(ProcessError::Spawn { .. }) => Ok(()),
-        Err(ProcessError::Failed { tail, .. }) => Err(unreachable(format!(
-            "{url}: {}",
-            tail.lines().last().unwrap_or("download failed")
-        ))),
+        Err(ProcessError::Failed { tail, .. }) => {
+            // apt-helper ends with a bare "E: Download Failed"; the line
+            // before it says why ("Could not resolve …", a timeout).
+            let why = tail
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && *l != "E: Download Failed")
+                .unwrap_or("download failed");
+            Err(unreachable(why.trim_start_matches("E: ").to_owned()))
+        }
         Err(e) => Err(unreachable(format!("{url}: {e}"))),
     }
 }

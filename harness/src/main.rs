@@ -128,8 +128,10 @@ enum Command {
 enum Format {
     /// An aligned table.
     Text,
-    /// A JSON array of rows: {scenario, release, kernel, after_reboot, units, verdict}.
+    /// A JSON array of rows: {scenario, release, kernel, after_reboot, units, status, verdict, accel}.
     Json,
+    /// A Markdown table (for CI job summaries and bug reports).
+    Markdown,
 }
 
 #[derive(Subcommand)]
@@ -246,7 +248,7 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
         }
         Command::Images(command) => images(&project, command),
         Command::Matrix { format } => {
-            let mut rows = report::load_rows(&project.root.join("target/vmrepro"));
+            let mut rows = report::load_rows(&project.artifacts_root());
             report::sort_rows(&mut rows);
             print_rows(&rows, format)?;
             Ok(EXIT_PASS)
@@ -470,6 +472,7 @@ fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
         }
         Format::Text => print!("{}", report::table(rows)),
         Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        Format::Markdown => print!("{}", report::markdown_table(rows)),
     }
     Ok(())
 }

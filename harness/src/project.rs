@@ -90,7 +90,17 @@ impl Project {
 
     /// Where a run's artifacts go: `target/vmrepro/<scenario>/<cell>/`.
     pub fn artifacts_dir(&self, scenario: &str, cell: &str) -> PathBuf {
-        self.root.join("target/vmrepro").join(scenario).join(cell)
+        self.artifacts_root().join(scenario).join(cell)
+    }
+
+    /// The folder of every cell's artifacts: `VMREPRO_ARTIFACTS` (relative
+    /// to the project), else `target/vmrepro`. A second run that must not
+    /// overwrite the first (CI's cold re-run) names its own.
+    pub fn artifacts_root(&self) -> PathBuf {
+        match std::env::var_os("VMREPRO_ARTIFACTS").filter(|v| !v.is_empty()) {
+            Some(dir) => self.root.join(dir),
+            None => self.root.join("target/vmrepro"),
+        }
     }
 
     /// Every scenario file, sorted by name.

@@ -386,6 +386,29 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The outcome table as Markdown: one row per trial, with the accelerator
+/// and the status, for job summaries.
+pub fn markdown_table(rows: &[Row]) -> String {
+    let cell = |text: &str| text.replace('|', "\\|");
+    let mut out = String::from(
+        "| scenario | release | kernel | accel | after reboot | units not active | status | verdict |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | **{}** | {} |\n",
+            cell(&r.scenario),
+            cell(&r.release),
+            cell(&r.kernel),
+            if r.accel.is_empty() { "-" } else { &r.accel },
+            cell(&r.after_reboot),
+            cell(&r.units),
+            r.status,
+            cell(&first_line_of(&r.verdict, 200)),
+        ));
+    }
+    out
+}
+
 fn first_line_of(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or("");
     if line.chars().count() > max {

@@ -495,7 +495,8 @@ impl Scenario {
                 kernels: kernels.clone(),
             })
         };
-        let step_status = |index: usize, raw: &Spanned<RawStatus>| match raw.get_ref() {
+        let step_status = |index: usize, raw: &Spanned<RawStatus>| {
+            match raw.get_ref() {
             RawStatus::Code(code) if (0..=255).contains(code) => {
                 Ok(StepStatus::Exactly(*code as i32))
             }
@@ -508,6 +509,7 @@ impl Scenario {
                 Some(raw.span()),
                 format!("step {index}: key `status`: {word:?} is neither an exit status (0 to 255) nor \"any\""),
             )),
+        }
         };
 
         let mut steps = Vec::new();
@@ -748,7 +750,11 @@ impl Scenario {
     /// matching `[[expect.cell]]` applied in file order.
     pub fn expectations_for(&self, cell: &Cell) -> Expectations {
         let mut expect = self.expect.clone();
-        for over in self.expect_cells.iter().filter(|c| c.cells.applies_to(cell)) {
+        for over in self
+            .expect_cells
+            .iter()
+            .filter(|c| c.cells.applies_to(cell))
+        {
             if let Some(names) = &over.survive_reboot {
                 expect.survive_reboot = names.clone();
             }
@@ -1090,7 +1096,10 @@ units = { "netfilter-persistent.service" = "active" }
         );
         assert!(StepStatus::Any.accepts(1) && StepStatus::Any.accepts(0));
         assert!(!StepStatus::Exactly(1).accepts(0));
-        assert_eq!(s.steps[2].status_for(&cell("trixie", KernelFlavour::Stock)), None);
+        assert_eq!(
+            s.steps[2].status_for(&cell("trixie", KernelFlavour::Stock)),
+            None
+        );
     }
 
     #[test]
@@ -1100,7 +1109,10 @@ units = { "netfilter-persistent.service" = "active" }
             "run = \"echo loop >> /etc/modules\"\nstatus = 300",
         ));
         assert_eq!(line, 11, "{message}");
-        assert!(message.contains("300") && message.contains("0 to 255"), "{message}");
+        assert!(
+            message.contains("300") && message.contains("0 to 255"),
+            "{message}"
+        );
         let (line, message) = error_of(&GOOD.replace(
             "run = \"echo loop >> /etc/modules\"",
             "run = \"echo loop >> /etc/modules\"\ntimeout = 0",
@@ -1112,10 +1124,8 @@ units = { "netfilter-persistent.service" = "active" }
             "run = \"echo loop >> /etc/modules\"\nstatus = \"some\"",
         ));
         assert!(message.contains("\"some\""), "{message}");
-        let (_, message) = error_of(&GOOD.replace(
-            "reboot = true",
-            "reboot = true\n[[step.cell]]\nstatus = 1",
-        ));
+        let (_, message) =
+            error_of(&GOOD.replace("reboot = true", "reboot = true\n[[step.cell]]\nstatus = 1"));
         assert!(message.contains("`cell` does not apply"), "{message}");
     }
 

@@ -21,7 +21,9 @@ pub enum SnapshotError {
         path: String,
     },
     /// The captures differ from the committed snapshot.
-    #[error("snapshot {name} does not match {path} (diff above; review with `cargo insta review`)")]
+    #[error(
+        "snapshot {name} does not match {path} (diff above; review with `cargo insta review`)"
+    )]
     Differs {
         /// The snapshot's name.
         name: String,

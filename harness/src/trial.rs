@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::host;
-use crate::verdict::Status;
 use crate::project::Project;
 use crate::report::{self, Row};
 use crate::run::{self, Outcome, RunError, RunOptions};
 use crate::scenario::{Cell, KernelFlavour, Scenario};
 use crate::snapshot::{self, SnapshotError};
+use crate::verdict::Status;
 
 /// What a trial produced.
 pub struct Checked {
@@ -44,7 +44,11 @@ pub fn required(release: &str) -> bool {
 /// Whether a release can be had here: in the cache already, or its archive
 /// answers. Asked once per release and process, so a suite of many cells
 /// of an unreachable release learns it within seconds.
-pub fn reachable(project: &Project, cache: &crate::cache::Cache, release: &str) -> Result<(), String> {
+pub fn reachable(
+    project: &Project,
+    cache: &crate::cache::Cache,
+    release: &str,
+) -> Result<(), String> {
     static PROBES: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
     let Some(recipe) = project.recipes.get(release) else {
         return Err(format!("no image recipe for release {release:?}"));
@@ -52,7 +56,9 @@ pub fn reachable(project: &Project, cache: &crate::cache::Cache, release: &str) 
     if crate::image::lookup(cache, recipe).is_some() {
         return Ok(());
     }
-    let mut probes = PROBES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = PROBES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     probes
         .entry(release.to_owned())
         .or_insert_with(|| crate::image::probe_reachable(recipe).map_err(|e| e.to_string()))
@@ -98,12 +104,22 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
                 Status::Skipped if required(&cell.release) => Status::Error,
                 status => status,
             };
-            let why = if status == Status::Error && matches!(e, RunError::Image(crate::image::ImageError::Unreachable { .. })) {
-                format!("{} is required here and cannot be fetched: {why}", cell.release)
+            let why = if status == Status::Error
+                && matches!(
+                    e,
+                    RunError::Image(crate::image::ImageError::Unreachable { .. })
+                ) {
+                format!(
+                    "{} is required here and cannot be fetched: {why}",
+                    cell.release
+                )
             } else {
                 why
             };
-            (Row::without_outcome(&scenario.name, cell, status, &why), Ok(()))
+            (
+                Row::without_outcome(&scenario.name, cell, status, &why),
+                Ok(()),
+            )
         }
     };
     report::save_row(&artifacts, &row);

@@ -147,11 +147,7 @@ mod tests {
 
     #[test]
     fn only_pass_and_reproduced_are_passes() {
-        let passes: Vec<Status> = Status::ALL
-            .iter()
-            .copied()
-            .filter(|s| s.passed())
-            .collect();
+        let passes: Vec<Status> = Status::ALL.iter().copied().filter(|s| s.passed()).collect();
         assert_eq!(passes, [Status::Pass, Status::Reproduced]);
     }
 

@@ -56,22 +56,39 @@ pub struct AccelChoice {
 /// `/dev/kvm` can be opened *and* the CPU advertises VMX or SVM. A present
 /// `/dev/kvm` alone is not enough: on some hosts it exists and guests hang.
 pub fn choose_accel() -> Result<AccelChoice, VmError> {
+    let kvm = kvm_usable();
     match std::env::var("VMREPRO_ACCEL").ok().as_deref() {
-        Some("kvm") => {
-            return Ok(AccelChoice {
+        // Insisting on KVM is for machines where a silent fall back to TCG
+        // would hide a broken runner (CI): refuse rather than run slowly.
+        Some("kvm") => match kvm {
+            Ok(()) => Ok(AccelChoice {
                 accel: Accel::Kvm,
-                reason: "forced by VMREPRO_ACCEL=kvm".into(),
-            })
-        }
-        Some("tcg") => {
-            return Ok(AccelChoice {
+                reason: "VMREPRO_ACCEL=kvm, and /dev/kvm is usable with VMX/SVM".into(),
+            }),
+            Err(why) => Err(VmError::KvmRequired(why)),
+        },
+        Some("tcg") => Ok(AccelChoice {
+            accel: Accel::Tcg,
+            reason: "forced by VMREPRO_ACCEL=tcg".into(),
+        }),
+        Some("") | None => Ok(match kvm {
+            Ok(()) => AccelChoice {
+                accel: Accel::Kvm,
+                reason: "/dev/kvm is usable and the CPU has VMX/SVM".into(),
+            },
+            Err(why) => AccelChoice {
                 accel: Accel::Tcg,
-                reason: "forced by VMREPRO_ACCEL=tcg".into(),
-            })
-        }
-        Some("") | None => {}
-        Some(other) => return Err(VmError::BadAccel(other.to_owned())),
+                reason: format!("{why}; using TCG"),
+            },
+        }),
+        Some(other) => Err(VmError::BadAccel(other.to_owned())),
     }
+}
+
+/// Whether KVM can run guests here. Opening `/dev/kvm` is not enough: where
+/// the CPU flags show neither VMX nor SVM (nested virtualisation turned
+/// off), the device opens and guests hang.
+fn kvm_usable() -> Result<(), String> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let virt_flag = cpuinfo
         .lines()
@@ -81,20 +98,14 @@ pub fn choose_accel() -> Result<AccelChoice, VmError> {
         .read(true)
         .write(true)
         .open("/dev/kvm");
-    Ok(match (device, virt_flag) {
-        (Ok(_), true) => AccelChoice {
-            accel: Accel::Kvm,
-            reason: "/dev/kvm is usable and the CPU has VMX/SVM".into(),
-        },
-        (Ok(_), false) => AccelChoice {
-            accel: Accel::Tcg,
-            reason: "/dev/kvm exists but the CPU flags show no VMX/SVM (nested KVM here hangs guests); using TCG".into(),
-        },
-        (Err(e), _) => AccelChoice {
-            accel: Accel::Tcg,
-            reason: format!("/dev/kvm is not usable ({e}); using TCG"),
-        },
-    })
+    match (device, virt_flag) {
+        (Ok(_), true) => Ok(()),
+        (Ok(_), false) => Err(
+            "/dev/kvm exists but the CPU flags show no VMX/SVM (nested KVM here hangs guests)"
+                .into(),
+        ),
+        (Err(e), _) => Err(format!("/dev/kvm is not usable ({e})")),
+    }
 }
 
 /// The firmware that runs before the kernel, which QEMU loads directly.
@@ -230,6 +241,9 @@ pub enum VmError {
     /// `VMREPRO_ACCEL` has a value other than `kvm` or `tcg`.
     #[error("VMREPRO_ACCEL={0:?}: use kvm or tcg")]
     BadAccel(String),
+    /// `VMREPRO_ACCEL=kvm`, but KVM cannot run guests here.
+    #[error("VMREPRO_ACCEL=kvm, but KVM cannot run guests here: {0}")]
+    KvmRequired(String),
     /// Creating the overlay failed.
     #[error("creating the overlay: {0}")]
     Overlay(#[from] process::ProcessError),

@@ -49,9 +49,7 @@ fn main() -> ExitCode {
     let loaded = Project::open(&root)
         .and_then(|p| p.scenarios().map(|s| (p, s)))
         .map_err(|e| e.to_string())
-        .and_then(|(project, scenarios)| {
-            Ok((project, cells_of_this_shard(scenarios)?))
-        });
+        .and_then(|(project, scenarios)| Ok((project, cells_of_this_shard(scenarios)?)));
     let (project, cells) = match loaded {
         Ok(loaded) => loaded,
         Err(message) => {
