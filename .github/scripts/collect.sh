@@ -13,8 +13,8 @@ out=${3:?usage: collect.sh RELEASE KERNEL OUT}
 mkdir -p "$out/rows" "$out/logs"
 
 for run in warm cold; do
-  dir=target/vmrepro
-  [ "$run" = cold ] && dir=target/vmrepro-cold
+  dir=${VMREPRO_ARTIFACTS:-target/vmrepro}
+  [ "$run" = cold ] && dir=${VMREPRO_COLD_ARTIFACTS:-target/vmrepro-cold}
   [ -d "$dir" ] || continue
   VMREPRO_ARTIFACTS=$dir vmrepro matrix --format json > "$out/rows/$release-$kernel-$run.json"
   VMREPRO_ARTIFACTS=$dir vmrepro matrix --format markdown > "$out/rows/$release-$kernel-$run.md"

@@ -61,12 +61,37 @@ pub fn compare_outcome(
     scenario: &Scenario,
     outcome: &Outcome,
 ) -> Result<(), SnapshotError> {
+    let info = insta::internals::Content::Map(
+        [
+            ("scenario", scenario.name.as_str()),
+            ("release", outcome.cell.release.as_str()),
+            ("kernel", outcome.cell.kernel.name()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect(),
+    );
     compare(
         snapshots_dir,
         &name(&scenario.name, &outcome.cell.to_string()),
-        &scenario.description,
+        &Meta {
+            description: &scenario.description,
+            input_file: Some(&scenario.path),
+            info: Some(&info),
+        },
         &render(&outcome.captures),
     )
+}
+
+/// What a snapshot file's header says about it, so that a reviewer in
+/// `cargo insta review` sees which scenario file and cell it belongs to.
+pub struct Meta<'a> {
+    /// The scenario's description.
+    pub description: &'a str,
+    /// The scenario file (stored relative to the project).
+    pub input_file: Option<&'a Path>,
+    /// Structured details: scenario, release, kernel.
+    pub info: Option<&'a insta::internals::Content>,
 }
 
 /// Compares `content` with `snapshots_dir/NAME.snap` through insta, which
@@ -74,14 +99,20 @@ pub fn compare_outcome(
 pub fn compare(
     snapshots_dir: &Path,
     name: &str,
-    description: &str,
+    meta: &Meta<'_>,
     content: &str,
 ) -> Result<(), SnapshotError> {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(snapshots_dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    settings.set_description(description);
+    settings.set_description(meta.description);
+    if let Some(file) = meta.input_file {
+        settings.set_input_file(file);
+    }
+    if let Some(info) = meta.info {
+        settings.set_raw_info(info);
+    }
     quiet_insta_panics();
     let path = snapshots_dir.join(format!("{name}.snap"));
     let new = !path.exists();

