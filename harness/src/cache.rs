@@ -48,7 +48,7 @@ pub struct Entry<M> {
 }
 
 /// A listing row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EntryInfo {
     /// `images` or `kernels`.
     pub kind: String,

@@ -15,12 +15,36 @@ use vmrepro::{host, image, kernel, progress, report, trial, vm};
 
 use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
+/// `println!` for results on standard output: a reader that goes away (a
+/// closed pipe, as in `vmrepro list | head -1`) ends the program quietly
+/// with status 0 instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` with the same closed-pipe behaviour as [`out!`].
+macro_rules! outp {
+    ($($arg:tt)*) => { emit(format_args!($($arg)*)) };
+}
+
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(i32::from(EXIT_PASS));
+        }
+        eprintln!("vmrepro: writing to standard output: {e}");
+        std::process::exit(i32::from(EXIT_ENV));
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "vmrepro",
     version,
     about = "Turn \"my machine breaks after a reboot\" bug reports into VM-based regression tests",
-    after_help = "Exit status: 0 pass, 1 scenario failed, 2 usage or input error, 3 environment problem.\n\nEnvironment: VMREPRO_CACHE (cache directory), VMREPRO_ACCEL=kvm|tcg, VMREPRO_MIRROR and\nVMREPRO_MIRROR_<RELEASE> (Debian mirror), VMREPRO_NO_INSTALL=1 (never install host packages),\nVMREPRO_FIRST_BOOT=cold (as --cold), VMREPRO_ROOT (project directory)."
+    after_help = AFTER_HELP,
 )]
 struct Cli {
     /// Print no progress lines.
@@ -30,11 +54,104 @@ struct Cli {
     #[arg(short, long, global = true)]
     verbose: bool,
     /// Boot every guest from power-on instead of resuming the saved state of
-    /// an already booted one (reboots in a scenario are real either way).
+    /// an already booted one (reboots in a scenario are real either way);
+    /// the same as `--first-boot cold`.
     #[arg(long, global = true)]
     cold: bool,
+    /// How guests reach their first shell: resumed from a saved, booted
+    /// state (warm) or booted from power-on (cold).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "VMREPRO_FIRST_BOOT",
+        value_name = "HOW"
+    )]
+    first_boot: Option<FirstBootArg>,
+    /// The accelerator: kvm (refused where KVM cannot run guests), tcg, or
+    /// auto (KVM where it works, else TCG).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "VMREPRO_ACCEL",
+        value_name = "ACCEL"
+    )]
+    accel: Option<AccelArg>,
+    /// The image and kernel cache (default: $XDG_CACHE_HOME/vmrepro, else ~/.cache/vmrepro).
+    #[arg(long, global = true, env = "VMREPRO_CACHE", value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// The project directory (default: found from the current directory).
+    #[arg(long, global = true, env = "VMREPRO_ROOT", value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Never install host packages; print the commands instead.
+    #[arg(long, global = true, env = "VMREPRO_NO_INSTALL", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    no_install: bool,
+    /// When to colour the outcome table. `auto` colours a terminal unless
+    /// NO_COLOR is set; CLICOLOR_FORCE=1 colours even a pipe.
+    #[arg(long, global = true, value_enum, default_value_t = ColorArg::Auto, value_name = "WHEN")]
+    color: ColorArg,
     #[command(subcommand)]
     command: Command,
+}
+
+const AFTER_HELP: &str = "Exit status: 0 every trial passed (pass or reproduced); 1 a trial failed, or is new (no \
+committed snapshot yet); 2 usage or input error; 3 environment problem (nothing failed, but a trial could \
+not run: tools, image, kernel, QEMU, a required release); 4 everything that ran passed, but some trials \
+were skipped (their release cannot be fetched here). A failure wins over an environment problem, and \
+both over skips.
+
+Verdicts: pass, reproduced (the cell asserts the state is lost, and it is), new (no committed snapshot: \
+review it with `cargo insta review`), fail, error (the host could not run it), skipped.
+
+Environment: every option above with an [env: …] reads that variable; also VMREPRO_MIRROR and
+VMREPRO_MIRROR_<RELEASE> (Debian mirror or apt proxy to bootstrap from), VMREPRO_SHARD=K/N (as --shard),
+VMREPRO_REQUIRE_ALL=1 and VMREPRO_REQUIRE=bookworm,trixie (a release that cannot be fetched is an error,
+not a skip), NO_COLOR and CLICOLOR_FORCE.";
+
+/// `--first-boot`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FirstBootArg {
+    /// Resume a saved, booted state.
+    Warm,
+    /// Boot from power-on.
+    Cold,
+}
+
+/// `--accel`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AccelArg {
+    /// KVM where it can run guests, else TCG.
+    Auto,
+    /// KVM, or an error.
+    Kvm,
+    /// QEMU's emulator.
+    Tcg,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ColorArg {
+    /// On a terminal, unless NO_COLOR is set (or CLICOLOR_FORCE=1 says always).
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorArg {
+    fn wanted(self) -> bool {
+        use std::io::IsTerminal as _;
+        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
+        match self {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto if set("NO_COLOR") => false,
+            ColorArg::Auto if set("CLICOLOR_FORCE") => true,
+            ColorArg::Auto => std::io::stdout().is_terminal(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,13 +192,19 @@ enum Command {
         /// How many guests run at once (default: from cores and free memory).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
-        /// Run only share K of N of the selected cells (1-based), to split a
-        /// suite across machines; the same split as `VMREPRO_SHARD` in `cargo test`.
-        #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+        /// Run only share K of N of the cells (1-based, counted over every
+        /// cell of the selected scenarios before --release and --kernel
+        /// filter them), to split a suite across machines; the same split as
+        /// `VMREPRO_SHARD` in `cargo test`.
+        #[arg(long, value_name = "K/N", value_parser = Shard::parse, env = "VMREPRO_SHARD")]
         shard: Option<Shard>,
     },
     /// List scenarios and their matrix cells.
-    List,
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
     /// Print the outcome table (release × kernel × scenario) of the last runs,
     /// from `vmrepro run` or `cargo test`.
     #[command(after_help = "Example:\n  vmrepro matrix --format json")]
@@ -96,7 +219,11 @@ enum Command {
     /// Check the host tools and install what is missing (as root, with apt).
     Setup,
     /// Check the host without changing it: tools, accelerator, cache, mirrors.
-    Doctor,
+    Doctor {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
     /// An interactive root shell in a guest, optionally after a scenario's
     /// steps (reboots included). Ctrl-] leaves; the guest is always stopped.
     #[command(
@@ -123,6 +250,15 @@ enum Command {
     },
 }
 
+/// Output formats of `list`, `images list` and `doctor`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ListFormat {
+    /// Lines for people.
+    Text,
+    /// JSON for programs.
+    Json,
+}
+
 /// Output formats of `run` and `matrix`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
@@ -137,7 +273,11 @@ enum Format {
 #[derive(Subcommand)]
 enum ImagesCommand {
     /// List the cache's entries with their sizes.
-    List,
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
     /// Build the images of releases (all when none are named) and the Linode-style kernel.
     #[command(
         after_help = "Examples:\n  vmrepro images build bookworm trixie\n  vmrepro images build --kernel-only"
@@ -191,7 +331,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
     progress::set_live(!cli.verbose && !cli.quiet);
-    match dispatch(cli.command, cli.cold) {
+    // The library reads these settings from the environment; the options
+    // (which clap already filled from the same variables) win. Set here,
+    // before any thread starts.
+    match cli.accel {
+        Some(AccelArg::Kvm) => std::env::set_var("VMREPRO_ACCEL", "kvm"),
+        Some(AccelArg::Tcg) => std::env::set_var("VMREPRO_ACCEL", "tcg"),
+        Some(AccelArg::Auto) => std::env::remove_var("VMREPRO_ACCEL"),
+        None => {}
+    }
+    if let Some(cache) = &cli.cache {
+        std::env::set_var("VMREPRO_CACHE", cache);
+    }
+    if let Some(project) = &cli.project {
+        std::env::set_var("VMREPRO_ROOT", project);
+    }
+    if cli.no_install {
+        std::env::set_var("VMREPRO_NO_INSTALL", "1");
+    } else {
+        std::env::remove_var("VMREPRO_NO_INSTALL");
+    }
+    let cold = cli.cold || cli.first_boot == Some(FirstBootArg::Cold);
+    // `--first-boot` was read from VMREPRO_FIRST_BOOT already.
+    std::env::remove_var("VMREPRO_FIRST_BOOT");
+    let outputs = Outputs {
+        colour: cli.color.wanted(),
+    };
+    match dispatch(cli.command, cold, outputs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vmrepro: {e:#}");
@@ -228,21 +394,51 @@ fn classify(error: &anyhow::Error) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-fn dispatch(command: Command, cold: bool) -> Result<u8> {
+/// How results are shown.
+#[derive(Clone, Copy)]
+struct Outputs {
+    colour: bool,
+}
+
+fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
+    // The host commands need no project: they check and fix this machine.
+    match command {
+        Command::Setup => return setup(),
+        Command::Doctor { format } => return doctor(Project::discover(&cwd).ok().as_ref(), format),
+        _ => {}
+    }
     let project = Project::discover(&cwd)?;
     // insta would otherwise ask `cargo metadata` where the workspace is.
     std::env::set_var("INSTA_WORKSPACE_ROOT", &project.root);
     match command {
-        Command::List => {
-            for scenario in project.scenarios()? {
+        Command::List { format } => {
+            let scenarios = project.scenarios()?;
+            if format == ListFormat::Json {
+                let list: Vec<serde_json::Value> = scenarios
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name,
+                            "path": s.path,
+                            "cells": s.matrix.cells().iter().map(|c| serde_json::json!({
+                                "release": c.release,
+                                "kernel": c.kernel.name(),
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                out!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(EXIT_PASS);
+            }
+            for scenario in scenarios {
                 let cells: Vec<String> = scenario
                     .matrix
                     .cells()
                     .iter()
                     .map(Cell::to_string)
                     .collect();
-                println!("{}: {}", scenario.name, cells.join(" "));
+                out!("{}: {}", scenario.name, cells.join(" "));
             }
             Ok(EXIT_PASS)
         }
@@ -250,10 +446,10 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
         Command::Matrix { format } => {
             let mut rows = report::load_rows(&project.artifacts_root());
             report::sort_rows(&mut rows);
-            print_rows(&rows, format)?;
+            print_rows(&rows, format, outputs)?;
             Ok(EXIT_PASS)
         }
-        Command::Doctor => doctor(&project),
+        Command::Setup | Command::Doctor { .. } => unreachable!("answered above"),
         Command::Shell {
             release,
             kernel,
@@ -276,25 +472,6 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         Command::New { name } => new_scenario(&project, &name),
-        Command::Setup => {
-            host::ensure_tools()?;
-            for tool in host::TOOLS {
-                let version =
-                    host::tool_version(tool.command).unwrap_or_else(|| "installed".into());
-                println!("{:<20} {version}", tool.command);
-            }
-            let accel = vm::choose_accel()?;
-            println!(
-                "accelerator          {} ({})",
-                accel.accel.name(),
-                accel.reason
-            );
-            println!(
-                "cache                {}",
-                Cache::from_env().root().display()
-            );
-            Ok(EXIT_PASS)
-        }
         Command::Repro {
             scenario,
             release,
@@ -319,7 +496,7 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
                         .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!("vmrepro: report written to {}", path.display());
                 }
-                None => print!("{markdown}"),
+                None => outp!("{markdown}"),
             }
             Ok(code)
         }
@@ -380,7 +557,7 @@ fn dispatch(command: Command, cold: bool) -> Result<u8> {
                 .map(|(checked, _)| checked.row)
                 .collect();
             report::sort_rows(&mut rows);
-            print_rows(&rows, format)?;
+            print_rows(&rows, format, outputs)?;
             Ok(worst)
         }
     }
@@ -451,28 +628,26 @@ fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
     }
 }
 
-fn print_rows(rows: &[report::Row], format: Format) -> Result<()> {
-    use std::io::IsTerminal as _;
-    let colour = std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+fn print_rows(rows: &[report::Row], format: Format, outputs: Outputs) -> Result<()> {
+    let colour = outputs.colour;
     match format {
         Format::Text if rows.is_empty() => {
-            println!("no results yet: run `vmrepro run` or `cargo test`")
+            out!("no results yet: run `vmrepro run` or `cargo test`")
         }
         Format::Text if colour => {
             let table = report::table(rows);
             let mut lines = table.lines();
             if let Some(header) = lines.next() {
-                println!("{header}");
+                out!("{header}");
             }
             // The table keeps the rows' order, so each line has its row.
             for (line, row) in lines.zip(rows) {
-                println!("\x1b[{}m{line}\x1b[0m", row.status.colour());
+                out!("\x1b[{}m{line}\x1b[0m", row.status.colour());
             }
         }
-        Format::Text => print!("{}", report::table(rows)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(rows)?),
-        Format::Markdown => print!("{}", report::markdown_table(rows)),
+        Format::Text => outp!("{}", report::table(rows)),
+        Format::Json => out!("{}", serde_json::to_string_pretty(rows)?),
+        Format::Markdown => outp!("{}", report::markdown_table(rows)),
     }
     Ok(())
 }
@@ -489,10 +664,16 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
         })
     };
     match command {
-        ImagesCommand::List => {
-            println!("cache: {}", cache.root().display());
+        ImagesCommand::List {
+            format: ListFormat::Json,
+        } => {
+            out!("{}", serde_json::to_string_pretty(&cache.list())?);
+            Ok(EXIT_PASS)
+        }
+        ImagesCommand::List { .. } => {
+            out!("cache: {}", cache.root().display());
             for row in cache.list() {
-                println!(
+                out!(
                     "{:<8} {:<40} {:>8.1} MiB{}",
                     row.kind,
                     row.name,
@@ -514,7 +695,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             host::ensure_tools()?;
             if !no_kernel {
                 let kernel = kernel::linode(&cache, &project.linode_kernel)?;
-                println!(
+                out!(
                     "kernel linode    {} ({})",
                     kernel.release,
                     kernel.image.display()
@@ -539,7 +720,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
                     }
                 }
                 let built = image::image(&cache, recipe)?;
-                println!(
+                out!(
                     "image {:<10} {} (stock kernel {})",
                     release,
                     built.dir.display(),
@@ -563,18 +744,18 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
                     })
             })?;
             for row in &removed {
-                println!("removed {}/{}", row.kind, row.name);
+                out!("removed {}/{}", row.kind, row.name);
             }
             if removed.is_empty() {
-                println!("nothing to remove");
+                out!("nothing to remove");
             }
             Ok(EXIT_PASS)
         }
         ImagesCommand::Key { release, kernel } => {
             if kernel {
-                println!("{}", kernel::key(&project.linode_kernel)?);
+                out!("{}", kernel::key(&project.linode_kernel)?);
             } else if let Some(release) = release {
-                println!("{}", image::key(recipe_of(&release)?));
+                out!("{}", image::key(recipe_of(&release)?));
             }
             Ok(EXIT_PASS)
         }
@@ -582,7 +763,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             host::ensure_tools()?;
             let recipe = recipe_of(&release)?;
             let imported = image::import(&cache, recipe, &file)?;
-            println!(
+            out!(
                 "imported {} as the {release} image ({}; stock kernel {})",
                 file.display(),
                 imported.dir.display(),
@@ -593,82 +774,209 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
     }
 }
 
-fn doctor(project: &Project) -> Result<u8> {
-    let mut problems = 0;
-    println!("host tools:");
+/// `vmrepro setup`: installs what the host lacks and says what it has.
+fn setup() -> Result<u8> {
+    host::ensure_tools()?;
     for tool in host::TOOLS {
-        match host::find_command(tool.command) {
-            Some(path) => {
-                let version = host::tool_version(tool.command).unwrap_or_default();
-                println!(
-                    "  ok       {:<20} {} ({version})",
-                    tool.command,
-                    path.display()
-                );
+        let version = host::tool_version(tool.command).unwrap_or_else(|| "installed".into());
+        out!("{:<20} {version}", tool.command);
+    }
+    let accel = vm::choose_accel()?;
+    out!(
+        "accelerator          {} ({})",
+        accel.accel.name(),
+        accel.reason
+    );
+    out!(
+        "cache                {}",
+        Cache::from_env().root().display()
+    );
+    Ok(EXIT_PASS)
+}
+
+/// What `vmrepro doctor` finds, for people (text) or programs (JSON).
+#[derive(serde::Serialize)]
+struct Doctor {
+    tools: Vec<DoctorTool>,
+    kernel_source: Option<DoctorTool>,
+    accelerator: Result<String, String>,
+    cache: DoctorCache,
+    /// Releases of the project, where there is one.
+    releases: Vec<DoctorRelease>,
+    problems: usize,
+}
+
+#[derive(serde::Serialize)]
+struct DoctorTool {
+    name: String,
+    found: Option<String>,
+    version: Option<String>,
+    purpose: String,
+    fix: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct DoctorCache {
+    path: PathBuf,
+    entries: usize,
+    bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct DoctorRelease {
+    release: String,
+    mirror: String,
+    cached: bool,
+    /// `None` when the archive answers, else why not.
+    unreachable: Option<String>,
+}
+
+fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
+    let tools: Vec<DoctorTool> = host::TOOLS
+        .iter()
+        .map(|tool| {
+            let found = host::find_command(tool.command);
+            DoctorTool {
+                name: tool.command.to_owned(),
+                version: found
+                    .as_ref()
+                    .and_then(|_| host::tool_version(tool.command)),
+                fix: found
+                    .is_none()
+                    .then(|| host::InstallPlan::for_host().shell_commands(&[*tool])),
+                found: found.map(|p| p.display().to_string()),
+                purpose: tool.purpose.to_owned(),
             }
-            None => {
-                problems += 1;
-                println!(
-                    "  MISSING  {:<20} {}; fix: run `vmrepro setup` as root, or:\n{}",
-                    tool.command,
-                    tool.purpose,
-                    host::InstallPlan::for_host()
-                        .shell_commands(&[*tool])
-                        .lines()
-                        .map(|l| format!("             {l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
+        })
+        .collect();
+    let kernel_source = project.map(|p| {
+        let source = &p.linode_kernel.source_package;
+        let version = host::package_version(source);
+        DoctorTool {
+            name: source.clone(),
+            found: version.as_ref().map(|_| "installed".to_owned()),
+            version,
+            purpose: "for the Linode-style kernel; the first Linode-style cell installs it (as root) or asks you to".into(),
+            fix: None,
         }
-    }
-    let source = &project.linode_kernel.source_package;
-    match host::package_version(source) {
-        Some(version) => println!("  ok       {source:<20} {version} (for the Linode-style kernel)"),
-        None => println!(
-            "  later    {source:<20} not installed; the first Linode-style cell installs it (as root) or asks you to"
-        ),
-    }
-    match vm::choose_accel() {
-        Ok(accel) => println!("accelerator: {} ({})", accel.accel.name(), accel.reason),
-        Err(e) => {
-            problems += 1;
-            println!("accelerator: {e}");
-        }
-    }
+    });
     let cache = Cache::from_env();
     let entries = cache.list();
-    let bytes: u64 = entries.iter().map(|e| e.bytes).sum();
-    println!(
-        "cache: {} ({} entries, {:.1} GiB)",
-        cache.root().display(),
-        entries.len(),
-        bytes as f64 / (1u64 << 30) as f64
-    );
-    println!("releases:");
-    for (release, recipe) in &project.recipes {
-        let cached = image::lookup(&cache, recipe).is_some();
-        let mirror = recipe
-            .mirror()
-            .unwrap_or_else(|| "mmdebstrap's default".into());
-        match image::probe_reachable(recipe) {
-            Ok(()) => println!(
-                "  ok       {release:<9} {mirror}{}",
-                if cached { " (image cached)" } else { "" }
+    let releases = project
+        .map(|p| {
+            p.recipes
+                .iter()
+                .map(|(release, recipe)| DoctorRelease {
+                    release: release.clone(),
+                    mirror: recipe
+                        .mirror()
+                        .unwrap_or_else(|| "mmdebstrap's default".into()),
+                    cached: image::lookup(&cache, recipe).is_some(),
+                    unreachable: image::probe_reachable(recipe).err().map(|e| e.to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let accelerator = vm::choose_accel()
+        .map(|a| format!("{} ({})", a.accel.name(), a.reason))
+        .map_err(|e| e.to_string());
+    let problems =
+        tools.iter().filter(|t| t.found.is_none()).count() + usize::from(accelerator.is_err());
+    let report = Doctor {
+        tools,
+        kernel_source,
+        accelerator,
+        cache: DoctorCache {
+            path: cache.root().to_owned(),
+            entries: entries.len(),
+            bytes: entries.iter().map(|e| e.bytes).sum(),
+        },
+        releases,
+        problems,
+    };
+    if format == ListFormat::Json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_doctor(&report, project.is_some());
+    }
+    Ok(if report.problems == 0 {
+        EXIT_PASS
+    } else {
+        EXIT_ENV
+    })
+}
+
+fn print_doctor(report: &Doctor, in_project: bool) {
+    out!("host tools:");
+    for tool in &report.tools {
+        match (&tool.found, &tool.fix) {
+            (Some(path), _) => out!(
+                "  ok       {:<20} {path} ({})",
+                tool.name,
+                tool.version.as_deref().unwrap_or("")
             ),
-            Err(e) if cached => println!("  ok       {release:<9} image cached; mirror unreachable: {e}"),
-            Err(e) => println!(
-                "  skip     {release:<9} {e}; its trials are skipped. Fix: set VMREPRO_MIRROR_{} to a mirror or proxy you can reach, or `vmrepro images import {release} ROOTFS.tar`",
-                release.to_uppercase()
+            (None, fix) => out!(
+                "  MISSING  {:<20} {}; fix: run `vmrepro setup` as root, or:\n{}",
+                tool.name,
+                tool.purpose,
+                fix.as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .map(|l| format!("             {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         }
     }
-    if problems == 0 {
-        println!("no problems found");
-        Ok(EXIT_PASS)
+    if let Some(source) = &report.kernel_source {
+        match &source.version {
+            Some(version) => out!(
+                "  ok       {:<20} {version} (for the Linode-style kernel)",
+                source.name
+            ),
+            None => out!(
+                "  later    {:<20} not installed; {}",
+                source.name,
+                source.purpose
+            ),
+        }
+    }
+    match &report.accelerator {
+        Ok(accel) => out!("accelerator: {accel}"),
+        Err(e) => out!("accelerator: {e}"),
+    }
+    out!(
+        "cache: {} ({} entries, {:.1} GiB)",
+        report.cache.path.display(),
+        report.cache.entries,
+        report.cache.bytes as f64 / (1u64 << 30) as f64
+    );
+    if in_project {
+        out!("releases:");
     } else {
-        println!("{problems} problem(s) found");
-        Ok(EXIT_ENV)
+        out!("releases: not in a vmrepro project (no images/ and scenarios/ here or above)");
+    }
+    for r in &report.releases {
+        match (&r.unreachable, r.cached) {
+            (None, cached) => out!(
+                "  ok       {:<9} {}{}",
+                r.release,
+                r.mirror,
+                if cached { " (image cached)" } else { "" }
+            ),
+            (Some(e), true) => out!("  ok       {:<9} image cached; mirror unreachable: {e}", r.release),
+            (Some(e), false) => out!(
+                "  skip     {:<9} {e}; its trials are skipped. Fix: set VMREPRO_MIRROR_{} to a mirror or proxy you can reach, or `vmrepro images import {} ROOTFS.tar`",
+                r.release,
+                r.release.to_uppercase(),
+                r.release
+            ),
+        }
+    }
+    if report.problems == 0 {
+        out!("no problems found");
+    } else {
+        out!("{} problem(s) found", report.problems);
     }
 }
 
@@ -732,7 +1040,7 @@ fn new_scenario(project: &Project, name: &str) -> Result<u8> {
     }
     std::fs::write(&path, SKELETON.replace("NAME", name))
         .with_context(|| format!("writing {}", path.display()))?;
-    println!(
+    out!(
         "wrote {}\nedit it, then: vmrepro repro {name}",
         path.display()
     );
