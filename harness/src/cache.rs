@@ -318,6 +318,21 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// Copies the `*.log` files of a failed build directory to `to`, replacing
+/// what an earlier failure left there.
+fn keep_logs(work: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let Ok(entries) = fs::read_dir(work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") && fs::create_dir_all(to).is_ok() {
+            let _ = fs::copy(&path, to.join(entry.file_name()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,20 +443,5 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".build-"))
             .count();
         assert_eq!(leftovers, 0);
-    }
-}
-
-/// Copies the `*.log` files of a failed build directory to `to`, replacing
-/// what an earlier failure left there.
-fn keep_logs(work: &Path, to: &Path) {
-    let _ = fs::remove_dir_all(to);
-    let Ok(entries) = fs::read_dir(work) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "log") && fs::create_dir_all(to).is_ok() {
-            let _ = fs::copy(&path, to.join(entry.file_name()));
-        }
     }
 }
