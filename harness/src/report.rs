@@ -474,3 +474,212 @@ fn capitalise(text: &str) -> String {
         .map(|c| c.to_uppercase().chain(chars).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Capture;
+    use crate::run::{self, Start};
+    use crate::scenario::{Cell, KernelFlavour};
+    use crate::vm::{Accel, AccelChoice};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// The founding scenario's shape: rules must survive everywhere, except
+    /// on jessie × linode, where they are expected lost and both units fail.
+    const SCENARIO: &str = r#"
+name = "s"
+description = "d"
+[matrix]
+releases = ["bookworm", "jessie"]
+kernels = ["linode"]
+[[step]]
+reboot = true
+[[capture]]
+name = "rules"
+run = "iptables-save"
+normalize = ["iptables"]
+[expect]
+survive_reboot = ["rules"]
+units = { "netfilter-persistent.service" = "active" }
+[[expect.cell]]
+releases = ["jessie"]
+survive_reboot = []
+lost_on_reboot = ["rules"]
+units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.service" = "failed" }
+"#;
+
+    fn scenario() -> Scenario {
+        Scenario::parse(
+            Path::new("scenarios/s.toml"),
+            SCENARIO,
+            &["bookworm".into(), "jessie".into()],
+        )
+        .expect("valid")
+    }
+
+    fn capture(text: &str) -> Capture {
+        Capture {
+            name: "rules".into(),
+            command: "iptables-save".into(),
+            status: 0,
+            text: text.into(),
+            raw: text.into(),
+        }
+    }
+
+    const RULES: &str = "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n";
+
+    /// A finished trial on `release` × linode whose rules read `after`
+    /// after the reboot and whose units are in `units`.
+    fn outcome(release: &str, after: &str, units: &[(&str, &str)]) -> Outcome {
+        let scenario = scenario();
+        let cell = Cell {
+            release: release.into(),
+            kernel: KernelFlavour::Linode,
+        };
+        let expect = scenario.expectations_for(&cell);
+        let units: BTreeMap<String, String> = units
+            .iter()
+            .map(|(u, s)| (u.to_string(), s.to_string()))
+            .collect();
+        let before = vec![capture(RULES)];
+        let captures = vec![capture(after)];
+        Outcome {
+            scenario: "s".into(),
+            cell,
+            accel: AccelChoice {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            },
+            guest_kernel: "6.1.0-x86_64-linode".into(),
+            packages: BTreeMap::new(),
+            image_origin: "mmdebstrap".into(),
+            steps: Vec::new(),
+            changes: run::persistence_diff(&before, &captures),
+            failures: run::check_expectations(&expect, &units, &before, &captures),
+            before_reboot: before,
+            captures,
+            units,
+            expect,
+            start: Start::Cold,
+            first_boot_seconds: 1.0,
+            total_seconds: 2.0,
+            artifacts: "target/vmrepro/s/x".into(),
+        }
+    }
+
+    #[test]
+    fn the_units_section_uses_the_cells_own_expectations() {
+        let jessie = outcome(
+            "jessie",
+            "",
+            &[
+                ("netfilter-persistent.service", "inactive"),
+                ("systemd-modules-load.service", "failed"),
+            ],
+        );
+        assert!(jessie.passed(), "{:?}", jessie.failures);
+        let row = Row::of(&jessie, &Ok(()));
+        let md = markdown(&scenario(), &jessie, &row, "QEMU 10");
+        assert!(!md.contains("EXPECTED"), "{md}");
+        assert!(
+            md.contains("`netfilter-persistent.service`: inactive (as expected)"),
+            "{md}"
+        );
+        assert!(md.contains("**Verdict:** REPRODUCED"), "{md}");
+    }
+
+    #[test]
+    fn rows_carry_a_typed_verdict() {
+        let units = [("netfilter-persistent.service", "active")];
+        let pass = outcome("bookworm", RULES, &units);
+        let row = Row::of(&pass, &Ok(()));
+        assert_eq!(
+            (row.status, row.after_reboot.as_str()),
+            (Status::Pass, "restored")
+        );
+        assert_eq!(row.accel, "tcg");
+
+        // Lost on a cell that expects it kept: a failure, said in the row.
+        let lost = outcome("bookworm", "", &units);
+        let row = Row::of(&lost, &Ok(()));
+        assert_eq!(row.status, Status::Fail);
+        assert!(row.after_reboot.starts_with("NOT restored"), "{row:?}");
+        assert!(
+            row.verdict.contains("rules not restored after reboot"),
+            "{row:?}"
+        );
+
+        // Expectations held but nothing committed yet: NEW, never a pass.
+        let new = Row::of(
+            &pass,
+            &Err(SnapshotError::New {
+                name: "s@bookworm-linode".into(),
+                path: "snapshots/s@bookworm-linode.snap".into(),
+            }),
+        );
+        assert_eq!(new.status, Status::New);
+        assert!(!new.status.passed());
+        let differs = Row::of(
+            &pass,
+            &Err(SnapshotError::Differs {
+                name: "s@bookworm-linode".into(),
+                path: "snapshots/s@bookworm-linode.snap".into(),
+            }),
+        );
+        assert_eq!(differs.status, Status::Fail);
+
+        // The JSON row has the status as a field of its own.
+        let json = serde_json::to_value(&row).expect("serialises");
+        assert_eq!(json["status"], "fail");
+    }
+
+    #[test]
+    fn an_override_that_expects_the_loss_makes_a_kept_state_a_failure() {
+        let kept = outcome(
+            "jessie",
+            RULES,
+            &[
+                ("netfilter-persistent.service", "inactive"),
+                ("systemd-modules-load.service", "failed"),
+            ],
+        );
+        assert_eq!(kept.failures.len(), 1, "{:?}", kept.failures);
+        assert!(kept.failures[0].contains("survived the reboot"));
+        assert_eq!(Row::of(&kept, &Ok(())).status, Status::Fail);
+    }
+
+    #[test]
+    fn the_persistence_diff_lists_lost_and_gained_lines() {
+        let changes = run::persistence_diff(
+            &[capture(RULES)],
+            &[capture("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")],
+        );
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes[0].lost,
+            [":INPUT DROP [0:0]", "-A INPUT -i lo -j ACCEPT"]
+        );
+        assert_eq!(changes[0].gained, [":INPUT ACCEPT [0:0]"]);
+        assert!(run::persistence_diff(&[capture(RULES)], &[capture(RULES)]).is_empty());
+    }
+
+    #[test]
+    fn the_markdown_table_escapes_pipes_and_shows_the_status() {
+        let row = Row::without_outcome(
+            "s",
+            &Cell {
+                release: "jessie".into(),
+                kernel: KernelFlavour::Stock,
+            },
+            Status::Skipped,
+            "a | b",
+        );
+        let table = markdown_table(&[row]);
+        assert!(
+            table.contains("| s | jessie | stock | - | - | - | **skipped** | skipped: a \\| b |"),
+            "{table}"
+        );
+    }
+}
