@@ -783,13 +783,19 @@ fn probe_once(recipe: &ImageRecipe) -> Result<(), ImageError> {
         Err(ProcessError::Failed { tail, .. }) => {
             // apt-helper ends with a bare "E: Download Failed"; the line
             // before it says why ("Could not resolve …", a timeout).
-            let why = tail
+            let line = tail
                 .lines()
                 .rev()
                 .map(str::trim)
                 .find(|l| !l.is_empty() && *l != "E: Download Failed")
                 .unwrap_or("download failed");
-            Err(unreachable(why.trim_start_matches("E: ").to_owned()))
+            // "E: Failed to fetch URL  Could not resolve 'host'": the why, then the URL.
+            let why = line
+                .trim_start_matches("E: ")
+                .trim_start_matches("Failed to fetch ")
+                .trim_start_matches(url.as_str())
+                .trim();
+            Err(unreachable(format!("{why} ({url})")))
         }
         Err(e) => Err(unreachable(format!("{url}: {e}"))),
     }

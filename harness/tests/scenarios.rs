@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     };
     let project = Arc::new(project);
     let shared = Arc::new(Shared::default());
-    let trials = trials(&project, cells, &shared, !args.list);
+    let trials = trials(&project, cells, &shared, &args);
     let listing = args.list;
     let conclusion = libtest_mimic::run(&args, trials);
     if listing {
@@ -109,13 +109,14 @@ fn cells_of_this_shard(scenarios: Vec<Scenario>) -> Result<Vec<(Scenario, Cell)>
 
 /// One trial per scenario × cell, likely-longest first (as `vmrepro run`
 /// orders them), so that two guests stay busy to the end. Trials of a
-/// release that cannot be fetched here are listed as ignored; `running`
-/// says whether this process runs trials (and so records their rows).
+/// release that cannot be fetched here are listed as ignored, and when this
+/// process runs trials (not only lists them) their rows are recorded as
+/// skipped, for the trials the filter selects.
 fn trials(
     project: &Arc<Project>,
     cells: Vec<(Scenario, Cell)>,
     shared: &Arc<Shared>,
-    running: bool,
+    args: &Arguments,
 ) -> Vec<Trial> {
     let cache = Cache::from_env();
     let built = vmrepro::kernel::lookup_linode(&cache, &project.linode_kernel).is_some();
@@ -131,8 +132,14 @@ fn trials(
             } else {
                 trial::reachable(project, &cache, &cell.release).err()
             };
+            let trial = {
+                let (project, shared, scenario, cell) =
+                    (project.clone(), shared.clone(), scenario.clone(), cell.clone());
+                Trial::ignorable_test(name, move || run_trial(&project, &scenario, &cell, &shared))
+                    .with_ignored_flag(skip.is_some())
+            };
             if let Some(reason) = &skip {
-                if running {
+                if !args.list && !args.is_filtered_out(&trial) {
                     if said.insert(cell.release.clone()) {
                         eprintln!("vmrepro: skipping the {} trials: {reason}", cell.release);
                     }
@@ -148,9 +155,7 @@ fn trials(
                     );
                 }
             }
-            let (project, shared) = (project.clone(), shared.clone());
-            Trial::ignorable_test(name, move || run_trial(&project, &scenario, &cell, &shared))
-                .with_ignored_flag(skip.is_some())
+            trial
         })
         .collect()
 }
