@@ -133,8 +133,12 @@ fn trials(
                 trial::reachable(project, &cache, &cell.release).err()
             };
             let trial = {
-                let (project, shared, scenario, cell) =
-                    (project.clone(), shared.clone(), scenario.clone(), cell.clone());
+                let (project, shared, scenario, cell) = (
+                    project.clone(),
+                    shared.clone(),
+                    scenario.clone(),
+                    cell.clone(),
+                );
                 Trial::ignorable_test(name, move || run_trial(&project, &scenario, &cell, &shared))
                     .with_ignored_flag(skip.is_some())
             };
