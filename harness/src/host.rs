@@ -332,8 +332,7 @@ fn apt_get(what: &str, args: &[&str]) -> Result<(), HostError> {
 
 /// Why installing is not allowed here, if it is not.
 fn install_refusal() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     if std::env::var("VMREPRO_NO_INSTALL").is_ok_and(|v| v == "1") {
         Some("VMREPRO_NO_INSTALL=1 is set")
     } else if find_command("apt-get").is_none() {

@@ -1104,35 +1104,32 @@ fn interactive(stream: std::os::unix::net::UnixStream) -> std::io::Result<()> {
 /// Puts the terminal in raw mode (when standard input is one) and restores
 /// it when dropped.
 struct RawTerminal {
-    saved: Option<libc::termios>,
+    saved: Option<nix::sys::termios::Termios>,
 }
 
 impl RawTerminal {
     fn enter() -> RawTerminal {
-        // SAFETY: termios calls on standard input with structs we own.
-        unsafe {
-            if libc::isatty(libc::STDIN_FILENO) != 1 {
-                return RawTerminal { saved: None };
-            }
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
-                return RawTerminal { saved: None };
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
-            RawTerminal { saved: Some(saved) }
-        }
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            // Not a terminal: nothing to change or restore.
+            return RawTerminal { saved: None };
+        };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        RawTerminal { saved: Some(saved) }
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
-            // SAFETY: restores the attributes saved above.
-            unsafe {
-                libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
-            }
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
         }
     }
 }

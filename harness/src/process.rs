@@ -252,10 +252,10 @@ fn shorten(text: &str, max: usize) -> String {
 
 fn kill_group(pgid: i32) {
     if pgid > 0 {
-        // SAFETY: killpg has no memory-safety preconditions.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
-        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -355,16 +355,16 @@ impl Supervisor {
                         return;
                     };
                     let number = tokio::select! {
-                        _ = int.recv() => libc::SIGINT,
-                        _ = term.recv() => libc::SIGTERM,
-                        _ = hup.recv() => libc::SIGHUP,
+                        _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+                        _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+                        _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
                     };
                     let _ = writeln!(
                         std::io::stderr(),
                         "\nvmrepro: interrupted; stopping guests and removing temporary files"
                     );
                     Supervisor::global().cleanup_all();
-                    std::process::exit(128 + number);
+                    std::process::exit(128 + number as i32);
                 });
             });
         if spawned.is_err() {

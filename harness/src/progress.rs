@@ -111,16 +111,11 @@ pub fn stop_live() {
 
 /// Rows and columns of the terminal on standard output (24×80 if unknown).
 pub fn terminal_size() -> (u16, u16) {
-    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
-    unsafe {
-        let mut size: libc::winsize = std::mem::zeroed();
-        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-            if libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_row > 0 {
-                return (size.ws_row, size.ws_col);
-            }
-        }
-        (24, 80)
-    }
+    [console::Term::stdout(), console::Term::stderr()]
+        .iter()
+        .find_map(|term| term.size_checked())
+        .filter(|(rows, _)| *rows > 0)
+        .unwrap_or((24, 80))
 }
 
 /// Prints a line without tearing the live display.

@@ -386,13 +386,14 @@ impl Vm {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        // The one `unsafe` of the crate: `pre_exec` runs in the forked
+        // child before exec, where only async-signal-safe calls are
+        // allowed. prctl is one, and allocates nothing.
+        // SAFETY: set_pdeathsig is a single prctl(2) call.
         unsafe {
             qemu.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
             });
         }
         let child = qemu.spawn().map_err(VmError::Spawn)?;
@@ -636,11 +637,12 @@ fn sweep_stale_workdirs() {
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok());
         let alive = match owner {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            Some(pid) => {
-                let exists = unsafe { libc::kill(pid, 0) } == 0;
-                exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-            }
+            // Signal "none" only asks whether the process exists; EPERM
+            // means it does, owned by someone else.
+            Some(pid) => matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Ok(()) | Err(nix::errno::Errno::EPERM)
+            ),
             // No owner file yet: a directory being set up right now.
             None => true,
         };
