@@ -432,13 +432,11 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 return Ok(EXIT_PASS);
             }
             for scenario in scenarios {
-                let cells: Vec<String> = scenario
-                    .matrix
-                    .cells()
-                    .iter()
-                    .map(Cell::to_string)
-                    .collect();
-                out!("{}: {}", scenario.name, cells.join(" "));
+                out!(
+                    "{}: {}",
+                    scenario.name,
+                    scenario.matrix.cell_names().join(" ")
+                );
             }
             Ok(EXIT_PASS)
         }
@@ -602,12 +600,7 @@ fn pick_cell(scenario: &Scenario, release: Option<&str>, kernel: Option<&str>) -
     };
     let cell = Cell { release, kernel };
     if !scenario.matrix.cells().contains(&cell) {
-        let cells: Vec<String> = scenario
-            .matrix
-            .cells()
-            .iter()
-            .map(Cell::to_string)
-            .collect();
+        let cells = scenario.matrix.cell_names();
         return Err(UsageError(format!(
             "{} is not in the matrix of {} (cells: {})",
             cell,

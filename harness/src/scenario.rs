@@ -77,6 +77,11 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// The cells' names (`release-kernel`), in [`Matrix::cells`] order.
+    pub fn cell_names(&self) -> Vec<String> {
+        self.cells().iter().map(Cell::to_string).collect()
+    }
+
     /// Every (release, kernel) pair, releases outermost.
     pub fn cells(&self) -> Vec<Cell> {
         self.releases

@@ -3,7 +3,10 @@
 //! its manners (a closed pipe). The guest trials run bookworm × stock in a
 //! scratch project, with the harness's own image cache.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
+use std::path::Path;
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::Instant;
 
@@ -32,11 +35,6 @@ fn main() -> ExitCode {
         exit_statuses,
     ];
     libtest_mimic::run(&args, trials).exit_code()
-}
-
-fn root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
 fn vmrepro(project: &Path) -> Command {
@@ -113,7 +111,7 @@ run = "echo something else"
 fn exit_statuses() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let project = dir.path();
-    copy_dir(&root().join("images"), &project.join("images"))?;
+    common::copy(&root().join("images"), &project.join("images"))?;
     std::fs::create_dir_all(project.join("scenarios"))?;
     std::fs::create_dir_all(project.join("snapshots"))?;
     std::fs::write(project.join("scenarios/passing.toml"), PASSING)?;
@@ -199,20 +197,6 @@ fn exit_statuses() -> Result<(), Failed> {
             said(&output)
         )
         .into());
-    }
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
     }
     Ok(())
 }

@@ -8,7 +8,10 @@
 //! Ignored where cargo-insta is not installed, unless
 //! `VMREPRO_CARGO_INSTA=require` (set by `.ci/run`, which installs it).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::root;
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -29,24 +32,6 @@ fn main() -> ExitCode {
         trial = trial.with_ignored_flag(true);
     }
     libtest_mimic::run(&args, vec![trial]).exit_code()
-}
-
-fn root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-}
-
-fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    if from.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy(&entry.path(), &to.join(entry.file_name()))?;
-        }
-        Ok(())
-    } else {
-        std::fs::copy(from, to).map(|_| ())
-    }
 }
 
 fn insta(project: &Path, args: &[&str]) -> Result<String, Failed> {
@@ -79,10 +64,10 @@ fn review_loop() -> Result<(), Failed> {
         "harness/Cargo.toml",
     ] {
         std::fs::create_dir_all(project.join(path).parent().unwrap_or(project))?;
-        copy(&root().join(path), &project.join(path))?;
+        common::copy(&root().join(path), &project.join(path))?;
     }
     for dir in ["harness/src", "harness/tests", "harness/benches"] {
-        copy(&root().join(dir), &project.join(dir))?;
+        common::copy(&root().join(dir), &project.join(dir))?;
     }
     let snapshots = project.join("snapshots");
     // Pending snapshots are written outside CI too, for this test.

@@ -12,6 +12,9 @@
 //! ignored, so `cargo test` needs no network; `VMREPRO_LINTERS=require`
 //! (set by `.ci/run` and the ci workflow) makes their absence a failure.
 
+mod common;
+
+use common::root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output};
 
@@ -61,13 +64,6 @@ fn main() -> ExitCode {
         matrix_job_trial(),
     ];
     libtest_mimic::run(&args, trials).exit_code()
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn tools() -> PathBuf {
@@ -235,8 +231,8 @@ fn read(path: &Path) -> String {
 /// A scenario file that does not load fails the cell, whatever its filter.
 fn broken_scenario_fails() -> Result<(), Failed> {
     let project = tempfile::tempdir()?;
-    copy_dir(&root().join("images"), &project.path().join("images"))?;
-    copy_dir(&root().join("scenarios"), &project.path().join("scenarios"))?;
+    common::copy(&root().join("images"), &project.path().join("images"))?;
+    common::copy(&root().join("scenarios"), &project.path().join("scenarios"))?;
     let broken = project.path().join("scenarios/broken.toml");
     std::fs::write(
         &broken,
@@ -539,20 +535,6 @@ fn matrix_job() -> Result<(), Failed> {
     ))?;
     if !output.status.success() {
         return Err(format!("summary.sh: {}", text(&output)).into());
-    }
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
     }
     Ok(())
 }
