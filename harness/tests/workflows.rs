@@ -11,6 +11,10 @@
 //! registries. Where they are not installed these trials say so and are
 //! ignored, so `cargo test` needs no network; `VMREPRO_LINTERS=require`
 //! (set by `.ci/run` and the ci workflow) makes their absence a failure.
+//!
+//! Trials named `host::…` need what a matrix job has: root, the host tools
+//! (`vmrepro setup`) and, for the job itself, a guest. The ci workflow,
+//! which has none of them, skips them (`--skip host::`).
 
 mod common;
 
@@ -52,13 +56,13 @@ fn main() -> ExitCode {
             "scripts::cell_fails_when_nothing_is_selected",
             empty_selection_fails,
         ),
-        Trial::test("scripts::kvm_insisted_on_is_checked", kvm_check),
+        Trial::test("host::kvm_insisted_on_is_checked", kvm_check),
         Trial::test(
             "scripts::summary_is_one_table_and_the_required_check",
             summary,
         ),
         Trial::test(
-            "scripts::cache_keys_point_where_the_harness_keeps_entries",
+            "host::cache_keys_point_where_the_harness_keeps_entries",
             cache_keys,
         ),
         matrix_job_trial(),
@@ -426,7 +430,7 @@ fn cache_keys() -> Result<(), Failed> {
 
 /// The matrix job of bookworm × linode, step script by step script.
 fn matrix_job_trial() -> Trial {
-    let name = "matrix_job::bookworm::linode";
+    let name = "host::matrix_job::bookworm::linode";
     let project = Project::open(&root());
     let reachable = project
         .as_ref()
