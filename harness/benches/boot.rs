@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use vmrepro::cache::Cache;
 use vmrepro::project::Project;
-use vmrepro::run::{self, BootTimes, Outcome, RunOptions, Start};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::trial::{self, BootTimes, Outcome, RunOptions, Start};
 use vmrepro::vm::{self, Firmware, MachineOptions};
-use vmrepro::{host, image, progress, snapshot, trial};
+use vmrepro::{image, progress, snapshot, tools};
 
 const SCENARIO: &str = "netfilter-persistent-reboot";
 const RELEASE: &str = "bookworm";
@@ -63,7 +63,7 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
     progress::set_live(false);
     let project = Project::open(&root)?;
-    host::ensure_tools()?;
+    tools::ensure_tools()?;
     let accel = vm::choose_accel()?;
     let options = RunOptions::new(Cache::from_env(), accel.clone());
     let rounds: usize = std::env::var("VMREPRO_BENCH_ROUNDS")
@@ -75,8 +75,8 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     println!("vmrepro benchmark");
     println!(
         "  host: {cores} cores, {} MiB available; {}",
-        host::available_memory_mib().unwrap_or(0),
-        host::qemu_version()
+        tools::available_memory_mib().unwrap_or(0),
+        tools::qemu_version()
     );
     println!("  accelerator: {} ({})", accel.accel.name(), accel.reason);
     println!(
@@ -186,7 +186,7 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
                     round + 1,
                     cell(*kernel)
                 );
-                match run::bare_boot(project, &cell(*kernel), &variant, VARIANT_TIMEOUT) {
+                match trial::bare_boot(project, &cell(*kernel), &variant, VARIANT_TIMEOUT) {
                     Ok(t) => {
                         if let Ok(list) = &mut times[v][k] {
                             list.push(t);
@@ -263,7 +263,7 @@ fn warm_vs_cold(
     let cell = cell(KernelFlavour::Stock);
     println!("== warm start: {} on {cell} ==", scenario.name);
     let started = Instant::now();
-    let state = run::warm_state(project, &cell, options)?;
+    let state = trial::warm_state(project, &cell, options)?;
     println!(
         "  saved state {}: {:.0} MiB; the boot that saved it reached a shell after {:.1}s, saving took {:.1}s (this run spent {:.1}s getting it)",
         state.key,
@@ -281,11 +281,11 @@ fn warm_vs_cold(
     let mut passed = true;
     for round in 0..rounds {
         eprintln!("[round {}/{rounds}] bare cold boot", round + 1);
-        bare.push(run::bare_boot(project, &cell, options, VARIANT_TIMEOUT)?);
+        bare.push(trial::bare_boot(project, &cell, options, VARIANT_TIMEOUT)?);
         eprintln!("[round {}/{rounds}] scenario, cold", round + 1);
-        let c = run::run_cell(project, scenario, &cell, &cold_options)?;
+        let c = trial::run_cell(project, scenario, &cell, &cold_options)?;
         eprintln!("[round {}/{rounds}] scenario, warm", round + 1);
-        let w = run::run_cell(project, scenario, &cell, &warm_options)?;
+        let w = trial::run_cell(project, scenario, &cell, &warm_options)?;
         if !matches!(w.start, Start::Warm { .. }) {
             return Err(
                 format!("the warm trial did not start warm: {}", w.start.describe()).into(),
@@ -378,7 +378,7 @@ fn matrix(
     );
     let started = Instant::now();
     for cell in &cells {
-        run::warm_state(project, cell, options)?;
+        trial::warm_state(project, cell, options)?;
     }
     println!(
         "  saved states ready ({:.1}s spent here getting them)",

@@ -1,32 +1,114 @@
 //! vmrepro turns "my machine breaks after a reboot" bug reports into VM-based
 //! regression tests.
 //!
-//! The data flows one way through the modules:
-//! [`scenario`] (what to do) → [`image`] and [`kernel`] (what to boot) →
-//! [`vm`] (QEMU) → [`console`] (the guest's root shell) →
-//! [`warm`] (a booted guest saved once, resumed by every trial) →
-//! [`capture`] (guest state) →
-//! [`snapshot`] and [`report`]. [`run`] drives one scenario on one matrix
-//! cell through all of them, and [`trial`] adds the report, the snapshot
-//! comparison and the table row; [`cache`], [`host`], [`process`] and
-//! [`progress`] serve every layer.
+//! One folder per layer, and data flows one way through them:
+//!
+//! - `spec`: what the project's files say: scenarios (model, parser,
+//!   sharding) and the project that holds them;
+//! - `build`: what a trial boots, built once and cached: release images and
+//!   the Linode-style kernel;
+//! - `guest`: one running guest: QEMU and its monitor, the root shell on the
+//!   control port, saved booted states;
+//! - `check`: what a trial came to: captures, the verdict, the snapshot
+//!   comparison, the report and the table rows;
+//! - `run`: one scenario on one cell through all of the above, and many
+//!   cells at once;
+//! - `host`: the machine the harness runs on (host tools, supervised
+//!   processes, progress output), which every layer may use.
+//!
+//! The layers are private. What the command line, the test targets and the
+//! benchmark need is re-exported below, grouped by what it is for.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
-pub mod cache;
-pub mod capture;
-pub mod console;
-pub mod host;
-pub mod image;
-pub mod kernel;
-pub mod process;
-pub mod progress;
-pub mod project;
-pub mod report;
-pub mod run;
-pub mod scenario;
-pub mod snapshot;
-pub mod trial;
-pub mod verdict;
-pub mod vm;
-pub mod warm;
+mod build;
+mod check;
+mod guest;
+mod host;
+mod run;
+mod spec;
+
+/// Scenario files and their matrices.
+pub mod scenario {
+    pub use crate::spec::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
+}
+
+/// The project directory: scenarios, release recipes, snapshots.
+pub mod project {
+    pub use crate::spec::project::{Project, ProjectError};
+}
+
+/// The cache of built images, kernels and saved guest states.
+pub mod cache {
+    pub use crate::build::cache::{Cache, EntryInfo};
+}
+
+/// Release images.
+pub mod image {
+    pub use crate::build::image::{
+        image, import, key, lookup, probe_reachable, ImageError, ImageRecipe, KIND,
+    };
+}
+
+/// The Linode-style kernel.
+pub mod kernel {
+    pub use crate::build::kernel::{key, linode, lookup_linode, Kernel, KIND};
+}
+
+/// Saved, booted guest states.
+pub mod warm {
+    pub use crate::guest::warm::KIND;
+}
+
+/// The virtual machine: accelerator and virtual hardware.
+pub mod vm {
+    pub use crate::guest::vm::{
+        choose_accel, Accel, AccelChoice, Firmware, MachineOptions, VmError,
+    };
+}
+
+/// Trials: one scenario on one cell, checked; many at once; the pieces the
+/// benchmark times on their own.
+pub mod trial {
+    pub use crate::check::outcome::Outcome;
+    pub use crate::guest::warm::Start;
+    pub use crate::run::cell::{
+        bare_boot, run_cell, shell, warm_state, BootTimes, RunError, RunOptions,
+    };
+    pub use crate::run::{
+        check, check_all, default_jobs, longest_first, reachable, required, Checked,
+    };
+}
+
+/// Verdicts and exit statuses.
+pub mod verdict {
+    pub use crate::check::verdict::{
+        exit_code, Status, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_SKIPPED, EXIT_USAGE,
+    };
+}
+
+/// Snapshots: rendering captures and comparing them with the committed ones.
+pub mod snapshot {
+    pub use crate::check::snapshot::{compare, render, Meta, SnapshotError};
+}
+
+/// The outcome table's rows, the tables and the Markdown report.
+pub mod report {
+    pub use crate::check::report::{
+        load_rows, markdown_error, markdown_table, save_row, sort_rows, table, Row,
+    };
+}
+
+/// The host: the tools vmrepro needs and installs.
+pub mod tools {
+    pub use crate::host::{
+        available_memory_mib, ensure_tools, find_command, package_version, qemu_version,
+        tool_version, HostError, InstallPlan, TOOLS,
+    };
+}
+
+/// Progress output on standard error.
+pub mod progress {
+    pub use crate::host::progress::{println, set_live, set_quiet, stop_live, terminal_size};
+}

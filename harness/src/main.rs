@@ -1,5 +1,7 @@
 //! The `vmrepro` command line: a thin layer over the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,9 +11,9 @@ use clap::{Parser, Subcommand};
 use vmrepro::cache::Cache;
 use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
-use vmrepro::run::{self, RunError, RunOptions};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
-use vmrepro::{host, image, kernel, progress, report, trial, vm};
+use vmrepro::trial::{self, RunError, RunOptions};
+use vmrepro::{image, kernel, progress, report, tools, vm};
 
 use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
@@ -375,7 +377,7 @@ fn classify(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<UsageError>().is_some() {
             return EXIT_USAGE;
         }
-        if cause.downcast_ref::<host::HostError>().is_some() {
+        if cause.downcast_ref::<tools::HostError>().is_some() {
             return EXIT_ENV;
         }
         if let Some(RunError::Image(ImageError::Unreachable { .. })) =
@@ -465,7 +467,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 kernel: parse_kernel(&kernel)?,
             };
             let options = run_options(cold)?;
-            run::shell(&project, scenario.as_ref(), &cell, &options, interactive)?;
+            trial::shell(&project, scenario.as_ref(), &cell, &options, interactive)?;
             eprintln!("\nvmrepro: left the shell; the guest is stopped");
             Ok(EXIT_PASS)
         }
@@ -562,7 +564,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
 }
 
 fn run_options(cold: bool) -> Result<RunOptions> {
-    host::ensure_tools()?;
+    tools::ensure_tools()?;
     let accel = vm::choose_accel()?;
     progress::println(&format!(
         "vmrepro: accelerator {} ({})",
@@ -685,7 +687,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             kernel_only,
             no_kernel,
         } => {
-            host::ensure_tools()?;
+            tools::ensure_tools()?;
             if !no_kernel {
                 let kernel = kernel::linode(&cache, &project.linode_kernel)?;
                 out!(
@@ -753,7 +755,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         ImagesCommand::Import { release, file } => {
-            host::ensure_tools()?;
+            tools::ensure_tools()?;
             let recipe = recipe_of(&release)?;
             let imported = image::import(&cache, recipe, &file)?;
             out!(
@@ -769,9 +771,9 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
 
 /// `vmrepro setup`: installs what the host lacks and says what it has.
 fn setup() -> Result<u8> {
-    host::ensure_tools()?;
-    for tool in host::TOOLS {
-        let version = host::tool_version(tool.command).unwrap_or_else(|| "installed".into());
+    tools::ensure_tools()?;
+    for tool in tools::TOOLS {
+        let version = tools::tool_version(tool.command).unwrap_or_else(|| "installed".into());
         out!("{:<20} {version}", tool.command);
     }
     let accel = vm::choose_accel()?;
@@ -825,18 +827,18 @@ struct DoctorRelease {
 }
 
 fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
-    let tools: Vec<DoctorTool> = host::TOOLS
+    let tools: Vec<DoctorTool> = tools::TOOLS
         .iter()
         .map(|tool| {
-            let found = host::find_command(tool.command);
+            let found = tools::find_command(tool.command);
             DoctorTool {
                 name: tool.command.to_owned(),
                 version: found
                     .as_ref()
-                    .and_then(|_| host::tool_version(tool.command)),
+                    .and_then(|_| tools::tool_version(tool.command)),
                 fix: found
                     .is_none()
-                    .then(|| host::InstallPlan::for_host().shell_commands(&[*tool])),
+                    .then(|| tools::InstallPlan::for_host().shell_commands(&[*tool])),
                 found: found.map(|p| p.display().to_string()),
                 purpose: tool.purpose.to_owned(),
             }
@@ -844,7 +846,7 @@ fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
         .collect();
     let kernel_source = project.map(|p| {
         let source = &p.linode_kernel.source_package;
-        let version = host::package_version(source);
+        let version = tools::package_version(source);
         DoctorTool {
             name: source.clone(),
             found: version.as_ref().map(|_| "installed".to_owned()),

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmrepro::cache::Cache;
 use vmrepro::project::Project;
-use vmrepro::run::RunOptions;
 use vmrepro::scenario::{Cell, Scenario, Shard};
+use vmrepro::trial::RunOptions;
 use vmrepro::verdict::Status;
 use vmrepro::vm::MachineOptions;
-use vmrepro::{host, report, trial, vm};
+use vmrepro::{report, tools, trial, vm};
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
@@ -190,7 +190,7 @@ impl Shared {
     fn options(&self) -> Result<RunOptions, String> {
         self.host
             .get_or_init(|| {
-                host::ensure_tools().map_err(|e| e.to_string())?;
+                tools::ensure_tools().map_err(|e| e.to_string())?;
                 let accel = vm::choose_accel().map_err(|e| e.to_string())?;
                 eprintln!(
                     "vmrepro: accelerator {} ({})",
@@ -227,6 +227,7 @@ fn run_trial(
             return Err(Failed::from(report::markdown_error(
                 scenario,
                 &cell.to_string(),
+                status,
                 e,
             )))
         }

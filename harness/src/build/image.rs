@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Cache, CacheError};
+use crate::build::cache::{Cache, CacheError};
+use crate::build::kernel::Kernel;
 use crate::host;
-use crate::kernel::Kernel;
-use crate::process::{self, ProcessError};
-use crate::progress;
-use crate::scenario::KernelFlavour;
+use crate::host::process::{self, ProcessError};
+use crate::host::progress;
+use crate::spec::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
 /// entries are not reused.
@@ -35,10 +35,10 @@ const REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg"
 
 /// The serial port the guest's root shell listens on (the second one; the
 /// first carries the kernel console).
-pub const CONTROL_TTY: &str = "ttyS1";
+pub(crate) const CONTROL_TTY: &str = "ttyS1";
 
 /// What agetty prints on the control port when it logs root in.
-pub const AUTOLOGIN_BANNER: &str = "(automatic login)";
+pub(crate) const AUTOLOGIN_BANNER: &str = "(automatic login)";
 
 /// A release recipe: how to bootstrap one Debian release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,35 +47,35 @@ pub struct ImageRecipe {
     /// Release code name, as scenario matrices name it.
     pub release: String,
     /// The archive suite to bootstrap.
-    pub suite: String,
+    pub(crate) suite: String,
     /// The mirror this release must come from; `None` means the host's
     /// mirror (or the bootstrap tool's default).
     #[serde(default)]
-    pub mirror: Option<String>,
+    pub(crate) mirror: Option<String>,
     /// Whether the release lives in the archive of retired releases: its
     /// Release files have expired and its signing key has too, so apt must
     /// not check `Valid-Until` and cannot verify the signature.
     #[serde(default)]
-    pub archived: bool,
+    pub(crate) archived: bool,
     /// Packages installed on top of the minimal base.
-    pub packages: Vec<String>,
+    pub(crate) packages: Vec<String>,
     /// The release's stock kernel package.
-    pub stock_kernel: String,
+    pub(crate) stock_kernel: String,
     /// debconf answers given before packages are configured, so nothing prompts.
     #[serde(default)]
-    pub debconf: Vec<String>,
+    pub(crate) debconf: Vec<String>,
     /// ext4 feature switches for `mke2fs -O`, such as `^orphan_file`: today's
     /// mke2fs turns on features that old kernels and old e2fsck reject.
     #[serde(default)]
-    pub ext4_features: Vec<String>,
+    pub(crate) ext4_features: Vec<String>,
     /// Size of the root file system in MiB.
     #[serde(default = "default_disk_mib")]
-    pub disk_mib: u64,
+    pub(crate) disk_mib: u64,
     /// mmdebstrap hook directories (`--hook-dir`), such as the
     /// `jessie-or-older` hooks that jessie's essential set needs. Absent
     /// from the hash when empty, so recipes without hooks keep their keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hook_dirs: Vec<String>,
+    pub(crate) hook_dirs: Vec<String>,
 }
 
 fn default_disk_mib() -> u64 {
@@ -147,7 +147,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 
 impl ImageRecipe {
     /// Reads a recipe file.
-    pub fn load(path: &Path) -> Result<ImageRecipe, ImageError> {
+    pub(crate) fn load(path: &Path) -> Result<ImageRecipe, ImageError> {
         let text = fs::read_to_string(path).map_err(|e| ImageError::Recipe {
             path: path.to_owned(),
             message: format!("cannot read: {e}"),
@@ -167,7 +167,7 @@ impl ImageRecipe {
     }
 
     /// The content hash that names this recipe's cache entry.
-    pub fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         let canonical = serde_json::to_string(self).unwrap_or_default();
         let mut hasher = Sha256::new();
         hasher.update(IMAGE_FORMAT.as_bytes());
@@ -190,7 +190,7 @@ impl ImageRecipe {
     }
 
     /// The bootstrap command line, without the target directory's creation.
-    pub fn bootstrap_command(&self, target: &Path) -> Command {
+    pub(crate) fn bootstrap_command(&self, target: &Path) -> Command {
         let mut command = Command::new("mmdebstrap");
         let mut include = self.packages.clone();
         include.push(self.stock_kernel.clone());
@@ -240,7 +240,7 @@ impl ImageRecipe {
     }
 
     /// The `mke2fs` command that makes the root file system from a tree.
-    pub fn mke2fs_command(&self, tree: &Path, output: &Path) -> Command {
+    pub(crate) fn mke2fs_command(&self, tree: &Path, output: &Path) -> Command {
         let mut command = Command::new("mke2fs");
         command.args(["-q", "-F", "-t", "ext4", "-L", "vmrepro"]);
         if !self.ext4_features.is_empty() {
@@ -256,7 +256,7 @@ impl ImageRecipe {
 }
 
 /// Quotes a string for a POSIX shell.
-pub fn shell_quote(text: &str) -> String {
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
@@ -265,7 +265,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The recipes in a directory, by release.
-pub fn load_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, ImageError> {
+pub(crate) fn load_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, ImageError> {
     let mut recipes = BTreeMap::new();
     let entries = fs::read_dir(dir).map_err(io_error(dir))?;
     for entry in entries {
@@ -291,20 +291,18 @@ pub fn load_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, ImageEr
 /// A built, cached image.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The recipe it was built from.
-    pub recipe: ImageRecipe,
     /// The cache entry's directory.
     pub dir: PathBuf,
     /// The read-only base disk.
-    pub disk: PathBuf,
+    pub(crate) disk: PathBuf,
     /// What the build recorded.
     pub manifest: Manifest,
 }
 
 impl Image {
     /// The stock kernel of this image; the other flavours come from
-    /// [`crate::kernel`].
-    pub fn stock_kernel(&self) -> Kernel {
+    /// [`crate::build::kernel`].
+    pub(crate) fn stock_kernel(&self) -> Kernel {
         Kernel {
             flavour: KernelFlavour::Stock,
             image: self.dir.join("vmlinuz"),
@@ -318,16 +316,16 @@ impl Image {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// The recipe hash.
-    pub hash: String,
+    pub(crate) hash: String,
     /// `uname -r` of the stock kernel.
     pub stock_kernel_release: String,
     /// Seconds the build took.
-    pub build_seconds: f64,
+    pub(crate) build_seconds: f64,
     /// Installed packages and versions (`dpkg-query -W`), for reports.
-    pub packages: BTreeMap<String, String>,
+    pub(crate) packages: BTreeMap<String, String>,
     /// Where the image came from: `mmdebstrap` or `import of FILE`.
     #[serde(default)]
-    pub origin: String,
+    pub(crate) origin: String,
 }
 
 /// The cache kind images live under.
@@ -344,12 +342,11 @@ pub fn lookup(cache: &Cache, recipe: &ImageRecipe) -> Option<Image> {
     cache
         .lookup::<Manifest>(IMPORTS, &recipe.release)
         .or_else(|| cache.lookup::<Manifest>(KIND, &key(recipe)))
-        .map(|entry| image_of(recipe, entry))
+        .map(image_of)
 }
 
-fn image_of(recipe: &ImageRecipe, entry: crate::cache::Entry<Manifest>) -> Image {
+fn image_of(entry: crate::build::cache::Entry<Manifest>) -> Image {
     Image {
-        recipe: recipe.clone(),
         disk: entry.dir.join("rootfs.qcow2"),
         dir: entry.dir,
         manifest: entry.meta,
@@ -363,7 +360,7 @@ pub fn image(cache: &Cache, recipe: &ImageRecipe) -> Result<Image, ImageError> {
     }
     let label = format!("image {}", recipe.release);
     let entry = cache.get_or_build(KIND, &key(recipe), &label, |work| build(recipe, work))?;
-    Ok(image_of(recipe, entry))
+    Ok(image_of(entry))
 }
 
 fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
@@ -484,7 +481,7 @@ fn finish_tree(
 }
 
 /// The cache kind imported images live under, one per release.
-pub const IMPORTS: &str = "imports";
+pub(crate) const IMPORTS: &str = "imports";
 
 /// Imports a user's own root file system as the image of a release: a
 /// tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`, …) or a disk image in
@@ -565,12 +562,12 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
             ..manifest
         })
     })?;
-    Ok(image_of(recipe, entry))
+    Ok(image_of(entry))
 }
 
 /// The byte offset of the ext file system in a raw disk: the whole disk, or
 /// the largest MBR or GPT partition that holds one.
-pub fn find_ext_filesystem(raw: &Path) -> Result<u64, String> {
+pub(crate) fn find_ext_filesystem(raw: &Path) -> Result<u64, String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = fs::File::open(raw).map_err(|e| e.to_string())?;
     let mut read_at = |offset: u64, len: usize| -> Option<Vec<u8>> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::progress;
+use crate::host::progress;
 
 /// How often a long command reports that it is still running.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -74,7 +74,7 @@ pub enum ProcessError {
 ///
 /// The command runs in its own process group; on timeout the whole group is
 /// killed, so helpers it started (apt, dpkg) go too.
-pub fn run_logged(
+pub(crate) fn run_logged(
     what: &str,
     command: std::process::Command,
     log: &Path,
@@ -200,7 +200,11 @@ async fn run_logged_async(
 
 /// Runs a short command and returns its standard output; for version queries
 /// and the like.
-pub fn output(program: &str, args: &[&str], timeout: Duration) -> Result<String, ProcessError> {
+pub(crate) fn output(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, ProcessError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -250,6 +254,24 @@ fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// Makes `command`'s process die when the harness does, even a SIGKILLed
+/// harness, which cannot clean up after itself (Linux's parent-death
+/// signal).
+#[allow(unsafe_code)]
+pub(crate) fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // The one `unsafe` of the crate. `pre_exec` runs in the forked child
+    // before exec, where only async-signal-safe calls are allowed.
+    // SAFETY: set_pdeathsig is a single prctl(2) call, async-signal-safe,
+    // and touches no memory of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 fn kill_group(pgid: i32) {
     if pgid > 0 {
         let _ = nix::sys::signal::killpg(
@@ -261,7 +283,7 @@ fn kill_group(pgid: i32) {
 
 /// Knows every child process group and throwaway directory the harness has
 /// open, and cleans them all up when the harness is told to stop.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     entries: Mutex<BTreeMap<u64, Entry>>,
     next: AtomicU64,
     signals_installed: AtomicBool,
@@ -275,7 +297,7 @@ struct Entry {
 
 /// A registered child or directory; dropping it unregisters.
 #[must_use = "dropping a registration unregisters it at once"]
-pub struct Registration {
+pub(crate) struct Registration {
     key: u64,
 }
 
@@ -289,7 +311,7 @@ impl Drop for Registration {
 
 impl Supervisor {
     /// The process-wide supervisor.
-    pub fn global() -> &'static Supervisor {
+    pub(crate) fn global() -> &'static Supervisor {
         static GLOBAL: OnceLock<Supervisor> = OnceLock::new();
         GLOBAL.get_or_init(|| Supervisor {
             entries: Mutex::new(BTreeMap::new()),
@@ -300,7 +322,11 @@ impl Supervisor {
 
     /// Records a process group to kill and/or a directory to remove if the
     /// harness is interrupted before the registration is dropped.
-    pub fn register(&self, process_group: Option<i32>, path: Option<PathBuf>) -> Registration {
+    pub(crate) fn register(
+        &self,
+        process_group: Option<i32>,
+        path: Option<PathBuf>,
+    ) -> Registration {
         self.install_signal_handlers();
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut entries) = self.entries.lock() {
@@ -317,7 +343,7 @@ impl Supervisor {
 
     /// Kills every registered process group and removes every registered
     /// directory.
-    pub fn cleanup_all(&self) {
+    pub(crate) fn cleanup_all(&self) {
         let entries = match self.entries.lock() {
             Ok(mut entries) => std::mem::take(&mut *entries),
             Err(_) => return,

@@ -52,7 +52,7 @@ pub fn set_live(enabled: bool) {
 }
 
 /// Reports an event: `label: message`.
-pub fn note(label: &str, message: &str) {
+pub(crate) fn note(label: &str, message: &str) {
     let elapsed = start().elapsed().as_secs_f64();
     if QUIET.load(Ordering::Relaxed) {
         return;
@@ -84,7 +84,7 @@ pub fn note(label: &str, message: &str) {
 }
 
 /// Ends a label's line with a final message (live mode) or prints it.
-pub fn finish(label: &str, message: &str) {
+pub(crate) fn finish(label: &str, message: &str) {
     if let Ok(mut guard) = live().lock() {
         if let Some(live) = guard.as_mut() {
             if let Some(bar) = live.lines.remove(label) {

@@ -5,9 +5,9 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::Once;
 
-use crate::capture::Capture;
-use crate::run::Outcome;
-use crate::scenario::Scenario;
+use crate::check::capture::Capture;
+use crate::check::outcome::Outcome;
+use crate::spec::Scenario;
 
 /// A snapshot did not match, or none is committed yet.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum SnapshotError {
 }
 
 /// The snapshot name of a trial: `scenario@release-kernel`.
-pub fn name(scenario: &str, cell: &str) -> String {
+pub(crate) fn name(scenario: &str, cell: &str) -> String {
     format!("{scenario}@{cell}")
 }
 
@@ -56,7 +56,7 @@ pub fn render(captures: &[Capture]) -> String {
 }
 
 /// Compares a trial's end-of-flow captures with its committed snapshot.
-pub fn compare_outcome(
+pub(crate) fn compare_outcome(
     snapshots_dir: &Path,
     scenario: &Scenario,
     outcome: &Outcome,

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Cache, CacheError};
-use crate::console::{Console, ConsoleError};
+use crate::build::cache::{Cache, CacheError};
+use crate::build::image::AUTOLOGIN_BANNER;
+use crate::guest::console::{Console, ConsoleError};
+use crate::guest::vm::{Vm, VmConfig, VmError};
 use crate::host;
-use crate::image::AUTOLOGIN_BANNER;
-use crate::progress;
-use crate::vm::{Vm, VmConfig, VmError};
+use crate::host::progress;
 
 /// The cache kind saved states live under.
 pub const KIND: &str = "warm";
@@ -41,9 +41,9 @@ pub struct WarmState {
     /// The cache key (the entry's directory name).
     pub key: String,
     /// QEMU's migration stream: memory and device state.
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
     /// The overlay as the boot left it, backed by the base disk.
-    pub disk: PathBuf,
+    pub(crate) disk: PathBuf,
     /// What the saving boot recorded.
     pub meta: WarmMeta,
 }
@@ -52,19 +52,19 @@ pub struct WarmState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WarmMeta {
     /// The base disk the saved overlay is backed by.
-    pub base_disk: PathBuf,
+    pub(crate) base_disk: PathBuf,
     /// The guest kernel's release.
-    pub kernel_release: String,
+    pub(crate) kernel_release: String,
     /// `qemu-system-x86_64 --version`, first line.
-    pub qemu: String,
+    pub(crate) qemu: String,
     /// The machine options, described.
-    pub machine: String,
+    pub(crate) machine: String,
     /// Seconds from QEMU start to a ready shell.
     pub boot_seconds: f64,
     /// Seconds until systemd had settled.
-    pub settled_seconds: f64,
+    pub(crate) settled_seconds: f64,
     /// What `systemctl is-system-running` said when the state was saved.
-    pub system_state: String,
+    pub(crate) system_state: String,
     /// Seconds the save took.
     pub save_seconds: f64,
     /// Size of the state file.
@@ -96,19 +96,19 @@ pub enum WarmError {
 }
 
 /// A resumed guest with a ready shell.
-pub struct Resumed {
+pub(crate) struct Resumed {
     /// The guest.
-    pub vm: Vm,
+    pub(crate) vm: Vm,
     /// Its root shell, ready for commands.
-    pub console: Console,
+    pub(crate) console: Console,
     /// Seconds from QEMU start to the ready shell, clock set.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// The cache key of the saved state for `config` (whose `keep_overlay` and
 /// `resume_from` are ignored). `name` prefixes it for people reading the
 /// cache, such as `bookworm-stock`.
-pub fn key(name: &str, config: &VmConfig) -> String {
+pub(crate) fn key(name: &str, config: &VmConfig) -> String {
     let mut hasher = Sha256::new();
     let mut parts = vec![
         WARM_FORMAT.to_owned(),
@@ -153,7 +153,7 @@ pub fn key(name: &str, config: &VmConfig) -> String {
 
 /// The saved state for `config`, booting and saving it first if the cache
 /// has none. `label` prefixes progress lines.
-pub fn get_or_save(
+pub(crate) fn get_or_save(
     cache: &Cache,
     name: &str,
     config: &VmConfig,
@@ -248,7 +248,7 @@ fn save(
 
 /// Starts a guest from a saved state on a throwaway overlay over its disk,
 /// waits for its shell and sets its clock to the host's.
-pub fn resume(
+pub(crate) fn resume(
     state: &WarmState,
     config: &VmConfig,
     timeout: Duration,
@@ -306,12 +306,42 @@ pub fn resume(
     })
 }
 
+/// How a trial's guest reached its first shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A real boot from power-on.
+    Cold,
+    /// Resumed from the saved state with this cache key.
+    Warm {
+        /// The saved state's cache key.
+        key: String,
+    },
+    /// A real boot, because resuming the saved state failed.
+    ColdAfterWarmFailed {
+        /// Why resuming failed.
+        reason: String,
+    },
+}
+
+impl Start {
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Start::Cold => "cold (booted from power-on)".into(),
+            Start::Warm { key } => format!("warm (resumed saved state {key})"),
+            Start::ColdAfterWarmFailed { reason } => {
+                format!("cold, because resuming the saved state failed: {reason}")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::Kernel;
-    use crate::scenario::KernelFlavour;
-    use crate::vm::{Accel, AccelChoice, MachineOptions};
+    use crate::build::kernel::Kernel;
+    use crate::guest::vm::{Accel, AccelChoice, MachineOptions};
+    use crate::spec::KernelFlavour;
 
     fn config(dir: &Path) -> VmConfig {
         let disk = dir.join("rootfs.qcow2");

@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::run::{Outcome, RunError};
-use crate::scenario::{Action, Scenario, StepStatus};
-use crate::snapshot::SnapshotError;
-use crate::verdict::Status;
+use crate::check::outcome::Outcome;
+use crate::check::snapshot::SnapshotError;
+use crate::check::verdict::Status;
+use crate::spec::{Action, Scenario, StepStatus};
 
 /// Packages whose versions matter for the scenarios this project ships.
 const INTERESTING: &[&str] = &[
@@ -19,7 +19,12 @@ const INTERESTING: &[&str] = &[
 
 /// Renders a finished trial; `row` is its row of the outcome table, whose
 /// status is the verdict.
-pub fn markdown(scenario: &Scenario, outcome: &Outcome, row: &Row, qemu_version: &str) -> String {
+pub(crate) fn markdown(
+    scenario: &Scenario,
+    outcome: &Outcome,
+    row: &Row,
+    qemu_version: &str,
+) -> String {
     let mut md = String::new();
     let verdict = match row.status {
         Status::Reproduced => "REPRODUCED: the state is lost across the reboot, as this cell expects; every expectation held and the snapshot matches".to_owned(),
@@ -168,9 +173,13 @@ pub fn markdown(scenario: &Scenario, outcome: &Outcome, row: &Row, qemu_version:
     md
 }
 
-/// Renders a trial that could not run to the end.
-pub fn markdown_error(scenario: &Scenario, cell: &str, error: &RunError) -> String {
-    let status = crate::run::error_status(error);
+/// Renders a trial that could not run to the end, with its verdict.
+pub fn markdown_error(
+    scenario: &Scenario,
+    cell: &str,
+    status: Status,
+    error: &dyn std::fmt::Display,
+) -> String {
     let why = match status {
         Status::Skipped => "SKIPPED: the release cannot be fetched here",
         Status::Error => "ERROR: this host could not run the flow",
@@ -215,16 +224,16 @@ fn indent(text: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// The scenario.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// The release.
     pub release: String,
     /// The kernel flavour.
     pub kernel: String,
     /// What the reboot did to the state the scenario watches:
     /// `restored`, `NOT restored: …`, or `-` without such expectations.
-    pub after_reboot: String,
+    pub(crate) after_reboot: String,
     /// Units that did not end active, with their states.
-    pub units: String,
+    pub(crate) units: String,
     /// The verdict.
     pub status: Status,
     /// The verdict in words: the status, and for anything but a pass why
@@ -238,14 +247,14 @@ pub struct Row {
 
 impl Row {
     /// The row of a finished trial; `snapshot` is the snapshot comparison.
-    pub fn of(outcome: &Outcome, snapshot: &Result<(), SnapshotError>) -> Row {
+    pub(crate) fn of(outcome: &Outcome, snapshot: &Result<(), SnapshotError>) -> Row {
         let watched: Vec<&String> = outcome
             .expect
             .survive_reboot
             .iter()
             .chain(outcome.expect.lost_on_reboot.iter())
             .collect();
-        let lost: Vec<&crate::run::Change> = outcome
+        let lost: Vec<&crate::check::outcome::Change> = outcome
             .changes
             .iter()
             .filter(|c| watched.contains(&&c.name))
@@ -261,7 +270,7 @@ impl Row {
                     if c.status != 0 {
                         format!("{} exited {}", c.name, c.status)
                     } else {
-                        crate::run::describe(c)
+                        crate::check::outcome::describe(c)
                     }
                 })
                 .unwrap_or_default();
@@ -310,7 +319,7 @@ impl Row {
     /// one line.
     pub fn without_outcome(
         scenario: &str,
-        cell: &crate::scenario::Cell,
+        cell: &crate::spec::Cell,
         status: Status,
         why: &str,
     ) -> Row {
@@ -478,10 +487,11 @@ fn capitalise(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::Capture;
-    use crate::run::{self, Start};
-    use crate::scenario::{Cell, KernelFlavour};
-    use crate::vm::{Accel, AccelChoice};
+    use crate::check::capture::Capture;
+    use crate::check::outcome as run;
+    use crate::guest::vm::{Accel, AccelChoice};
+    use crate::guest::warm::Start;
+    use crate::spec::{Cell, KernelFlavour};
     use std::collections::BTreeMap;
     use std::path::Path;
 

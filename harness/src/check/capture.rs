@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::console::{Console, ConsoleError};
-use crate::scenario::{CaptureSpec, Normalizer};
+use crate::guest::console::{Console, ConsoleError};
+use crate::spec::{CaptureSpec, Normalizer};
 
 /// How long one capture command may take.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -16,30 +16,30 @@ const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     /// The capture's name from the scenario.
-    pub name: String,
+    pub(crate) name: String,
     /// The command that produced it.
-    pub command: String,
+    pub(crate) command: String,
     /// Exit status of the command.
-    pub status: i32,
+    pub(crate) status: i32,
     /// Normalised standard output (standard error appended, marked, when the
     /// command wrote any).
-    pub text: String,
+    pub(crate) text: String,
     /// The output exactly as the guest printed it.
-    pub raw: String,
+    pub(crate) raw: String,
 }
 
 /// Facts about the guest that normalisers replace with placeholders.
 #[derive(Debug, Clone, Default)]
-pub struct GuestFacts {
+pub(crate) struct GuestFacts {
     /// The guest's host name.
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// `uname -r` of the running kernel.
-    pub kernel_release: String,
+    pub(crate) kernel_release: String,
 }
 
 impl GuestFacts {
     /// Reads the facts from the guest.
-    pub fn read(console: &mut Console) -> Result<GuestFacts, ConsoleError> {
+    pub(crate) fn read(console: &mut Console) -> Result<GuestFacts, ConsoleError> {
         let out = console.run(
             "reading host name and kernel release",
             "hostname; uname -r",
@@ -54,7 +54,7 @@ impl GuestFacts {
 }
 
 /// Runs every capture command and normalises the output.
-pub fn take(
+pub(crate) fn take(
     console: &mut Console,
     specs: &[CaptureSpec],
     facts: &GuestFacts,
@@ -99,7 +99,7 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 }
 
 /// Applies normalisers in order.
-pub fn normalize(text: &str, normalizers: &[Normalizer], facts: &GuestFacts) -> String {
+pub(crate) fn normalize(text: &str, normalizers: &[Normalizer], facts: &GuestFacts) -> String {
     let mut out = text.replace("\r\n", "\n");
     for normalizer in normalizers {
         out = apply(&out, *normalizer, facts);

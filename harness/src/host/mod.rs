@@ -11,12 +11,14 @@
 //! `qemu-utils` is newer than what the release offers, both are taken from
 //! the release's backports suite, added with the host's own mirror.
 
+pub mod process;
+pub mod progress;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{self, ProcessError};
-use crate::progress;
+use crate::host::process::ProcessError;
 
 /// A host program the harness needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +26,9 @@ pub struct Tool {
     /// The command's name.
     pub command: &'static str,
     /// The Debian package that provides it.
-    pub package: &'static str,
+    pub(crate) package: &'static str,
     /// Other packages installed with it.
-    pub companions: &'static [&'static str],
+    pub(crate) companions: &'static [&'static str],
     /// What the harness uses it for.
     pub purpose: &'static str,
 }
@@ -102,7 +104,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// The tools that are not installed.
-pub fn missing_tools() -> Vec<Tool> {
+pub(crate) fn missing_tools() -> Vec<Tool> {
     TOOLS
         .iter()
         .copied()
@@ -146,7 +148,7 @@ pub fn ensure_tools() -> Result<(), HostError> {
 #[derive(Debug, Clone)]
 pub struct InstallPlan {
     /// `Some((codename, mirror URI))` when QEMU must come from backports.
-    pub backports: Option<(String, String)>,
+    pub(crate) backports: Option<(String, String)>,
 }
 
 impl InstallPlan {
@@ -266,7 +268,7 @@ fn backports_source_path() -> PathBuf {
 }
 
 /// The host's Debian code name (`VERSION_CODENAME` in /etc/os-release).
-pub fn os_codename() -> Option<String> {
+pub(crate) fn os_codename() -> Option<String> {
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
@@ -288,7 +290,7 @@ pub fn package_version(package: &str) -> Option<String> {
 
 /// Makes sure Debian packages are installed, installing them when allowed
 /// (as [`ensure_tools`] does for the basic tools).
-pub fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), HostError> {
+pub(crate) fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), HostError> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -423,7 +425,7 @@ const DEBIAN_CODENAMES: &[&str] = &[
 
 /// The Debian archive URI the host's apt uses, if any: guests are bootstrapped
 /// from the same mirror (or proxy) the host already trusts and reaches.
-pub fn host_mirror() -> Option<String> {
+pub(crate) fn host_mirror() -> Option<String> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -455,7 +457,7 @@ fn usable_uri(uri: &str) -> bool {
 }
 
 /// The first Debian archive URI in a deb822 `.sources` file.
-pub fn mirror_from_deb822(text: &str) -> Option<String> {
+pub(crate) fn mirror_from_deb822(text: &str) -> Option<String> {
     text.split("\n\n").find_map(|stanza| {
         let field = |name: &str| {
             stanza
@@ -475,7 +477,7 @@ pub fn mirror_from_deb822(text: &str) -> Option<String> {
 }
 
 /// The first Debian archive URI in a one-line-style `sources.list`.
-pub fn mirror_from_one_line(text: &str) -> Option<String> {
+pub(crate) fn mirror_from_one_line(text: &str) -> Option<String> {
     text.lines().find_map(|line| {
         let line = line.split('#').next().unwrap_or("").trim();
         let rest = line.strip_prefix("deb ")?.trim_start();

@@ -3,16 +3,19 @@
 //! snapshot, and make (and save) its row of the outcome table. Also runs
 //! many trials at once.
 
+pub mod cell;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use crate::check::outcome::Outcome;
+use crate::check::report::{self, Row};
+use crate::check::snapshot::{self, SnapshotError};
+use crate::check::verdict::Status;
 use crate::host;
-use crate::project::Project;
-use crate::report::{self, Row};
-use crate::run::{self, Outcome, RunError, RunOptions};
-use crate::scenario::{Cell, KernelFlavour, Scenario};
-use crate::snapshot::{self, SnapshotError};
-use crate::verdict::Status;
+use crate::run::cell::{RunError, RunOptions};
+use crate::spec::project::Project;
+use crate::spec::{Cell, KernelFlavour, Scenario};
 
 /// What a trial produced.
 pub struct Checked {
@@ -46,14 +49,14 @@ pub fn required(release: &str) -> bool {
 /// of an unreachable release learns it within seconds.
 pub fn reachable(
     project: &Project,
-    cache: &crate::cache::Cache,
+    cache: &crate::build::cache::Cache,
     release: &str,
 ) -> Result<(), String> {
     static PROBES: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
     let Some(recipe) = project.recipes.get(release) else {
         return Err(format!("no image recipe for release {release:?}"));
     };
-    if crate::image::lookup(cache, recipe).is_some() {
+    if crate::build::image::lookup(cache, recipe).is_some() {
         return Ok(());
     }
     let mut probes = PROBES
@@ -61,7 +64,7 @@ pub fn reachable(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     probes
         .entry(release.to_owned())
-        .or_insert_with(|| crate::image::probe_reachable(recipe).map_err(|e| e.to_string()))
+        .or_insert_with(|| crate::build::image::probe_reachable(recipe).map_err(|e| e.to_string()))
         .clone()
 }
 
@@ -72,11 +75,13 @@ pub fn reachable(
 pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunOptions) -> Checked {
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     let outcome = match reachable(project, &options.cache, &cell.release) {
-        Err(reason) => Err(RunError::Image(crate::image::ImageError::Unreachable {
-            release: cell.release.clone(),
-            reason,
-        })),
-        Ok(()) => run::run_cell(project, scenario, cell, options),
+        Err(reason) => Err(RunError::Image(
+            crate::build::image::ImageError::Unreachable {
+                release: cell.release.clone(),
+                reason,
+            },
+        )),
+        Ok(()) => cell::run_cell(project, scenario, cell, options),
     };
     let (row, snapshot) = match &outcome {
         Ok(outcome) => {
@@ -92,22 +97,22 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
             let _ = std::fs::create_dir_all(&artifacts);
             let _ = std::fs::write(
                 artifacts.join("report.md"),
-                report::markdown_error(scenario, &cell.to_string(), e),
+                report::markdown_error(scenario, &cell.to_string(), cell::error_status(e), e),
             );
             let why = match e {
-                RunError::Image(crate::image::ImageError::Unreachable { reason, .. }) => {
-                    reason.clone()
-                }
+                RunError::Image(crate::build::image::ImageError::Unreachable {
+                    reason, ..
+                }) => reason.clone(),
                 _ => e.to_string().lines().next().unwrap_or("").to_owned(),
             };
-            let status = match run::error_status(e) {
+            let status = match cell::error_status(e) {
                 Status::Skipped if required(&cell.release) => Status::Error,
                 status => status,
             };
             let why = if status == Status::Error
                 && matches!(
                     e,
-                    RunError::Image(crate::image::ImageError::Unreachable { .. })
+                    RunError::Image(crate::build::image::ImageError::Unreachable { .. })
                 ) {
                 format!(
                     "{} is required here and cannot be fetched: {why}",
@@ -148,7 +153,8 @@ pub fn check_all<T: Send + 'static>(
         .max_blocking_threads(jobs)
         .enable_all()
         .build()?;
-    let built = crate::kernel::lookup_linode(&options.cache, &project.linode_kernel).is_some();
+    let built =
+        crate::build::kernel::lookup_linode(&options.cache, &project.linode_kernel).is_some();
     let order = longest_first(&cells, built);
     runtime.block_on(async {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
@@ -223,7 +229,7 @@ pub fn longest_first(cells: &[(Scenario, Cell)], linode_kernel_built: bool) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Expectations, FirstBoot, Matrix};
+    use crate::spec::{Expectations, FirstBoot, Matrix};
 
     fn cells() -> Vec<(Scenario, Cell)> {
         let scenario = Scenario {

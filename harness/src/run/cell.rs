@@ -3,19 +3,21 @@
 //! layers turn into a comparison or a Markdown report.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
-use crate::capture::{self, Capture, GuestFacts};
-use crate::console::{CommandOutput, Console, ConsoleError};
-use crate::image::{self, ImageError};
-use crate::kernel::{self, KernelError};
-use crate::progress;
-use crate::project::Project;
-use crate::scenario::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario, StepStatus};
-use crate::vm::{self, AccelChoice, MachineOptions, Vm, VmConfig, VmError};
-use crate::warm::{self, WarmError};
+use crate::build::cache::Cache;
+use crate::build::image::{self, ImageError};
+use crate::build::kernel::{self, KernelError};
+use crate::check::capture::{self, Capture, GuestFacts};
+use crate::check::outcome::{
+    check_expectations, persistence_diff, write_artifacts, Outcome, StepRecord,
+};
+use crate::guest::console::{Console, ConsoleError};
+use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
+use crate::guest::warm::{self, Start, WarmError};
+use crate::host::progress;
+use crate::spec::project::Project;
+use crate::spec::{Action, Cell, FirstBoot, KernelFlavour, Scenario, StepStatus};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -59,36 +61,6 @@ impl RunOptions {
     }
 }
 
-/// How a trial's guest reached its first shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// A real boot from power-on.
-    Cold,
-    /// Resumed from the saved state with this cache key.
-    Warm {
-        /// The saved state's cache key.
-        key: String,
-    },
-    /// A real boot, because resuming the saved state failed.
-    ColdAfterWarmFailed {
-        /// Why resuming failed.
-        reason: String,
-    },
-}
-
-impl Start {
-    /// One line for reports.
-    pub fn describe(&self) -> String {
-        match self {
-            Start::Cold => "cold (booted from power-on)".into(),
-            Start::Warm { key } => format!("warm (resumed saved state {key})"),
-            Start::ColdAfterWarmFailed { reason } => {
-                format!("cold, because resuming the saved state failed: {reason}")
-            }
-        }
-    }
-}
-
 /// Why a cell could not be run to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -129,86 +101,14 @@ pub enum RunError {
 /// stopped answering or a step with the wrong exit status is the guest's
 /// doing (a failure); an image, kernel or QEMU that cannot be had is the
 /// host's (an error); a release that cannot be fetched is skipped.
-pub fn error_status(error: &RunError) -> crate::verdict::Status {
-    use crate::verdict::Status;
+pub(crate) fn error_status(error: &RunError) -> crate::check::verdict::Status {
+    use crate::check::verdict::Status;
     match error {
         RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
         RunError::Image(_) | RunError::Kernel(_) | RunError::Vm(_) | RunError::Warm(_) => {
             Status::Error
         }
         RunError::Console(_) | RunError::Step { .. } => Status::Fail,
-    }
-}
-
-/// What one step did.
-#[derive(Debug, Clone)]
-pub struct StepRecord {
-    /// The step's title.
-    pub title: String,
-    /// The step's action.
-    pub action: Action,
-    /// What the guest answered (none for a reboot).
-    pub output: Option<CommandOutput>,
-    /// The exit status this cell expected (none for a write or a reboot).
-    pub expected: Option<StepStatus>,
-    /// Wall time.
-    pub seconds: f64,
-}
-
-/// A capture that read differently before the last reboot and after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// The capture's name.
-    pub name: String,
-    /// Lines present before the reboot and gone after it.
-    pub lost: Vec<String>,
-    /// Lines present after the reboot only.
-    pub gained: Vec<String>,
-}
-
-/// Everything a finished trial knows.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The scenario's name.
-    pub scenario: String,
-    /// The cell.
-    pub cell: Cell,
-    /// The accelerator and why.
-    pub accel: AccelChoice,
-    /// `uname -r` in the guest.
-    pub guest_kernel: String,
-    /// Versions of the packages the scenario touches, from the image build.
-    pub packages: BTreeMap<String, String>,
-    /// Where the image came from (bootstrapped, or imported from a file).
-    pub image_origin: String,
-    /// What each step did.
-    pub steps: Vec<StepRecord>,
-    /// Captures taken just before the last reboot (empty without a reboot).
-    pub before_reboot: Vec<Capture>,
-    /// Captures at the end of the flow.
-    pub captures: Vec<Capture>,
-    /// What did not survive the last reboot.
-    pub changes: Vec<Change>,
-    /// Unit → `systemctl is-active` answer, for the expected units.
-    pub units: BTreeMap<String, String>,
-    /// The expectations that applied to this cell.
-    pub expect: Expectations,
-    /// Failed expectations, one line each; empty when all held.
-    pub failures: Vec<String>,
-    /// How the guest reached its first shell.
-    pub start: Start,
-    /// Seconds from QEMU start to the first ready shell (booted or resumed).
-    pub first_boot_seconds: f64,
-    /// Seconds for the whole trial, image lookup included.
-    pub total_seconds: f64,
-    /// Where console log and captures were written.
-    pub artifacts: PathBuf,
-}
-
-impl Outcome {
-    /// Whether every expectation held.
-    pub fn passed(&self) -> bool {
-        self.failures.is_empty()
     }
 }
 
@@ -273,8 +173,6 @@ pub struct BootTimes {
     pub shell_seconds: f64,
     /// Seconds from QEMU start until systemd had finished starting up.
     pub settled_seconds: f64,
-    /// What `systemctl is-system-running` said then.
-    pub system_state: String,
 }
 
 /// Boots from power-on until the shell is ready and systemd has settled.
@@ -311,7 +209,6 @@ fn cold_boot(
         BootTimes {
             shell_seconds,
             settled_seconds,
-            system_state,
         },
     ))
 }
@@ -544,7 +441,10 @@ pub fn run_cell(
     for unit in expect.units.keys() {
         let out = guest.console.run(
             &format!("reading the state of {unit}"),
-            &format!("systemctl is-active {}", crate::image::shell_quote(unit)),
+            &format!(
+                "systemctl is-active {}",
+                crate::build::image::shell_quote(unit)
+            ),
             Duration::from_secs(30),
         )?;
         units.insert(unit.clone(), out.stdout.trim().to_owned());
@@ -617,127 +517,4 @@ pub fn shell(
             message: e.to_string(),
         })
     })
-}
-
-/// Line-level differences between the captures before and after the reboot.
-pub fn persistence_diff(before: &[Capture], after: &[Capture]) -> Vec<Change> {
-    before
-        .iter()
-        .filter_map(|b| {
-            let a = after.iter().find(|a| a.name == b.name)?;
-            if a.text == b.text {
-                return None;
-            }
-            let after_lines: Vec<&str> = a.text.lines().collect();
-            let before_lines: Vec<&str> = b.text.lines().collect();
-            Some(Change {
-                name: b.name.clone(),
-                lost: before_lines
-                    .iter()
-                    .filter(|l| !after_lines.contains(l))
-                    .map(|l| l.to_string())
-                    .collect(),
-                gained: after_lines
-                    .iter()
-                    .filter(|l| !before_lines.contains(l))
-                    .map(|l| l.to_string())
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
-/// Checks a cell's expectations; one verdict line per failure.
-pub fn check_expectations(
-    expect: &Expectations,
-    units: &BTreeMap<String, String>,
-    before: &[Capture],
-    after: &[Capture],
-) -> Vec<String> {
-    let find = |captures: &[Capture], name: &str| captures.iter().find(|c| c.name == name).cloned();
-    let mut failures = Vec::new();
-    for name in &expect.survive_reboot {
-        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
-            if a.text != b.text || a.status != b.status {
-                failures.push(format!(
-                    "{name} not restored after reboot — {}, expected {}",
-                    describe(&a),
-                    describe(&b)
-                ));
-            }
-        }
-    }
-    for name in &expect.lost_on_reboot {
-        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
-            if a.text == b.text && a.status == b.status {
-                failures.push(format!(
-                    "{name} survived the reboot ({}), but this cell expects it lost; if something fixed it, update the scenario's expectations",
-                    describe(&a)
-                ));
-            }
-        }
-    }
-    for (unit, expected) in &expect.units {
-        let got = units.get(unit).map(String::as_str).unwrap_or("(not read)");
-        if got != expected {
-            failures.push(format!("{unit} is {got}, expected {expected}"));
-        }
-    }
-    for (name, texts) in &expect.contains {
-        let raw = find(after, name).map(|c| c.raw).unwrap_or_default();
-        for text in texts {
-            if !raw.contains(text.as_str()) {
-                failures.push(format!("{name} lacks {text:?}"));
-            }
-        }
-    }
-    failures
-}
-
-/// A short description of a capture for verdicts: the error if the command
-/// failed, the INPUT chain of an iptables-save, else its size.
-pub fn describe(capture: &Capture) -> String {
-    if capture.status != 0 {
-        let first = capture
-            .raw
-            .lines()
-            .find(|l| !l.trim().is_empty() && !l.starts_with("[stderr]"))
-            .unwrap_or("no output");
-        return format!(
-            "`{}` exited {}: {first}",
-            capture.command.trim(),
-            capture.status
-        );
-    }
-    let policy = capture
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix(":INPUT "))
-        .and_then(|l| l.split_whitespace().next());
-    let rules = capture
-        .text
-        .lines()
-        .filter(|l| l.starts_with("-A INPUT"))
-        .count();
-    match policy {
-        Some(policy) => format!("INPUT policy {policy} with {rules} rules"),
-        None if capture.text.trim().is_empty() => "no rules at all".into(),
-        None => format!("{} lines", capture.text.lines().count()),
-    }
-}
-
-fn write_artifacts(dir: &std::path::Path, before: &[Capture], after: &[Capture]) {
-    for (suffix, captures) in [("before-reboot", before), ("after", after)] {
-        for capture in captures {
-            let _ = std::fs::write(
-                dir.join(format!("{}.{suffix}.txt", capture.name)),
-                &capture.raw,
-            );
-        }
-    }
-}
-
-/// The tail of a trial's console log, for messages.
-pub fn console_tail(outcome: &Outcome) -> String {
-    vm::tail_of(&outcome.artifacts.join("console.log"), vm::TAIL_LINES)
 }

@@ -6,6 +6,8 @@
 //! line and the key, because a typo in a regression test must never turn into a
 //! silently weaker test.
 
+pub mod project;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -26,23 +28,23 @@ pub struct Scenario {
     /// Short name, used in trial names, snapshot names and reports.
     pub name: String,
     /// What the scenario reproduces, in prose.
-    pub description: String,
+    pub(crate) description: String,
     /// The file it was read from.
     pub path: PathBuf,
     /// Releases and kernel flavours the scenario runs on.
     pub matrix: Matrix,
     /// What is done inside the guest, in order.
-    pub steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
     /// Guest state recorded at the end of the flow (and before its last reboot).
-    pub captures: Vec<CaptureSpec>,
+    pub(crate) captures: Vec<CaptureSpec>,
     /// What must hold at the end of the flow, whatever the snapshot says.
     pub expect: Expectations,
     /// Per-cell overrides of `expect`, in file order.
-    pub expect_cells: Vec<CellExpectations>,
+    pub(crate) expect_cells: Vec<CellExpectations>,
     /// How the guest's first boot happens: from the saved, booted state
     /// (`warm`, the default) or as a real boot (`cold`), for scenarios whose
     /// subject is the first boot itself.
-    pub first_boot: FirstBoot,
+    pub(crate) first_boot: FirstBoot,
 }
 
 /// How a guest reaches its first shell.
@@ -130,7 +132,7 @@ impl Shard {
     }
 
     /// Whether the trial at `index` (0-based, in a stable order) is in this share.
-    pub fn holds(self, index: usize) -> bool {
+    pub(crate) fn holds(self, index: usize) -> bool {
         index % self.n == self.k - 1
     }
 
@@ -185,23 +187,23 @@ impl fmt::Display for KernelFlavour {
 
 /// One thing done inside the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     /// A human label for progress output and reports.
-    pub title: String,
+    pub(crate) title: String,
     /// What the step does.
-    pub action: Action,
+    pub(crate) action: Action,
     /// How long the step may take before the trial fails.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Per-cell exit statuses of a `run` step (`[[step.cell]]`), replacing
     /// the step's own `status` on the cells they name, in file order.
-    pub cells: Vec<StepCell>,
+    pub(crate) cells: Vec<StepCell>,
 }
 
 impl Step {
     /// The exit status this step must end with on `cell`: its own `status`
     /// with every matching `[[step.cell]]` applied in file order. `None` for
     /// steps that have no exit status (writes and reboots).
-    pub fn status_for(&self, cell: &Cell) -> Option<StepStatus> {
+    pub(crate) fn status_for(&self, cell: &Cell) -> Option<StepStatus> {
         let Action::Run { status, .. } = &self.action else {
             return None;
         };
@@ -227,7 +229,7 @@ pub enum StepStatus {
 
 impl StepStatus {
     /// Whether a step that ended with `status` did what was expected.
-    pub fn accepts(self, status: i32) -> bool {
+    pub(crate) fn accepts(self, status: i32) -> bool {
         match self {
             StepStatus::Exactly(expected) => status == expected,
             StepStatus::Any => true,
@@ -247,26 +249,26 @@ impl fmt::Display for StepStatus {
 /// A `[[step.cell]]` table: the exit status a step must end with on some
 /// cells.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepCell {
+pub(crate) struct StepCell {
     /// The cells it applies to.
-    pub cells: CellFilter,
+    pub(crate) cells: CellFilter,
     /// The status expected there.
-    pub status: StepStatus,
+    pub(crate) status: StepStatus,
 }
 
 /// The cells a `[[… .cell]]` table names: every cell whose release and
 /// kernel are listed (all of them where a list is absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CellFilter {
+pub(crate) struct CellFilter {
     /// Releases it applies to; all when `None`.
-    pub releases: Option<Vec<String>>,
+    pub(crate) releases: Option<Vec<String>>,
     /// Kernels it applies to; all when `None`.
-    pub kernels: Option<Vec<KernelFlavour>>,
+    pub(crate) kernels: Option<Vec<KernelFlavour>>,
 }
 
 impl CellFilter {
     /// Whether `cell` is one of the named cells.
-    pub fn applies_to(&self, cell: &Cell) -> bool {
+    pub(crate) fn applies_to(&self, cell: &Cell) -> bool {
         self.releases
             .as_ref()
             .is_none_or(|r| r.contains(&cell.release))
@@ -279,7 +281,7 @@ impl CellFilter {
 
 /// The kinds of step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Run a shell script (bash) as root; its exit status must be `status`
     /// (on cells without a `[[step.cell]]` of their own).
     Run {
@@ -303,13 +305,13 @@ pub enum Action {
 
 /// A named piece of guest state recorded into the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaptureSpec {
+pub(crate) struct CaptureSpec {
     /// Section name in the snapshot; also what expectations refer to.
-    pub name: String,
+    pub(crate) name: String,
     /// Shell script whose standard output is recorded.
-    pub command: String,
+    pub(crate) command: String,
     /// Extra normalisers, applied after the ones every capture gets.
-    pub normalize: Vec<Normalizer>,
+    pub(crate) normalize: Vec<Normalizer>,
 }
 
 /// Rewrites that make captured text stable from run to run.
@@ -317,7 +319,7 @@ pub struct CaptureSpec {
 /// Every capture gets [`Normalizer::DEFAULT`]; scenarios add the others by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Normalizer {
+pub(crate) enum Normalizer {
     /// Wall-clock and monotonic timestamps (syslog, ISO 8601, `[   1.234]`).
     Timestamps,
     /// Process IDs in `name[1234]:` log prefixes.
@@ -335,7 +337,7 @@ pub enum Normalizer {
 
 impl Normalizer {
     /// The normalisers applied to every capture.
-    pub const DEFAULT: &'static [Normalizer] = &[
+    pub(crate) const DEFAULT: &'static [Normalizer] = &[
         Normalizer::Timestamps,
         Normalizer::Pids,
         Normalizer::Hostname,
@@ -351,29 +353,29 @@ impl Normalizer {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expectations {
     /// Unit name → the `systemctl is-active` answer it must give.
-    pub units: BTreeMap<String, String>,
+    pub(crate) units: BTreeMap<String, String>,
     /// Captures that must read the same before the last reboot and after it.
     pub survive_reboot: Vec<String>,
     /// Captures that must read differently after the last reboot: the state
     /// is expected to be lost (a known failure, asserted so it stays known).
-    pub lost_on_reboot: Vec<String>,
+    pub(crate) lost_on_reboot: Vec<String>,
     /// Capture name → texts its raw output must contain.
-    pub contains: BTreeMap<String, Vec<String>>,
+    pub(crate) contains: BTreeMap<String, Vec<String>>,
 }
 
 /// Expectations for some cells only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CellExpectations {
+pub(crate) struct CellExpectations {
     /// The cells it applies to.
-    pub cells: CellFilter,
+    pub(crate) cells: CellFilter,
     /// Replaces `survive_reboot` when given.
-    pub survive_reboot: Option<Vec<String>>,
+    pub(crate) survive_reboot: Option<Vec<String>>,
     /// Replaces `lost_on_reboot` when given.
-    pub lost_on_reboot: Option<Vec<String>>,
+    pub(crate) lost_on_reboot: Option<Vec<String>>,
     /// Unit states that replace the general ones, unit by unit.
-    pub units: BTreeMap<String, String>,
+    pub(crate) units: BTreeMap<String, String>,
     /// Texts added to the general ones, capture by capture.
-    pub contains: BTreeMap<String, Vec<String>>,
+    pub(crate) contains: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a scenario file could not be used.
@@ -404,7 +406,7 @@ pub enum ScenarioError {
 impl Scenario {
     /// Reads and validates a scenario file. `known_releases` are the releases
     /// that have an image recipe; a matrix naming any other is an error.
-    pub fn load(path: &Path, known_releases: &[String]) -> Result<Scenario, ScenarioError> {
+    pub(crate) fn load(path: &Path, known_releases: &[String]) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: path.to_owned(),
             source,
@@ -753,7 +755,7 @@ impl Scenario {
 
     /// The expectations that hold for one cell: `[expect]` with every
     /// matching `[[expect.cell]]` applied in file order.
-    pub fn expectations_for(&self, cell: &Cell) -> Expectations {
+    pub(crate) fn expectations_for(&self, cell: &Cell) -> Expectations {
         let mut expect = self.expect.clone();
         for over in self
             .expect_cells

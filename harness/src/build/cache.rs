@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::process::Supervisor;
-use crate::progress;
+use crate::host::process::Supervisor;
+use crate::host::progress;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -40,11 +40,11 @@ pub enum CacheError {
 
 /// A complete entry.
 #[derive(Debug, Clone)]
-pub struct Entry<M> {
+pub(crate) struct Entry<M> {
     /// The entry's directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// What the build recorded about itself.
-    pub meta: M,
+    pub(crate) meta: M,
 }
 
 /// A listing row.
@@ -92,7 +92,8 @@ impl Cache {
     }
 
     /// A cache at an explicit directory.
-    pub fn at(root: impl Into<PathBuf>) -> Cache {
+    #[cfg(test)]
+    pub(crate) fn at(root: impl Into<PathBuf>) -> Cache {
         Cache { root: root.into() }
     }
 
@@ -102,7 +103,7 @@ impl Cache {
     }
 
     /// The complete entry `kind/key`, if there is one.
-    pub fn lookup<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<Entry<M>> {
+    pub(crate) fn lookup<M: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<Entry<M>> {
         read_entry(&self.root.join(kind).join(key)).ok()
     }
 
@@ -110,7 +111,7 @@ impl Cache {
     /// one. `build` fills the directory it is given and returns the metadata
     /// to record; every regular file it leaves there becomes part of the
     /// entry and is made read-only.
-    pub fn get_or_build<M, E>(
+    pub(crate) fn get_or_build<M, E>(
         &self,
         kind: &str,
         key: &str,
@@ -187,7 +188,7 @@ impl Cache {
     /// Where the logs of the last failed build of an entry are kept: the
     /// build directory itself goes, half-written as it is, but its logs are
     /// what a failed CI job must upload.
-    pub fn failed_logs_dir(&self, kind: &str, key: &str) -> PathBuf {
+    pub(crate) fn failed_logs_dir(&self, kind: &str, key: &str) -> PathBuf {
         self.root
             .join(".failed-builds")
             .join(format!("{kind}-{key}"))

@@ -19,7 +19,8 @@ use base64::Engine as _;
 use regex::Regex;
 use rexpect::session::StreamSession;
 
-use crate::{image, vm};
+use crate::build::image;
+use crate::guest::vm;
 
 /// How long one low-level read waits before the loop checks its deadline.
 const POLL: u64 = 500;
@@ -36,11 +37,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutput {
     /// Standard output, lossily decoded as UTF-8.
-    pub stdout: String,
+    pub(crate) stdout: String,
     /// Standard error, lossily decoded as UTF-8.
-    pub stderr: String,
+    pub(crate) stderr: String,
     /// Exit status.
-    pub status: i32,
+    pub(crate) status: i32,
 }
 
 /// Why the control channel failed.
@@ -85,7 +86,7 @@ pub enum ConsoleError {
 }
 
 /// A root shell in the guest.
-pub struct Console {
+pub(crate) struct Console {
     session: StreamSession<UnixStream>,
     stream: UnixStream,
     detached: Arc<AtomicBool>,
@@ -104,7 +105,7 @@ enum Wait {
 impl Console {
     /// Attaches to a control port. `kernel_log` is the kernel console log,
     /// whose tail goes into error messages.
-    pub fn attach(
+    pub(crate) fn attach(
         stream: UnixStream,
         kernel_log: Option<PathBuf>,
     ) -> Result<Console, ConsoleError> {
@@ -148,26 +149,25 @@ impl Console {
 
     /// Waits for this text on the control port (the getty's autologin
     /// banner) before typing anything at each boot.
-    pub fn with_login_banner(mut self, banner: &str) -> Console {
+    pub(crate) fn with_login_banner(mut self, banner: &str) -> Console {
         self.login_banner = Regex::new(&regex::escape(banner)).ok();
         self
     }
 
-    /// The boot id of the boot the shell runs in (known once ready).
-    pub fn boot_id(&self) -> Option<&str> {
-        self.boot_id.as_deref()
-    }
-
     /// Waits for a shell on the control port (of a boot other than the last
     /// one seen) and prepares it for framed commands.
-    pub fn wait_ready(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+    pub(crate) fn wait_ready(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
         self.probe_until_ready(what, timeout, true)
     }
 
     /// Waits for the shell of a guest resumed from a saved state: it sat at
     /// its prompt when the state was saved, so there is no login to wait
     /// for, only a probe to answer.
-    pub fn wait_resumed(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+    pub(crate) fn wait_resumed(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(), ConsoleError> {
         self.probe_until_ready(what, timeout, false)
     }
 
@@ -259,7 +259,11 @@ impl Console {
     /// Waits until systemd has finished starting up (`is-system-running`
     /// leaves `initializing`/`starting`) and returns the state it reached.
     /// Polls rather than using `--wait`, which old systemd lacks.
-    pub fn wait_settled(&mut self, what: &str, timeout: Duration) -> Result<String, ConsoleError> {
+    pub(crate) fn wait_settled(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<String, ConsoleError> {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -280,7 +284,7 @@ impl Console {
     }
 
     /// Runs a bash script as root and returns its output and exit status.
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         what: &str,
         script: &str,
@@ -329,7 +333,7 @@ impl Console {
     }
 
     /// Writes a file in the guest (creating its directory) with a mode.
-    pub fn write_file(
+    pub(crate) fn write_file(
         &mut self,
         what: &str,
         path: &str,
@@ -346,7 +350,7 @@ impl Console {
     }
 
     /// Reboots the guest and waits until a shell of the new boot is ready.
-    pub fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+    pub(crate) fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
         if self.boot_id.is_none() {
             return Err(self.protocol(what, "reboot before the shell was ready".into()));
         }
@@ -358,7 +362,7 @@ impl Console {
 
     /// Hands the raw control port over, for an interactive session: turns
     /// terminal echo back on, gives the shell a prompt, and stops reading.
-    pub fn into_interactive(
+    pub(crate) fn into_interactive(
         mut self,
         prompt: &str,
         rows: u16,

@@ -1,5 +1,5 @@
 //! Kernels booted directly by QEMU: a release's stock kernel (taken out of its
-//! image, see [`crate::image`]) or a Linode-style monolithic kernel built here
+//! image, see [`crate::build::image`]) or a Linode-style monolithic kernel built here
 //! from Debian's `linux-source` package.
 //!
 //! The Linode-style kernel has everything built in and no modules, so a guest
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Cache, CacheError};
+use crate::build::cache::{Cache, CacheError};
+use crate::host::process::{self, ProcessError};
+use crate::host::progress;
 use crate::host::{self, HostError};
-use crate::process::{self, ProcessError};
-use crate::progress;
-use crate::scenario::KernelFlavour;
+use crate::spec::KernelFlavour;
 
 /// Bump when the build steps change what comes out.
 const KERNEL_FORMAT: &str = "vmrepro-kernel-1";
@@ -43,11 +43,11 @@ const BUILD_PACKAGES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kernel {
     /// The flavour.
-    pub flavour: KernelFlavour,
+    pub(crate) flavour: KernelFlavour,
     /// The kernel image (`-kernel`).
     pub image: PathBuf,
     /// The initrd (`-initrd`), if the kernel needs one.
-    pub initrd: Option<PathBuf>,
+    pub(crate) initrd: Option<PathBuf>,
     /// `uname -r` of the kernel.
     pub release: String,
 }
@@ -59,10 +59,10 @@ pub struct KernelRecipe {
     /// The Debian package with the kernel source tarball in `/usr/src`.
     pub source_package: String,
     /// The configuration fragment, relative to the recipe.
-    pub config: String,
+    pub(crate) config: String,
     /// The fragment's text (read from `config`).
     #[serde(skip)]
-    pub fragment: String,
+    pub(crate) fragment: String,
 }
 
 /// Why a kernel could not be had.
@@ -98,18 +98,18 @@ pub enum KernelError {
 
 /// What a kernel build records about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelManifest {
+pub(crate) struct KernelManifest {
     /// `uname -r` of the built kernel.
-    pub release: String,
+    pub(crate) release: String,
     /// The source package's version.
-    pub source_version: String,
+    pub(crate) source_version: String,
     /// Seconds the build took.
-    pub build_seconds: f64,
+    pub(crate) build_seconds: f64,
 }
 
 impl KernelRecipe {
     /// Reads a recipe and its fragment.
-    pub fn load(path: &Path) -> Result<KernelRecipe, KernelError> {
+    pub(crate) fn load(path: &Path) -> Result<KernelRecipe, KernelError> {
         let recipe_error = |message: String| KernelError::Recipe {
             path: path.to_owned(),
             message,
@@ -131,7 +131,7 @@ impl KernelRecipe {
     }
 
     /// The options the fragment turns on (`CONFIG_X=y`).
-    pub fn required_options(&self) -> Vec<String> {
+    pub(crate) fn required_options(&self) -> Vec<String> {
         self.fragment
             .lines()
             .filter_map(|l| l.trim().strip_suffix("=y"))
@@ -141,7 +141,7 @@ impl KernelRecipe {
     }
 
     /// The cache key for a source version.
-    pub fn key(&self, source_version: &str) -> String {
+    pub(crate) fn key(&self, source_version: &str) -> String {
         let mut hasher = Sha256::new();
         for part in [
             KERNEL_FORMAT,

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::image::{self, ImageError, ImageRecipe};
-use crate::kernel::{KernelError, KernelRecipe};
-use crate::scenario::{Scenario, ScenarioError};
+use crate::build::image::{self, ImageError, ImageRecipe};
+use crate::build::kernel::{KernelError, KernelRecipe};
+use crate::spec::{Scenario, ScenarioError};
 
 /// Why a project could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ impl Project {
     }
 
     /// `snapshots/`.
-    pub fn snapshots_dir(&self) -> PathBuf {
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
 

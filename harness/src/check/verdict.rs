@@ -30,7 +30,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order the documentation lists them.
-    pub const ALL: &'static [Status] = &[
+    #[cfg(test)]
+    pub(crate) const ALL: &'static [Status] = &[
         Status::Pass,
         Status::Reproduced,
         Status::New,
@@ -40,7 +41,7 @@ impl Status {
     ];
 
     /// The name used in tables, JSON and reports.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Status::Pass => "pass",
             Status::Reproduced => "reproduced",
@@ -96,12 +97,6 @@ pub const EXIT_ENV: u8 = 3;
 /// their release cannot be fetched here.
 pub const EXIT_SKIPPED: u8 = 4;
 
-/// The exit status table, for `--help` and the README.
-pub const EXIT_TABLE: &str = "Exit status: 0 every trial passed (pass or reproduced); 1 a trial failed or is new \
-(no committed snapshot); 2 usage or input error; 3 environment problem (nothing failed, but a trial \
-could not run); 4 everything that ran passed, some trials were skipped (release not reachable). \
-A failure always wins over an environment problem, and both over skips.";
-
 /// The exit status of a run made of these trials: a failure wins over an
 /// environment problem, which wins over skips; no trials at all is a pass
 /// only when nothing was asked for (callers refuse empty selections).
@@ -114,7 +109,7 @@ pub fn exit_code(statuses: impl IntoIterator<Item = Status>) -> u8 {
 }
 
 /// The more serious of two exit statuses.
-pub fn worse(a: u8, b: u8) -> u8 {
+pub(crate) fn worse(a: u8, b: u8) -> u8 {
     let rank = |code: u8| match code {
         EXIT_PASS => 0,
         EXIT_SKIPPED => 1,

@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kernel::Kernel;
-use crate::process::{self, Registration, Supervisor};
+use crate::build::kernel::Kernel;
+use crate::host::process::{self, Registration, Supervisor};
 
 /// How many console lines an error message carries.
-pub const TAIL_LINES: usize = 30;
+pub(crate) const TAIL_LINES: usize = 30;
 
 /// The CPU accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub enum Firmware {
 
 impl Firmware {
     /// The firmware's name in reports.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Firmware::SeaBios => "SeaBIOS",
             Firmware::Qboot => "qboot",
@@ -162,7 +162,7 @@ impl Default for MachineOptions {
 
 impl MachineOptions {
     /// QEMU arguments for these options under `accel`.
-    pub fn qemu_args(&self, accel: Accel) -> Vec<String> {
+    pub(crate) fn qemu_args(&self, accel: Accel) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-machine".into(),
             self.machine.clone(),
@@ -203,29 +203,29 @@ impl MachineOptions {
 
 /// What a guest boots.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
+pub(crate) struct VmConfig {
     /// The disk the guest's overlay is backed by; opened read-only, never
     /// written.
-    pub base_disk: PathBuf,
+    pub(crate) base_disk: PathBuf,
     /// The kernel booted directly.
-    pub kernel: Kernel,
+    pub(crate) kernel: Kernel,
     /// The virtual hardware.
-    pub machine: MachineOptions,
+    pub(crate) machine: MachineOptions,
     /// The accelerator.
-    pub accel: AccelChoice,
+    pub(crate) accel: AccelChoice,
     /// Directory for the run's artifacts (console log, QEMU's own output).
-    pub artifacts: PathBuf,
+    pub(crate) artifacts: PathBuf,
     /// Where to create the guest's overlay so that it outlives the guest;
     /// `None` for a throwaway overlay removed with the guest.
-    pub keep_overlay: Option<PathBuf>,
+    pub(crate) keep_overlay: Option<PathBuf>,
     /// A state saved by [`Vm::save_state`] to resume instead of booting;
     /// `base_disk` must then be the disk saved with it.
-    pub resume_from: Option<PathBuf>,
+    pub(crate) resume_from: Option<PathBuf>,
 }
 
 impl VmConfig {
     /// The kernel command line.
-    pub fn kernel_cmdline(&self) -> String {
+    pub(crate) fn kernel_cmdline(&self) -> String {
         let mut cmdline = vec!["console=ttyS0", "root=/dev/vda", "rw"];
         if self.kernel.initrd.is_none() {
             cmdline.push("rootfstype=ext4");
@@ -297,7 +297,7 @@ pub enum VmError {
 }
 
 /// A running guest. Dropping it kills QEMU and removes the overlay.
-pub struct Vm {
+pub(crate) struct Vm {
     child: Child,
     workdir: tempfile::TempDir,
     control: UnixStream,
@@ -311,7 +311,7 @@ pub struct Vm {
 impl Vm {
     /// Creates the overlay (throwaway unless [`VmConfig::keep_overlay`]),
     /// starts QEMU and connects the control port and the monitor.
-    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+    pub(crate) fn start(config: &VmConfig) -> Result<Vm, VmError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| VmError::Io { path, source }
@@ -377,7 +377,7 @@ impl Vm {
             // after loading until `cont`.
             qemu.arg("-incoming").arg(format!(
                 "exec:cat {}",
-                crate::image::shell_quote(&state.to_string_lossy())
+                crate::build::image::shell_quote(&state.to_string_lossy())
             ));
         }
         let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
@@ -386,16 +386,7 @@ impl Vm {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .process_group(0);
-        // The one `unsafe` of the crate: `pre_exec` runs in the forked
-        // child before exec, where only async-signal-safe calls are
-        // allowed. prctl is one, and allocates nothing.
-        // SAFETY: set_pdeathsig is a single prctl(2) call.
-        unsafe {
-            qemu.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        crate::host::process::die_with_parent(&mut qemu);
         let child = qemu.spawn().map_err(VmError::Spawn)?;
         let registration_qemu =
             Supervisor::global().register(Some(child.id() as i32), Some(workdir.path().to_owned()));
@@ -435,7 +426,7 @@ impl Vm {
 
     /// Waits until the state given as [`VmConfig::resume_from`] is loaded,
     /// then lets the guest run.
-    pub fn resume(&mut self, timeout: Duration) -> Result<(), VmError> {
+    pub(crate) fn resume(&mut self, timeout: Duration) -> Result<(), VmError> {
         self.poll("loading the saved state", timeout, |vm| {
             let status = vm.qmp.execute("query-status", None)?;
             match status["status"].as_str().unwrap_or("") {
@@ -454,7 +445,7 @@ impl Vm {
     /// the disk) to `file`; returns the file's size. The guest stays stopped
     /// and its disk is flushed, so the overlay matches the state; what
     /// remains to do with this QEMU is [`Vm::quit`].
-    pub fn save_state(&mut self, file: &Path, timeout: Duration) -> Result<u64, VmError> {
+    pub(crate) fn save_state(&mut self, file: &Path, timeout: Duration) -> Result<u64, VmError> {
         let what = "saving the guest's state";
         self.qmp.execute("stop", None)?;
         // QEMU caps migration at 128 MiB/s by default; a file takes any rate.
@@ -464,7 +455,7 @@ impl Vm {
         )?;
         let uri = format!(
             "exec:cat > {}",
-            crate::image::shell_quote(&file.to_string_lossy())
+            crate::build::image::shell_quote(&file.to_string_lossy())
         );
         self.qmp
             .execute("migrate", Some(serde_json::json!({ "uri": uri })))?;
@@ -490,7 +481,7 @@ impl Vm {
     }
 
     /// Asks QEMU to exit cleanly (closing the disk), and waits for it.
-    pub fn quit(mut self) -> Result<(), VmError> {
+    pub(crate) fn quit(mut self) -> Result<(), VmError> {
         self.qmp.execute("quit", None)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -548,7 +539,7 @@ impl Vm {
     }
 
     /// A new handle on the control serial port.
-    pub fn control(&self) -> Result<UnixStream, VmError> {
+    pub(crate) fn control(&self) -> Result<UnixStream, VmError> {
         self.control.try_clone().map_err(|source| VmError::Io {
             path: self.workdir.path().join("control.sock"),
             source,
@@ -556,17 +547,17 @@ impl Vm {
     }
 
     /// The kernel console log (ttyS0).
-    pub fn console_log(&self) -> &Path {
+    pub(crate) fn console_log(&self) -> &Path {
         &self.console_log
     }
 
     /// Time since QEMU started.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Whether QEMU is still running; an error describes its exit.
-    pub fn check_running(&mut self) -> Result<(), VmError> {
+    pub(crate) fn check_running(&mut self) -> Result<(), VmError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(VmError::Exited {
@@ -582,7 +573,7 @@ impl Vm {
     }
 
     /// Stops QEMU; the guest's disk is thrown away with the overlay.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.kill();
     }
 
@@ -741,7 +732,7 @@ impl Qmp {
 }
 
 /// The last `lines` lines of a log file, with terminal escapes removed.
-pub fn tail_of(path: &Path, lines: usize) -> String {
+pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     let bytes = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
     let clean = strip_escapes(&text);
@@ -750,7 +741,7 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
 }
 
 /// Removes ANSI escape sequences and carriage returns.
-pub fn strip_escapes(text: &str) -> String {
+pub(crate) fn strip_escapes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {

@@ -1,0 +1,201 @@
+//! What a finished trial knows, and the checks made on it: what each step
+//! did, what the reboot changed, whether the cell's expectations held.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::check::capture::Capture;
+use crate::guest::console::CommandOutput;
+use crate::guest::vm::AccelChoice;
+use crate::guest::warm::Start;
+use crate::spec::{Action, Cell, Expectations, StepStatus};
+
+/// What one step did.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// The step's title.
+    pub(crate) title: String,
+    /// The step's action.
+    pub(crate) action: Action,
+    /// What the guest answered (none for a reboot).
+    pub output: Option<CommandOutput>,
+    /// The exit status this cell expected (none for a write or a reboot).
+    pub(crate) expected: Option<StepStatus>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A capture that read differently before the last reboot and after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The capture's name.
+    pub(crate) name: String,
+    /// Lines present before the reboot and gone after it.
+    pub(crate) lost: Vec<String>,
+    /// Lines present after the reboot only.
+    pub(crate) gained: Vec<String>,
+}
+
+/// Everything a finished trial knows.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The scenario's name.
+    pub(crate) scenario: String,
+    /// The cell.
+    pub(crate) cell: Cell,
+    /// The accelerator and why.
+    pub accel: AccelChoice,
+    /// `uname -r` in the guest.
+    pub(crate) guest_kernel: String,
+    /// Versions of the packages the scenario touches, from the image build.
+    pub(crate) packages: BTreeMap<String, String>,
+    /// Where the image came from (bootstrapped, or imported from a file).
+    pub(crate) image_origin: String,
+    /// What each step did.
+    pub steps: Vec<StepRecord>,
+    /// Captures taken just before the last reboot (empty without a reboot).
+    pub before_reboot: Vec<Capture>,
+    /// Captures at the end of the flow.
+    pub captures: Vec<Capture>,
+    /// What did not survive the last reboot.
+    pub(crate) changes: Vec<Change>,
+    /// Unit → `systemctl is-active` answer, for the expected units.
+    pub(crate) units: BTreeMap<String, String>,
+    /// The expectations that applied to this cell.
+    pub(crate) expect: Expectations,
+    /// Failed expectations, one line each; empty when all held.
+    pub failures: Vec<String>,
+    /// How the guest reached its first shell.
+    pub start: Start,
+    /// Seconds from QEMU start to the first ready shell (booted or resumed).
+    pub first_boot_seconds: f64,
+    /// Seconds for the whole trial, image lookup included.
+    pub total_seconds: f64,
+    /// Where console log and captures were written.
+    pub(crate) artifacts: PathBuf,
+}
+
+impl Outcome {
+    /// Whether every expectation held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Line-level differences between the captures before and after the reboot.
+pub(crate) fn persistence_diff(before: &[Capture], after: &[Capture]) -> Vec<Change> {
+    before
+        .iter()
+        .filter_map(|b| {
+            let a = after.iter().find(|a| a.name == b.name)?;
+            if a.text == b.text {
+                return None;
+            }
+            let after_lines: Vec<&str> = a.text.lines().collect();
+            let before_lines: Vec<&str> = b.text.lines().collect();
+            Some(Change {
+                name: b.name.clone(),
+                lost: before_lines
+                    .iter()
+                    .filter(|l| !after_lines.contains(l))
+                    .map(|l| l.to_string())
+                    .collect(),
+                gained: after_lines
+                    .iter()
+                    .filter(|l| !before_lines.contains(l))
+                    .map(|l| l.to_string())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Checks a cell's expectations; one verdict line per failure.
+pub(crate) fn check_expectations(
+    expect: &Expectations,
+    units: &BTreeMap<String, String>,
+    before: &[Capture],
+    after: &[Capture],
+) -> Vec<String> {
+    let find = |captures: &[Capture], name: &str| captures.iter().find(|c| c.name == name).cloned();
+    let mut failures = Vec::new();
+    for name in &expect.survive_reboot {
+        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+            if a.text != b.text || a.status != b.status {
+                failures.push(format!(
+                    "{name} not restored after reboot — {}, expected {}",
+                    describe(&a),
+                    describe(&b)
+                ));
+            }
+        }
+    }
+    for name in &expect.lost_on_reboot {
+        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+            if a.text == b.text && a.status == b.status {
+                failures.push(format!(
+                    "{name} survived the reboot ({}), but this cell expects it lost; if something fixed it, update the scenario's expectations",
+                    describe(&a)
+                ));
+            }
+        }
+    }
+    for (unit, expected) in &expect.units {
+        let got = units.get(unit).map(String::as_str).unwrap_or("(not read)");
+        if got != expected {
+            failures.push(format!("{unit} is {got}, expected {expected}"));
+        }
+    }
+    for (name, texts) in &expect.contains {
+        let raw = find(after, name).map(|c| c.raw).unwrap_or_default();
+        for text in texts {
+            if !raw.contains(text.as_str()) {
+                failures.push(format!("{name} lacks {text:?}"));
+            }
+        }
+    }
+    failures
+}
+
+/// A short description of a capture for verdicts: the error if the command
+/// failed, the INPUT chain of an iptables-save, else its size.
+pub(crate) fn describe(capture: &Capture) -> String {
+    if capture.status != 0 {
+        let first = capture
+            .raw
+            .lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("[stderr]"))
+            .unwrap_or("no output");
+        return format!(
+            "`{}` exited {}: {first}",
+            capture.command.trim(),
+            capture.status
+        );
+    }
+    let policy = capture
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix(":INPUT "))
+        .and_then(|l| l.split_whitespace().next());
+    let rules = capture
+        .text
+        .lines()
+        .filter(|l| l.starts_with("-A INPUT"))
+        .count();
+    match policy {
+        Some(policy) => format!("INPUT policy {policy} with {rules} rules"),
+        None if capture.text.trim().is_empty() => "no rules at all".into(),
+        None => format!("{} lines", capture.text.lines().count()),
+    }
+}
+
+pub(crate) fn write_artifacts(dir: &std::path::Path, before: &[Capture], after: &[Capture]) {
+    for (suffix, captures) in [("before-reboot", before), ("after", after)] {
+        for capture in captures {
+            let _ = std::fs::write(
+                dir.join(format!("{}.{suffix}.txt", capture.name)),
+                &capture.raw,
+            );
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! One running guest: QEMU and its monitor ([`vm`]), the root shell on the
+//! control port ([`console`]), and booted states saved once and resumed by
+//! every trial ([`warm`]).
+
+pub mod console;
+pub mod vm;
+pub mod warm;
