@@ -28,6 +28,7 @@ mod guest;
 mod host;
 mod run;
 mod spec;
+mod text;
 
 /// Scenario files and their matrices.
 pub mod scenario {
@@ -44,11 +45,14 @@ pub mod cache {
     pub use crate::build::cache::{Cache, EntryInfo};
 }
 
+/// Recipes of release images and kernels.
+pub mod recipe {
+    pub use crate::spec::recipe::{ImageRecipe, KernelRecipe, RecipeError};
+}
+
 /// Release images.
 pub mod image {
-    pub use crate::build::image::{
-        image, import, key, lookup, probe_reachable, ImageError, ImageRecipe, KIND,
-    };
+    pub use crate::build::image::{image, import, key, lookup, probe_reachable, ImageError, KIND};
 }
 
 /// The Linode-style kernel.

@@ -319,6 +319,40 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// The content hash that names a cache entry: SHA-256 over parts that
+/// are each followed by a NUL (so that no two lists of parts run together),
+/// shown as its first 16 hexadecimal digits.
+pub(crate) struct KeyHash(sha2::Sha256);
+
+impl KeyHash {
+    pub(crate) fn new() -> KeyHash {
+        use sha2::Digest as _;
+        KeyHash(sha2::Sha256::new())
+    }
+
+    /// Adds a part, and the NUL after it.
+    pub(crate) fn part(mut self, part: impl AsRef<[u8]>) -> KeyHash {
+        use sha2::Digest as _;
+        self.0.update(part.as_ref());
+        self.0.update([0]);
+        self
+    }
+
+    /// The hash, with a last part that has no NUL after it (the form image
+    /// keys have always had).
+    pub(crate) fn last(mut self, part: impl AsRef<[u8]>) -> String {
+        use sha2::Digest as _;
+        self.0.update(part.as_ref());
+        self.finish()
+    }
+
+    /// The hash.
+    pub(crate) fn finish(self) -> String {
+        use sha2::Digest as _;
+        crate::text::hex(&self.0.finalize()[..8])
+    }
+}
+
 /// Copies the `*.log` files of a failed build directory to `to`, replacing
 /// what an earlier failure left there.
 fn keep_logs(work: &Path, to: &Path) {

@@ -16,14 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::build::cache::KeyHash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::build::cache::{Cache, CacheError};
 use crate::build::kernel::Kernel;
 use crate::host;
 use crate::host::process::{self, ProcessError};
 use crate::host::progress;
+use crate::spec::recipe::ImageRecipe;
 use crate::spec::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
@@ -40,59 +41,9 @@ pub(crate) const CONTROL_TTY: &str = "ttyS1";
 /// What agetty prints on the control port when it logs root in.
 pub(crate) const AUTOLOGIN_BANNER: &str = "(automatic login)";
 
-/// A release recipe: how to bootstrap one Debian release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageRecipe {
-    /// Release code name, as scenario matrices name it.
-    pub release: String,
-    /// The archive suite to bootstrap.
-    pub(crate) suite: String,
-    /// The mirror this release must come from; `None` means the host's
-    /// mirror (or the bootstrap tool's default).
-    #[serde(default)]
-    pub(crate) mirror: Option<String>,
-    /// Whether the release lives in the archive of retired releases: its
-    /// Release files have expired and its signing key has too, so apt must
-    /// not check `Valid-Until` and cannot verify the signature.
-    #[serde(default)]
-    pub(crate) archived: bool,
-    /// Packages installed on top of the minimal base.
-    pub(crate) packages: Vec<String>,
-    /// The release's stock kernel package.
-    pub(crate) stock_kernel: String,
-    /// debconf answers given before packages are configured, so nothing prompts.
-    #[serde(default)]
-    pub(crate) debconf: Vec<String>,
-    /// ext4 feature switches for `mke2fs -O`, such as `^orphan_file`: today's
-    /// mke2fs turns on features that old kernels and old e2fsck reject.
-    #[serde(default)]
-    pub(crate) ext4_features: Vec<String>,
-    /// Size of the root file system in MiB.
-    #[serde(default = "default_disk_mib")]
-    pub(crate) disk_mib: u64,
-    /// mmdebstrap hook directories (`--hook-dir`), such as the
-    /// `jessie-or-older` hooks that jessie's essential set needs. Absent
-    /// from the hash when empty, so recipes without hooks keep their keys.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) hook_dirs: Vec<String>,
-}
-
-fn default_disk_mib() -> u64 {
-    2048
-}
-
 /// Why an image could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// A recipe file is unreadable or invalid.
-    #[error("{path}: {message}")]
-    Recipe {
-        /// The recipe file.
-        path: PathBuf,
-        /// What is wrong (with line and key where known).
-        message: String,
-    },
     /// No recipe for the release.
     #[error("no image recipe for release {release:?} in {dir}")]
     UnknownRelease {
@@ -146,34 +97,10 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 }
 
 impl ImageRecipe {
-    /// Reads a recipe file.
-    pub(crate) fn load(path: &Path) -> Result<ImageRecipe, ImageError> {
-        let text = fs::read_to_string(path).map_err(|e| ImageError::Recipe {
-            path: path.to_owned(),
-            message: format!("cannot read: {e}"),
-        })?;
-        toml::from_str(&text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
-            let line = text[..offset].matches('\n').count() + 1;
-            ImageRecipe::recipe_error(path, format!("line {line}: {}", e.message().trim()))
-        })
-    }
-
-    fn recipe_error(path: &Path, message: String) -> ImageError {
-        ImageError::Recipe {
-            path: path.to_owned(),
-            message,
-        }
-    }
-
     /// The content hash that names this recipe's cache entry.
     pub(crate) fn hash(&self) -> String {
         let canonical = serde_json::to_string(self).unwrap_or_default();
-        let mut hasher = Sha256::new();
-        hasher.update(IMAGE_FORMAT.as_bytes());
-        hasher.update([0]);
-        hasher.update(canonical.as_bytes());
-        hex(&hasher.finalize())[..16].to_owned()
+        KeyHash::new().part(IMAGE_FORMAT).last(canonical)
     }
 
     /// The mirror to bootstrap from: `VMREPRO_MIRROR_<RELEASE>`, then
@@ -208,7 +135,7 @@ impl ImageRecipe {
             }
             command.arg(format!(
                 "--essential-hook=printf '%s' {} | chroot \"$1\" debconf-set-selections",
-                shell_quote(&selections)
+                crate::text::shell_quote(&selections)
             ));
         }
         for dir in &self.hook_dirs {
@@ -253,39 +180,6 @@ impl ImageRecipe {
             .arg(format!("{}M", self.disk_mib));
         command
     }
-}
-
-/// Quotes a string for a POSIX shell.
-pub(crate) fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The recipes in a directory, by release.
-pub(crate) fn load_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, ImageError> {
-    let mut recipes = BTreeMap::new();
-    let entries = fs::read_dir(dir).map_err(io_error(dir))?;
-    for entry in entries {
-        let path = entry.map_err(io_error(dir))?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let recipe = ImageRecipe::load(&path)?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            if stem != recipe.release {
-                return Err(ImageRecipe::recipe_error(
-                    &path,
-                    format!(
-                        "key `release`: {:?} does not match the file name (expected {stem:?})",
-                        recipe.release
-                    ),
-                ));
-            }
-            recipes.insert(recipe.release.clone(), recipe);
-        }
-    }
-    Ok(recipes)
 }
 
 /// A built, cached image.
@@ -833,6 +727,9 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
         b.packages.push("vim".into());
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 16);
+        // Pinned: a change of the hashing itself would orphan every cache
+        // entry and every CI cache key.
+        assert_eq!(a.hash(), "a5e4c87eeaf87800");
     }
 
     #[test]

@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::build::cache::KeyHash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::build::cache::{Cache, CacheError};
 use crate::host::process::{self, ProcessError};
 use crate::host::progress;
 use crate::host::{self, HostError};
+use crate::spec::recipe::KernelRecipe;
 use crate::spec::KernelFlavour;
 
 /// Bump when the build steps change what comes out.
@@ -52,30 +53,9 @@ pub struct Kernel {
     pub release: String,
 }
 
-/// How to build a custom kernel: `images/kernels/NAME.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelRecipe {
-    /// The Debian package with the kernel source tarball in `/usr/src`.
-    pub source_package: String,
-    /// The configuration fragment, relative to the recipe.
-    pub(crate) config: String,
-    /// The fragment's text (read from `config`).
-    #[serde(skip)]
-    pub(crate) fragment: String,
-}
-
 /// Why a kernel could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// The recipe is unreadable or invalid.
-    #[error("{path}: {message}")]
-    Recipe {
-        /// The recipe or fragment.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
     /// The host lacks the source or the tools.
     #[error(transparent)]
     Host(#[from] HostError),
@@ -108,53 +88,15 @@ pub(crate) struct KernelManifest {
 }
 
 impl KernelRecipe {
-    /// Reads a recipe and its fragment.
-    pub(crate) fn load(path: &Path) -> Result<KernelRecipe, KernelError> {
-        let recipe_error = |message: String| KernelError::Recipe {
-            path: path.to_owned(),
-            message,
-        };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| recipe_error(format!("cannot read: {e}")))?;
-        let mut recipe: KernelRecipe = toml::from_str(&text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
-            let line = text[..offset].matches('\n').count() + 1;
-            recipe_error(format!("line {line}: {}", e.message().trim()))
-        })?;
-        let fragment_path = path.parent().unwrap_or(Path::new(".")).join(&recipe.config);
-        recipe.fragment =
-            std::fs::read_to_string(&fragment_path).map_err(|e| KernelError::Recipe {
-                path: fragment_path.clone(),
-                message: format!("cannot read the configuration fragment: {e}"),
-            })?;
-        Ok(recipe)
-    }
-
-    /// The options the fragment turns on (`CONFIG_X=y`).
-    pub(crate) fn required_options(&self) -> Vec<String> {
-        self.fragment
-            .lines()
-            .filter_map(|l| l.trim().strip_suffix("=y"))
-            .filter(|o| o.starts_with("CONFIG_"))
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// The cache key for a source version.
     pub(crate) fn key(&self, source_version: &str) -> String {
-        let mut hasher = Sha256::new();
-        for part in [
-            KERNEL_FORMAT,
-            &self.source_package,
-            source_version,
-            &self.fragment,
-        ] {
-            hasher.update(part.as_bytes());
-            hasher.update([0]);
-        }
-        let digest = hasher.finalize();
-        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("linode-{hex}")
+        let hash = KeyHash::new()
+            .part(KERNEL_FORMAT)
+            .part(&self.source_package)
+            .part(source_version)
+            .part(&self.fragment)
+            .finish();
+        format!("linode-{hash}")
     }
 }
 
@@ -315,6 +257,16 @@ mod tests {
             config: "linode.config".into(),
             fragment: fragment.into(),
         }
+    }
+
+    #[test]
+    fn the_key_is_pinned() {
+        // A change of the hashing itself would orphan every cached kernel
+        // and every CI cache key.
+        assert_eq!(
+            recipe("CONFIG_X=y\n").key("6.1.192-2"),
+            "linode-a19aacdc18cc8711"
+        );
     }
 
     #[test]

@@ -419,12 +419,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
 }
 
 fn first_line_of(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or("");
-    if line.chars().count() > max {
-        format!("{}…", line.chars().take(max).collect::<String>())
-    } else {
-        line.to_owned()
-    }
+    crate::text::ellipsize(text.lines().next().unwrap_or(""), max)
 }
 
 /// File name of a trial's table row inside its artifacts directory.

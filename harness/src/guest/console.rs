@@ -19,7 +19,6 @@ use base64::Engine as _;
 use regex::Regex;
 use rexpect::session::StreamSession;
 
-use crate::build::image;
 use crate::guest::vm;
 
 /// How long one low-level read waits before the loop checks its deadline.
@@ -341,7 +340,7 @@ impl Console {
         mode: u32,
         timeout: Duration,
     ) -> Result<CommandOutput, ConsoleError> {
-        let quoted = image::shell_quote(path);
+        let quoted = crate::text::shell_quote(path);
         let script = format!(
             "set -e\nmkdir -p \"$(dirname {quoted})\"\nbase64 -d > {quoted} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\nchmod {mode:o} {quoted}\n",
             wrapped_base64(content.as_bytes())
@@ -373,7 +372,7 @@ impl Console {
             what,
             &format!(
                 "stty sane rows {rows} cols {cols} 2>/dev/null; export TERM=xterm-256color PS1={}; unset PROMPT_COMMAND; cd /root\n",
-                image::shell_quote(prompt)
+                crate::text::shell_quote(prompt)
             ),
         )?;
         self.detached.store(true, Ordering::SeqCst);
@@ -436,7 +435,7 @@ impl Console {
     }
 
     fn timeout(&self, what: &str, waited: Duration, pending: String) -> ConsoleError {
-        let clean = vm::strip_escapes(&pending);
+        let clean = crate::text::strip_escapes(&pending);
         let lines: Vec<&str> = clean.lines().collect();
         ConsoleError::Timeout {
             what: what.to_owned(),

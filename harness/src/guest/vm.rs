@@ -377,7 +377,7 @@ impl Vm {
             // after loading until `cont`.
             qemu.arg("-incoming").arg(format!(
                 "exec:cat {}",
-                crate::build::image::shell_quote(&state.to_string_lossy())
+                crate::text::shell_quote(&state.to_string_lossy())
             ));
         }
         let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
@@ -455,7 +455,7 @@ impl Vm {
         )?;
         let uri = format!(
             "exec:cat > {}",
-            crate::build::image::shell_quote(&file.to_string_lossy())
+            crate::text::shell_quote(&file.to_string_lossy())
         );
         self.qmp
             .execute("migrate", Some(serde_json::json!({ "uri": uri })))?;
@@ -735,34 +735,9 @@ impl Qmp {
 pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     let bytes = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
-    let clean = strip_escapes(&text);
+    let clean = crate::text::strip_escapes(&text);
     let all: Vec<&str> = clean.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Removes ANSI escape sequences and carriage returns.
-pub(crate) fn strip_escapes(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\r' => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -772,7 +747,9 @@ mod tests {
     #[test]
     fn escapes_are_stripped() {
         assert_eq!(
-            strip_escapes("\u{1b}[0;32m  OK  \u{1b}[0m] Started\r\n\u{1b}[?2004hroot# "),
+            crate::text::strip_escapes(
+                "\u{1b}[0;32m  OK  \u{1b}[0m] Started\r\n\u{1b}[?2004hroot# "
+            ),
             "  OK  ] Started\nroot# "
         );
     }

@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::build::cache::KeyHash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::build::cache::{Cache, CacheError};
 use crate::build::image::AUTOLOGIN_BANNER;
@@ -109,7 +109,6 @@ pub(crate) struct Resumed {
 /// `resume_from` are ignored). `name` prefixes it for people reading the
 /// cache, such as `bookworm-stock`.
 pub(crate) fn key(name: &str, config: &VmConfig) -> String {
-    let mut hasher = Sha256::new();
     let mut parts = vec![
         WARM_FORMAT.to_owned(),
         host::qemu_version(),
@@ -138,17 +137,11 @@ pub(crate) fn key(name: &str, config: &VmConfig) -> String {
             .unwrap_or_default();
         parts.push(format!("{} {stamp}", path.display()));
     }
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    let hex: String = hasher
-        .finalize()
+    let hash = parts
         .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{name}-{hex}")
+        .fold(KeyHash::new(), |hash, part| hash.part(part))
+        .finish();
+    format!("{name}-{hash}")
 }
 
 /// The saved state for `config`, booting and saving it first if the cache

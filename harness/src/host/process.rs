@@ -169,7 +169,7 @@ async fn run_logged_async(
                 progress::note(what, &format!(
                     "still running ({}s){}",
                     started.elapsed().as_secs(),
-                    if last_line.is_empty() { String::new() } else { format!(": {}", shorten(&last_line, 100)) }
+                    if last_line.is_empty() { String::new() } else { format!(": {}", crate::text::ellipsize(&last_line, 100)) }
                 ));
             }
             _ = &mut deadline => {
@@ -244,14 +244,6 @@ pub(crate) fn output(
             }),
         }
     })
-}
-
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        format!("{}…", text.chars().take(max).collect::<String>())
-    }
 }
 
 /// Makes `command`'s process die when the harness does, even a SIGKILLed

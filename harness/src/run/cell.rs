@@ -441,10 +441,7 @@ pub fn run_cell(
     for unit in expect.units.keys() {
         let out = guest.console.run(
             &format!("reading the state of {unit}"),
-            &format!(
-                "systemctl is-active {}",
-                crate::build::image::shell_quote(unit)
-            ),
+            &format!("systemctl is-active {}", crate::text::shell_quote(unit)),
             Duration::from_secs(30),
         )?;
         units.insert(unit.clone(), out.stdout.trim().to_owned());

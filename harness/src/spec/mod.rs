@@ -7,6 +7,7 @@
 //! silently weaker test.
 
 pub mod project;
+pub mod recipe;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -788,25 +789,14 @@ impl Scenario {
     }
 }
 
+/// The first non-empty line, as a default step title.
 fn first_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    if line.len() > 60 {
-        let cut = (0..=60)
-            .rev()
-            .find(|i| line.is_char_boundary(*i))
-            .unwrap_or(0);
-        format!("{}…", &line[..cut])
-    } else {
-        line.to_owned()
-    }
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    crate::text::ellipsize(line.trim(), 60)
 }
 
 /// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::build::image::{self, ImageError, ImageRecipe};
-use crate::build::kernel::{KernelError, KernelRecipe};
+use crate::spec::recipe::{self, ImageRecipe, KernelRecipe, RecipeError};
 use crate::spec::{Scenario, ScenarioError};
 
 /// Why a project could not be loaded.
@@ -16,10 +15,7 @@ pub enum ProjectError {
     NotFound(PathBuf),
     /// A recipe is invalid.
     #[error(transparent)]
-    Image(#[from] ImageError),
-    /// The kernel recipe is invalid.
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
+    Recipe(#[from] RecipeError),
     /// A scenario is invalid.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
@@ -69,7 +65,7 @@ impl Project {
 
     /// Opens the project at `root`.
     pub fn open(root: &Path) -> Result<Project, ProjectError> {
-        let recipes = image::load_recipes(&root.join("images"))?;
+        let recipes = recipe::load_image_recipes(&root.join("images"))?;
         let linode_kernel = KernelRecipe::load(&root.join("images/kernels/linode.toml"))?;
         Ok(Project {
             root: root.to_owned(),
