@@ -32,7 +32,7 @@ mod text;
 
 /// Scenario files and their matrices.
 pub mod scenario {
-    pub use crate::spec::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
+    pub use crate::spec::{trials_of, Cell, FirstBoot, KernelFlavour, Scenario, Shard};
 }
 
 /// The project directory: scenarios, release recipes, snapshots.

@@ -9,7 +9,6 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use vmrepro::cache::Cache;
-use vmrepro::image::ImageError;
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
 use vmrepro::trial::{self, RunError, RunOptions};
@@ -380,8 +379,9 @@ fn classify(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<tools::HostError>().is_some() {
             return EXIT_ENV;
         }
-        if let Some(RunError::Image(ImageError::Unreachable { .. })) =
-            cause.downcast_ref::<RunError>()
+        if cause
+            .downcast_ref::<RunError>()
+            .is_some_and(|e| e.unreachable().is_some())
         {
             return EXIT_ENV;
         }
@@ -457,13 +457,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
         } => {
             let scenario = after.map(|name| project.scenario(&name)).transpose()?;
             let cell = Cell {
-                release: project
-                    .recipes
-                    .get(&release)
-                    .map(|r| r.release.clone())
-                    .ok_or_else(|| {
-                        UsageError(format!("no image recipe for release {release:?}"))
-                    })?,
+                release: project.recipe(&release)?.release.clone(),
                 kernel: parse_kernel(&kernel)?,
             };
             let options = run_options(cold)?;
@@ -518,16 +512,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             };
             let kernel = kernel.as_deref().map(parse_kernel).transpose()?;
             let options = run_options(cold)?;
-            let cells: Vec<(Scenario, Cell)> = selected
-                .iter()
-                .flat_map(|scenario| {
-                    scenario
-                        .matrix
-                        .cells()
-                        .into_iter()
-                        .map(|cell| (scenario.clone(), cell))
-                })
-                .collect();
+            let cells = vmrepro::scenario::trials_of(&selected);
             // Sharded first, as the test target does, then filtered.
             let cells = match shard {
                 Some(shard) => shard.select(cells),
@@ -649,15 +634,7 @@ fn print_rows(rows: &[report::Row], format: Format, outputs: Outputs) -> Result<
 
 fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
     let cache = Cache::from_env();
-    let recipe_of = |release: &str| {
-        project.recipes.get(release).ok_or_else(|| {
-            let known: Vec<&str> = project.recipes.keys().map(String::as_str).collect();
-            anyhow::Error::from(UsageError(format!(
-                "no image recipe for release {release:?} (known: {})",
-                known.join(", ")
-            )))
-        })
-    };
+    let recipe_of = |release: &str| project.recipe(release).map_err(anyhow::Error::from);
     match command {
         ImagesCommand::List {
             format: ListFormat::Json,

@@ -96,10 +96,7 @@ fn print_table(shared: &Shared) {
 }
 
 fn cells_of_this_shard(scenarios: Vec<Scenario>) -> Result<Vec<(Scenario, Cell)>, String> {
-    let cells: Vec<(Scenario, Cell)> = scenarios
-        .into_iter()
-        .flat_map(|s| s.matrix.cells().into_iter().map(move |c| (s.clone(), c)))
-        .collect();
+    let cells = vmrepro::scenario::trials_of(&scenarios);
     let Ok(spec) = std::env::var("VMREPRO_SHARD") else {
         return Ok(cells);
     };

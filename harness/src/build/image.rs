@@ -44,14 +44,6 @@ pub(crate) const AUTOLOGIN_BANNER: &str = "(automatic login)";
 /// Why an image could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// No recipe for the release.
-    #[error("no image recipe for release {release:?} in {dir}")]
-    UnknownRelease {
-        /// The release asked for.
-        release: String,
-        /// Where recipes were looked for.
-        dir: PathBuf,
-    },
     /// The release's archive cannot be reached from here.
     #[error("release {release} cannot be fetched here: {reason}")]
     Unreachable {

@@ -12,6 +12,7 @@ use crate::check::capture::{self, Capture, GuestFacts};
 use crate::check::outcome::{
     check_expectations, persistence_diff, write_artifacts, Outcome, StepRecord,
 };
+use crate::check::verdict::Status;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
 use crate::guest::warm::{self, Start, WarmError};
@@ -61,9 +62,39 @@ impl RunOptions {
     }
 }
 
+impl RunError {
+    /// The verdict of a trial that could not run to the end: a guest that
+    /// stopped answering or a step with the wrong exit status is the
+    /// guest's doing (a failure); an image, kernel or QEMU that cannot be
+    /// had is the host's (an error); a release that cannot be fetched is
+    /// skipped.
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
+            RunError::Project(_)
+            | RunError::Image(_)
+            | RunError::Kernel(_)
+            | RunError::Vm(_)
+            | RunError::Warm(_) => Status::Error,
+            RunError::Console(_) | RunError::Step { .. } => Status::Fail,
+        }
+    }
+
+    /// Why the cell's release cannot be fetched, when that is the error.
+    pub fn unreachable(&self) -> Option<&str> {
+        match self {
+            RunError::Image(ImageError::Unreachable { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 /// Why a cell could not be run to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The project has no recipe for the cell's release.
+    #[error(transparent)]
+    Project(#[from] crate::spec::project::ProjectError),
     /// The image (or its release) is not available.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -97,21 +128,6 @@ pub enum RunError {
     },
 }
 
-/// The verdict of a trial that could not run to the end: a guest that
-/// stopped answering or a step with the wrong exit status is the guest's
-/// doing (a failure); an image, kernel or QEMU that cannot be had is the
-/// host's (an error); a release that cannot be fetched is skipped.
-pub(crate) fn error_status(error: &RunError) -> crate::check::verdict::Status {
-    use crate::check::verdict::Status;
-    match error {
-        RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
-        RunError::Image(_) | RunError::Kernel(_) | RunError::Vm(_) | RunError::Warm(_) => {
-            Status::Error
-        }
-        RunError::Console(_) | RunError::Step { .. } => Status::Fail,
-    }
-}
-
 /// A booted guest with a ready shell.
 struct Guest {
     vm: Vm,
@@ -136,13 +152,7 @@ fn bootable(
     options: &RunOptions,
     artifacts: &std::path::Path,
 ) -> Result<Bootable, RunError> {
-    let recipe = project
-        .recipes
-        .get(&cell.release)
-        .ok_or_else(|| ImageError::UnknownRelease {
-            release: cell.release.clone(),
-            dir: project.root.join("images"),
-        })?;
+    let recipe = project.recipe(&cell.release)?;
     let image = image::image(&options.cache, recipe)?;
     let kernel = match cell.kernel {
         KernelFlavour::Stock => image.stock_kernel(),

@@ -53,9 +53,7 @@ pub fn reachable(
     release: &str,
 ) -> Result<(), String> {
     static PROBES: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
-    let Some(recipe) = project.recipes.get(release) else {
-        return Err(format!("no image recipe for release {release:?}"));
-    };
+    let recipe = project.recipe(release).map_err(|e| e.to_string())?;
     if crate::build::image::lookup(cache, recipe).is_some() {
         return Ok(());
     }
@@ -97,29 +95,21 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
             let _ = std::fs::create_dir_all(&artifacts);
             let _ = std::fs::write(
                 artifacts.join("report.md"),
-                report::markdown_error(scenario, &cell.to_string(), cell::error_status(e), e),
+                report::markdown_error(scenario, &cell.to_string(), e.status(), e),
             );
-            let why = match e {
-                RunError::Image(crate::build::image::ImageError::Unreachable {
-                    reason, ..
-                }) => reason.clone(),
-                _ => e.to_string().lines().next().unwrap_or("").to_owned(),
-            };
-            let status = match cell::error_status(e) {
-                Status::Skipped if required(&cell.release) => Status::Error,
-                status => status,
-            };
-            let why = if status == Status::Error
-                && matches!(
-                    e,
-                    RunError::Image(crate::build::image::ImageError::Unreachable { .. })
-                ) {
-                format!(
-                    "{} is required here and cannot be fetched: {why}",
-                    cell.release
-                )
-            } else {
-                why
+            let (status, why) = match (e.unreachable(), required(&cell.release)) {
+                (Some(reason), false) => (Status::Skipped, reason.to_owned()),
+                (Some(reason), true) => (
+                    Status::Error,
+                    format!(
+                        "{} is required here and cannot be fetched: {reason}",
+                        cell.release
+                    ),
+                ),
+                (None, _) => (
+                    e.status(),
+                    e.to_string().lines().next().unwrap_or("").to_owned(),
+                ),
             };
             (
                 Row::without_outcome(&scenario.name, cell, status, &why),

@@ -99,6 +99,15 @@ impl Matrix {
     }
 }
 
+/// Every scenario × cell, in file and matrix order: the list that shards
+/// and filters select trials from.
+pub fn trials_of(scenarios: &[Scenario]) -> Vec<(Scenario, Cell)> {
+    scenarios
+        .iter()
+        .flat_map(|s| s.matrix.cells().into_iter().map(move |c| (s.clone(), c)))
+        .collect()
+}
+
 /// One matrix cell: a release booted with a kernel flavour.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cell {

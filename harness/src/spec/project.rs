@@ -19,6 +19,14 @@ pub enum ProjectError {
     /// A scenario is invalid.
     #[error(transparent)]
     Scenario(#[from] ScenarioError),
+    /// No recipe in `images/` for a release that was asked for.
+    #[error("no image recipe for release {release:?} (known: {known})")]
+    UnknownRelease {
+        /// The release asked for.
+        release: String,
+        /// The releases that have one.
+        known: String,
+    },
     /// A scenario named on the command line does not exist.
     #[error("no scenario named {name:?} (known: {known})")]
     UnknownScenario {
@@ -82,6 +90,16 @@ impl Project {
     /// `scenarios/`.
     pub fn scenarios_dir(&self) -> PathBuf {
         self.root.join("scenarios")
+    }
+
+    /// The recipe of a release, or an error that lists the known ones.
+    pub fn recipe(&self, release: &str) -> Result<&ImageRecipe, ProjectError> {
+        self.recipes
+            .get(release)
+            .ok_or_else(|| ProjectError::UnknownRelease {
+                release: release.to_owned(),
+                known: self.recipes.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// Where a run's artifacts go: `target/vmrepro/<scenario>/<cell>/`.
