@@ -21,6 +21,29 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::host::progress;
 
+/// The process's one tokio runtime: it runs host commands with their
+/// timeouts, the signal handler, and the set of trials. Synchronous code
+/// (a trial's own thread) enters it with [`block_on`].
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("vmrepro-runtime")
+            .enable_all()
+            .build()
+            // Without threads or an epoll instance nothing else could run.
+            .unwrap_or_else(|e| panic!("cannot start the tokio runtime: {e}"))
+    })
+}
+
+/// Runs a future to completion on the runtime, from synchronous code that
+/// is not itself a task of it (the main thread, a test thread, a trial's
+/// blocking thread).
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    runtime().handle().block_on(future)
+}
+
 /// How often a long command reports that it is still running.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -80,14 +103,7 @@ pub(crate) fn run_logged(
     log: &Path,
     timeout: Duration,
 ) -> Result<(), ProcessError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| ProcessError::Io {
-            what: what.to_owned(),
-            source,
-        })?;
-    runtime.block_on(run_logged_async(what, command, log, timeout))
+    block_on(run_logged_async(what, command, log, timeout))
 }
 
 async fn run_logged_async(
@@ -205,14 +221,7 @@ pub(crate) fn output(
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, ProcessError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| ProcessError::Io {
-            what: program.to_owned(),
-            source,
-        })?;
-    runtime.block_on(async {
+    block_on(async {
         let child = tokio::process::Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -354,39 +363,30 @@ impl Supervisor {
         if self.signals_installed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let spawned = std::thread::Builder::new()
-            .name("vmrepro-signals".into())
-            .spawn(|| {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-                        signal(SignalKind::interrupt()),
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::hangup()),
-                    ) else {
-                        return;
-                    };
-                    let number = tokio::select! {
-                        _ = int.recv() => nix::sys::signal::Signal::SIGINT,
-                        _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
-                        _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
-                    };
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "\nvmrepro: interrupted; stopping guests and removing temporary files"
-                    );
-                    Supervisor::global().cleanup_all();
-                    std::process::exit(128 + number as i32);
-                });
-            });
-        if spawned.is_err() {
+        // Registered here, on the caller's thread, so that a signal that
+        // comes right after this returns is already caught.
+        let _entered = runtime().enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
             self.signals_installed.store(false, Ordering::SeqCst);
-        }
+            return;
+        };
+        runtime().spawn(async move {
+            let number = tokio::select! {
+                _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+                _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+                _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
+            };
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nvmrepro: interrupted; stopping guests and removing temporary files"
+            );
+            Supervisor::global().cleanup_all();
+            std::process::exit(128 + number as i32);
+        });
     }
 }

@@ -138,15 +138,12 @@ pub fn check_all<T: Send + 'static>(
     done: fn(&Scenario, &Cell, &Checked) -> T,
 ) -> std::io::Result<Vec<(Checked, T)>> {
     let jobs = jobs.max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(jobs)
-        .enable_all()
-        .build()?;
     let built =
         crate::build::kernel::lookup_linode(&options.cache, &project.linode_kernel).is_some();
     let order = longest_first(&cells, built);
-    runtime.block_on(async {
+    crate::host::process::block_on(async {
+        // A task per trial, each on a blocking thread of its own (the guest
+        // is driven synchronously), at most `jobs` at once.
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut handles = Vec::new();
         for (scenario, cell) in order.iter().map(|&i| cells[i].clone()) {
