@@ -25,19 +25,33 @@ fn main() -> ExitCode {
         Err(why) if !trial::required("bookworm") => Some(why),
         _ => None,
     };
-    let mut exit_statuses = Trial::test("exit_statuses_over_real_guests", exit_statuses);
-    if let Some(why) = guests {
-        eprintln!("cli: exit_statuses_over_real_guests skipped: {why}");
-        exit_statuses = exit_statuses.with_ignored_flag(true);
-    }
+    let with_guests = |name: &str, test: fn() -> Result<(), Failed>| {
+        let trial = Trial::test(name, test);
+        match &guests {
+            Some(why) => {
+                eprintln!("cli: {name} skipped: {why}");
+                trial.with_ignored_flag(true)
+            }
+            None => trial,
+        }
+    };
     let trials = vec![
         Trial::test("a_closed_pipe_ends_quietly", closed_pipe),
-        exit_statuses,
+        with_guests("exit_statuses_over_real_guests", exit_statuses),
+        with_guests("a_trial_whose_qemu_is_killed_fails_at_once", qemu_killed),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// The command with `-q`: results only.
 fn vmrepro(project: &Path) -> Command {
+    let mut command = vmrepro_saying(project);
+    command.arg("-q");
+    command
+}
+
+/// The command, its progress lines on standard error.
+fn vmrepro_saying(project: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmrepro"));
     command
         .env("VMREPRO_ROOT", project)
@@ -47,8 +61,7 @@ fn vmrepro(project: &Path) -> Command {
         .env_remove("INSTA_FORCE_PASS")
         .env_remove("VMREPRO_REQUIRE_ALL")
         .env_remove("VMREPRO_REQUIRE")
-        .env_remove("VMREPRO_SHARD")
-        .arg("-q");
+        .env_remove("VMREPRO_SHARD");
     command
 }
 
@@ -74,6 +87,94 @@ fn closed_pipe() -> Result<(), Failed> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() != Some(0) || stderr.contains("panicked") {
         return Err(format!("status {:?}: {stderr}", output.status).into());
+    }
+    Ok(())
+}
+
+const HANGING: &str = r#"
+name = "hanging"
+description = "A step that would run for ten minutes."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "wait"
+run = "sleep 600"
+timeout = 900
+[[capture]]
+name = "uptime"
+run = "cat /proc/uptime"
+"#;
+
+/// QEMU killed from outside in the middle of a step: the trial fails
+/// within seconds (not when the step's 15-minute timeout runs out), and
+/// says that QEMU ended and how.
+fn qemu_killed() -> Result<(), Failed> {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir()?;
+    let project = dir.path();
+    common::copy(&root().join("images"), &project.join("images"))?;
+    std::fs::create_dir_all(project.join("snapshots"))?;
+    common::copy_text(HANGING, &project.join("scenarios/hanging.toml"))?;
+    let mut child = vmrepro_saying(project)
+        .arg("-v")
+        .args(["run", "hanging"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Until the step runs in the guest.
+    let mut said = Vec::new();
+    let started = Instant::now();
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(300)) {
+            Ok(line) => {
+                let in_step = line.contains("step 1/1 (wait)");
+                said.push(line);
+                if in_step {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!("the step never started ({}s):\n{}", started.elapsed().as_secs(), said.join("\n")).into());
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let qemu = Command::new("pgrep")
+        .args(["-P", &pid.to_string(), "-f", "qemu-system"])
+        .output()?;
+    let qemu_pid = String::from_utf8_lossy(&qemu.stdout).trim().to_owned();
+    if qemu_pid.is_empty() || qemu_pid.contains('\n') {
+        let _ = child.kill();
+        return Err(format!("expected one QEMU child of {pid}, found {qemu_pid:?}").into());
+    }
+    let killed = Instant::now();
+    Command::new("kill").args(["-KILL", &qemu_pid]).status()?;
+    let status = child.wait()?;
+    let seconds = killed.elapsed().as_secs_f64();
+    said.extend(lines.try_iter());
+    let text = said.join("\n");
+    eprintln!("cli: QEMU killed; vmrepro ended {seconds:.1}s later with {status}");
+    if !text.contains("QEMU ended while") || !text.contains("signal: 9") {
+        return Err(format!("the error must say that QEMU ended and how:\n{text}").into());
+    }
+    // The step alone would have run for ten minutes.
+    if seconds > 15.0 {
+        return Err(format!("noticed only after {seconds:.1}s").into());
+    }
+    if status.code() != Some(3) {
+        return Err(format!("exit status {status}, expected 3 (the host could not run it)\n{text}").into());
     }
     Ok(())
 }

@@ -251,7 +251,7 @@ pub enum VmError {
     #[error("starting QEMU: {0}")]
     Spawn(std::io::Error),
     /// QEMU exited while it should have been running.
-    #[error("QEMU exited early ({status}); its output:\n{output}\n--- console tail ---\n{tail}")]
+    #[error("QEMU exited ({status}); its output:\n{output}\n--- console tail ---\n{tail}")]
     Exited {
         /// Exit status.
         status: String,

@@ -18,7 +18,7 @@ use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress;
 use crate::spec::project::Project;
-use crate::spec::{Action, Cell, FirstBoot, KernelFlavour, Scenario, StepStatus};
+use crate::spec::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario, StepStatus};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -72,6 +72,7 @@ impl RunError {
         match self {
             RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
             RunError::Project(_)
+            | RunError::QemuEnded { .. }
             | RunError::Image(_)
             | RunError::Kernel(_)
             | RunError::Vm(_)
@@ -110,6 +111,15 @@ pub enum RunError {
     /// The warm state could not be saved.
     #[error(transparent)]
     Warm(#[from] WarmError),
+    /// QEMU ended while the guest was being driven: killed from outside,
+    /// or crashed. Its exit status and last words say which.
+    #[error("QEMU ended while {during}: {source}")]
+    QemuEnded {
+        /// What the harness was doing (the console's own error).
+        during: String,
+        /// QEMU's exit, with its output and the console tail.
+        source: VmError,
+    },
     /// A step ended with the wrong exit status.
     #[error("step {index} ({title}) exited {got}, expected {expected}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}")]
     Step {
@@ -419,6 +429,66 @@ fn run_steps(
     Ok((steps, before_reboot))
 }
 
+/// What [`drive`] found out.
+type Driven = (
+    Vec<StepRecord>,
+    Vec<Capture>,
+    Vec<Capture>,
+    BTreeMap<String, String>,
+);
+
+/// The flow on a booted guest: the steps, the captures at the end and the
+/// states of the units the cell's expectations name.
+fn drive(
+    guest: &mut Guest,
+    scenario: &Scenario,
+    cell: &Cell,
+    expect: &Expectations,
+    label: &str,
+) -> Result<Driven, RunError> {
+    let (steps, before_reboot) = run_steps(guest, scenario, cell, label)?;
+    progress::note(label, "capturing state");
+    let captures = capture::take(
+        &mut guest.console,
+        &scenario.captures,
+        &guest.facts,
+        "at the end",
+    )?;
+    let mut units = BTreeMap::new();
+    for unit in expect.units.keys() {
+        let out = guest.console.run(
+            &format!("reading the state of {unit}"),
+            &format!("systemctl is-active {}", crate::text::shell_quote(unit)),
+            Duration::from_secs(30),
+        )?;
+        units.insert(unit.clone(), out.stdout.trim().to_owned());
+    }
+    Ok((steps, before_reboot, captures, units))
+}
+
+impl Guest {
+    /// The error to report for one that came from driving the guest: when
+    /// the console failed because QEMU is gone (its socket closed, nothing
+    /// more to read), QEMU's own exit status and output explain it.
+    fn explain(&mut self, error: RunError) -> RunError {
+        let RunError::Console(console) = error else {
+            return error;
+        };
+        match self.vm.check_running() {
+            Err(exit @ VmError::Exited { .. }) => RunError::QemuEnded {
+                during: console
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                source: exit,
+            },
+            _ => RunError::Console(console),
+        }
+    }
+}
+
 /// Runs a scenario on one cell.
 pub fn run_cell(
     project: &Project,
@@ -437,25 +507,12 @@ pub fn run_cell(
         &label,
         &artifacts,
     )?;
-    let (steps, before_reboot) = run_steps(&mut guest, scenario, cell, &label)?;
-
-    progress::note(&label, "capturing state");
-    let captures = capture::take(
-        &mut guest.console,
-        &scenario.captures,
-        &guest.facts,
-        "at the end",
-    )?;
-    let mut units = BTreeMap::new();
     let expect = scenario.expectations_for(cell);
-    for unit in expect.units.keys() {
-        let out = guest.console.run(
-            &format!("reading the state of {unit}"),
-            &format!("systemctl is-active {}", crate::text::shell_quote(unit)),
-            Duration::from_secs(30),
-        )?;
-        units.insert(unit.clone(), out.stdout.trim().to_owned());
-    }
+    let (steps, before_reboot, captures, units) =
+        match drive(&mut guest, scenario, cell, &expect, &label) {
+            Ok(driven) => driven,
+            Err(e) => return Err(guest.explain(e)),
+        };
     let Guest {
         vm,
         facts,
@@ -511,7 +568,9 @@ pub fn shell(
     let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
     let mut guest = boot(project, cell, options, first_boot, &label, &artifacts)?;
     if let Some(scenario) = scenario {
-        run_steps(&mut guest, scenario, cell, &label)?;
+        if let Err(e) = run_steps(&mut guest, scenario, cell, &label) {
+            return Err(guest.explain(e));
+        }
     }
     let (rows, cols) = progress::terminal_size();
     let Guest { vm, console, .. } = guest;

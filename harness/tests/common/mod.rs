@@ -1,5 +1,8 @@
 //! Helpers the test targets share.
 
+// Each test target uses some of them.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 /// The project's root: the folder above the harness crate.
@@ -23,4 +26,12 @@ pub fn copy(from: &Path, to: &Path) -> std::io::Result<()> {
         }
         std::fs::copy(from, to).map(|_| ())
     }
+}
+
+/// Writes `text` to `to`, creating its folder.
+pub fn copy_text(text: &str, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(to, text)
 }
