@@ -126,7 +126,10 @@ fn qemu_killed() -> Result<(), Failed> {
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if lines_tx.send(line).is_err() {
                 break;
             }
@@ -146,7 +149,12 @@ fn qemu_killed() -> Result<(), Failed> {
             }
             Err(_) => {
                 let _ = child.kill();
-                return Err(format!("the step never started ({}s):\n{}", started.elapsed().as_secs(), said.join("\n")).into());
+                return Err(format!(
+                    "the step never started ({}s):\n{}",
+                    started.elapsed().as_secs(),
+                    said.join("\n")
+                )
+                .into());
             }
         }
     }
@@ -174,7 +182,10 @@ fn qemu_killed() -> Result<(), Failed> {
         return Err(format!("noticed only after {seconds:.1}s").into());
     }
     if status.code() != Some(3) {
-        return Err(format!("exit status {status}, expected 3 (the host could not run it)\n{text}").into());
+        return Err(format!(
+            "exit status {status}, expected 3 (the host could not run it)\n{text}"
+        )
+        .into());
     }
     Ok(())
 }

@@ -376,8 +376,17 @@ impl Console {
             ),
         )?;
         self.detached.store(true, Ordering::SeqCst);
-        // Let the reader thread see the flag before handing the port over.
-        std::thread::sleep(Duration::from_millis(400));
+        // The reader thread sees the flag within one socket timeout and
+        // ends with an end of file; until it has, it could take bytes meant
+        // for the interactive session. What it read before that is the
+        // setup command's echo, left behind on purpose.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.session.exp_eof() {
+                Err(rexpect::error::Error::Timeout { .. }) if Instant::now() < deadline => {}
+                _ => break,
+            }
+        }
         Ok(self.stream)
     }
 
@@ -404,7 +413,11 @@ impl Console {
         what: &str,
     ) -> Result<Wait, ConsoleError> {
         loop {
-            match self.session.exp_regex(regex.as_str()) {
+            // The compiled regex, not its text: nothing to compile per poll.
+            match self
+                .session
+                .exp_any(vec![rexpect::ReadUntil::Regex(regex.clone())])
+            {
                 Ok((_, matched)) => return Ok(Wait::Matched(matched)),
                 Err(rexpect::error::Error::Timeout { got, .. }) => {
                     if Instant::now() >= deadline {

@@ -476,12 +476,7 @@ impl Guest {
         };
         match self.vm.check_running() {
             Err(exit @ VmError::Exited { .. }) => RunError::QemuEnded {
-                during: console
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
+                during: console.to_string().lines().next().unwrap_or("").to_owned(),
                 source: exit,
             },
             _ => RunError::Console(console),
