@@ -61,11 +61,12 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
         .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
         .to_path_buf();
     std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
-    progress::set_live(false);
+    // Progress as plain lines, between the figures.
+    let events = progress::Events::new(std::sync::Arc::new(progress::Terminal::new(false, false)));
     let project = Project::open(&root)?;
-    tools::ensure_tools()?;
+    tools::ensure_tools(&events)?;
     let accel = vm::choose_accel()?;
-    let options = RunOptions::new(Cache::from_env(), accel.clone());
+    let options = RunOptions::new(Cache::from_env().with_events(events), accel.clone());
     let rounds: usize = std::env::var("VMREPRO_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -14,7 +14,11 @@
 //! - `run`: one scenario on one cell through all of the above, and many
 //!   cells at once;
 //! - `host`: the machine the harness runs on (host tools, supervised
-//!   processes, progress output), which every layer may use.
+//!   processes, progress events), which every layer may use.
+//!
+//! No layer prints: each emits progress events to the `Events` handle it
+//! is given (through the cache and the run options), and the caller chooses
+//! the reporter: live or plain lines on a terminal, or none.
 //!
 //! The layers are private. What the command line, the test targets and the
 //! benchmark need is re-exported below, grouped by what it is for.
@@ -112,7 +116,7 @@ pub mod tools {
     };
 }
 
-/// Progress output on standard error.
+/// Progress: the events the layers emit, and the terminal that renders them.
 pub mod progress {
-    pub use crate::host::progress::{println, set_live, set_quiet, stop_live, terminal_size};
+    pub use crate::host::progress::{terminal_size, Event, Events, Reporter, Terminal};
 }

@@ -4,15 +4,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use vmrepro::cache::Cache;
+use vmrepro::progress::{Events, Terminal};
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
 use vmrepro::trial::{self, RunError, RunOptions};
-use vmrepro::{image, kernel, progress, report, tools, vm};
+use vmrepro::{image, kernel, report, tools, vm};
 
 use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
@@ -330,8 +332,9 @@ enum ImagesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    progress::set_quiet(cli.quiet);
-    progress::set_live(!cli.verbose && !cli.quiet);
+    // Progress is rendered here, on standard error: live lines on a
+    // terminal, plain ones with -v or off a terminal, none with -q.
+    let terminal = Arc::new(Terminal::new(cli.quiet, !cli.verbose));
     // The library reads these settings from the environment; the options
     // (which clap already filled from the same variables) win. Set here,
     // before any thread starts.
@@ -357,6 +360,8 @@ fn main() -> ExitCode {
     std::env::remove_var("VMREPRO_FIRST_BOOT");
     let outputs = Outputs {
         colour: cli.color.wanted(),
+        events: Events::new(terminal.clone()),
+        terminal,
     };
     match dispatch(cli.command, cold, outputs) {
         Ok(code) => ExitCode::from(code),
@@ -396,17 +401,28 @@ fn classify(error: &anyhow::Error) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-/// How results are shown.
-#[derive(Clone, Copy)]
+/// How results and progress are shown.
+#[derive(Clone)]
 struct Outputs {
     colour: bool,
+    /// What the library's layers report their progress to.
+    events: Events,
+    /// Renders `events`; the interactive shell stops its live lines.
+    terminal: Arc<Terminal>,
+}
+
+impl Outputs {
+    /// The cache, reporting its builds to the terminal.
+    fn cache(&self) -> Cache {
+        Cache::from_env().with_events(self.events.clone())
+    }
 }
 
 fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     // The host commands need no project: they check and fix this machine.
     match command {
-        Command::Setup => return setup(),
+        Command::Setup => return setup(&outputs),
         Command::Doctor { format } => return doctor(Project::discover(&cwd).ok().as_ref(), format),
         _ => {}
     }
@@ -442,11 +458,11 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             }
             Ok(EXIT_PASS)
         }
-        Command::Images(command) => images(&project, command),
+        Command::Images(command) => images(&project, command, &outputs),
         Command::Matrix { format } => {
             let mut rows = report::load_rows(&project.artifacts_root());
             report::sort_rows(&mut rows);
-            print_rows(&rows, format, outputs)?;
+            print_rows(&rows, format, &outputs)?;
             Ok(EXIT_PASS)
         }
         Command::Setup | Command::Doctor { .. } => unreachable!("answered above"),
@@ -460,8 +476,13 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 release: project.recipe(&release)?.release.clone(),
                 kernel: parse_kernel(&kernel)?,
             };
-            let options = run_options(cold)?;
-            trial::shell(&project, scenario.as_ref(), &cell, &options, interactive)?;
+            let options = run_options(cold, &outputs)?;
+            let terminal = outputs.terminal.clone();
+            trial::shell(&project, scenario.as_ref(), &cell, &options, |stream| {
+                // The terminal is the shell's now.
+                terminal.stop_live();
+                interactive(stream)
+            })?;
             eprintln!("\nvmrepro: left the shell; the guest is stopped");
             Ok(EXIT_PASS)
         }
@@ -474,7 +495,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
         } => {
             let scenario = project.scenario(&scenario)?;
             let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
-            let options = run_options(cold)?;
+            let options = run_options(cold, &outputs)?;
             // The same path as `run` and the test target, so the same cell
             // gets the same verdict and exit status through all three.
             let checked = trial::check(&project, &scenario, &cell, &options);
@@ -511,7 +532,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                     .collect::<Result<_, _>>()?
             };
             let kernel = kernel.as_deref().map(parse_kernel).transpose()?;
-            let options = run_options(cold)?;
+            let options = run_options(cold, &outputs)?;
             let cells = vmrepro::scenario::trials_of(&selected);
             // Sharded first, as the test target does, then filtered.
             let cells = match shard {
@@ -531,7 +552,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             let jobs = jobs
                 .unwrap_or_else(|| trial::default_jobs(options.machine.memory_mib))
                 .max(1);
-            progress::println(&format!(
+            outputs.events.line(&format!(
                 "vmrepro: {} cell(s), {jobs} at a time",
                 cells.len()
             ));
@@ -542,21 +563,21 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 .map(|(checked, _)| checked.row)
                 .collect();
             report::sort_rows(&mut rows);
-            print_rows(&rows, format, outputs)?;
+            print_rows(&rows, format, &outputs)?;
             Ok(worst)
         }
     }
 }
 
-fn run_options(cold: bool) -> Result<RunOptions> {
-    tools::ensure_tools()?;
+fn run_options(cold: bool, outputs: &Outputs) -> Result<RunOptions> {
+    tools::ensure_tools(&outputs.events)?;
     let accel = vm::choose_accel()?;
-    progress::println(&format!(
+    outputs.events.line(&format!(
         "vmrepro: accelerator {} ({})",
         accel.accel.name(),
         accel.reason
     ));
-    let mut options = RunOptions::new(Cache::from_env(), accel)
+    let mut options = RunOptions::new(outputs.cache(), accel)
         .with_first_boot_from_env()
         .map_err(UsageError)?;
     if cold {
@@ -608,7 +629,7 @@ fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
     }
 }
 
-fn print_rows(rows: &[report::Row], format: Format, outputs: Outputs) -> Result<()> {
+fn print_rows(rows: &[report::Row], format: Format, outputs: &Outputs) -> Result<()> {
     let colour = outputs.colour;
     match format {
         Format::Text if rows.is_empty() => {
@@ -632,8 +653,8 @@ fn print_rows(rows: &[report::Row], format: Format, outputs: Outputs) -> Result<
     Ok(())
 }
 
-fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
-    let cache = Cache::from_env();
+fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Result<u8> {
+    let cache = outputs.cache();
     let recipe_of = |release: &str| project.recipe(release).map_err(anyhow::Error::from);
     match command {
         ImagesCommand::List {
@@ -664,7 +685,7 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
             kernel_only,
             no_kernel,
         } => {
-            tools::ensure_tools()?;
+            tools::ensure_tools(&outputs.events)?;
             if !no_kernel {
                 let kernel = kernel::linode(&cache, &project.linode_kernel)?;
                 out!(
@@ -725,14 +746,14 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
         }
         ImagesCommand::Key { release, kernel } => {
             if kernel {
-                out!("{}", kernel::key(&project.linode_kernel)?);
+                out!("{}", kernel::key(&cache, &project.linode_kernel)?);
             } else if let Some(release) = release {
                 out!("{}", image::key(recipe_of(&release)?));
             }
             Ok(EXIT_PASS)
         }
         ImagesCommand::Import { release, file } => {
-            tools::ensure_tools()?;
+            tools::ensure_tools(&outputs.events)?;
             let recipe = recipe_of(&release)?;
             let imported = image::import(&cache, recipe, &file)?;
             out!(
@@ -747,8 +768,8 @@ fn images(project: &Project, command: ImagesCommand) -> Result<u8> {
 }
 
 /// `vmrepro setup`: installs what the host lacks and says what it has.
-fn setup() -> Result<u8> {
-    tools::ensure_tools()?;
+fn setup(outputs: &Outputs) -> Result<u8> {
+    tools::ensure_tools(&outputs.events)?;
     for tool in tools::TOOLS {
         let version = tools::tool_version(tool.command).unwrap_or_else(|| "installed".into());
         out!("{:<20} {version}", tool.command);
@@ -1029,7 +1050,6 @@ fn interactive(stream: std::os::unix::net::UnixStream) -> std::io::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    progress::stop_live();
     eprintln!("vmrepro: root shell in the guest; Ctrl-] leaves and stops the guest\r");
     let _raw = RawTerminal::enter();
     let done = Arc::new(AtomicBool::new(false));

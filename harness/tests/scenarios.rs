@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmrepro::cache::Cache;
+use vmrepro::progress::{Events, Terminal};
 use vmrepro::project::Project;
 use vmrepro::scenario::{Cell, Scenario, Shard};
 use vmrepro::trial::RunOptions;
@@ -187,14 +188,17 @@ impl Shared {
     fn options(&self) -> Result<RunOptions, String> {
         self.host
             .get_or_init(|| {
-                tools::ensure_tools().map_err(|e| e.to_string())?;
+                let events = Events::new(Arc::new(Terminal::new(false, false)));
+                tools::ensure_tools(&events).map_err(|e| e.to_string())?;
                 let accel = vm::choose_accel().map_err(|e| e.to_string())?;
                 eprintln!(
                     "vmrepro: accelerator {} ({})",
                     accel.accel.name(),
                     accel.reason
                 );
-                RunOptions::new(Cache::from_env(), accel).with_first_boot_from_env()
+                // Progress as plain lines, in the test output.
+                RunOptions::new(Cache::from_env().with_events(events), accel)
+                    .with_first_boot_from_env()
             })
             .clone()
     }

@@ -391,7 +391,9 @@ fn cache_keys() -> Result<(), Failed> {
         };
         let (key, path) = (get("key"), get("path"));
         let harness_key = match what {
-            "kernel" => vmrepro::kernel::key(&project.linode_kernel).map_err(|e| e.to_string())?,
+            "kernel" => {
+                vmrepro::kernel::key(&cache, &project.linode_kernel).map_err(|e| e.to_string())?
+            }
             release => vmrepro::image::key(&project.recipes[release]),
         };
         let expected_path = cache.root().join(kind).join(&harness_key);

@@ -17,12 +17,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::host::process::Supervisor;
-use crate::host::progress;
+use crate::host::progress::Events;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// Where builds report their progress.
+    events: Events,
 }
 
 /// Why the cache failed.
@@ -88,13 +90,30 @@ impl Cache {
             })
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vmrepro")))
             .unwrap_or_else(|| std::env::temp_dir().join("vmrepro-cache"));
-        Cache { root }
+        Cache {
+            root,
+            events: Events::silent(),
+        }
+    }
+
+    /// The same cache, with builds reporting their progress to `events`.
+    pub fn with_events(mut self, events: Events) -> Cache {
+        self.events = events;
+        self
+    }
+
+    /// Where the work done for this cache reports its progress.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
     }
 
     /// A cache at an explicit directory.
     #[cfg(test)]
     pub(crate) fn at(root: impl Into<PathBuf>) -> Cache {
-        Cache { root: root.into() }
+        Cache {
+            root: root.into(),
+            events: Events::silent(),
+        }
     }
 
     /// The cache's directory.
@@ -130,7 +149,8 @@ impl Cache {
         let lock_path = parent.join(format!("{key}.lock"));
         let lock = File::create(&lock_path).map_err(io_error(&lock_path))?;
         if lock.try_lock().is_err() {
-            progress::note(label, "another vmrepro is building this; waiting for it");
+            self.events
+                .note(label, "another vmrepro is building this; waiting for it");
             lock.lock().map_err(io_error(&lock_path))?;
         }
         // Under the lock: another process may have finished the entry, and
@@ -139,7 +159,7 @@ impl Cache {
         match read_entry::<M>(&dir) {
             Ok(entry) => return Ok(entry),
             Err(why) if dir.exists() => {
-                progress::note(
+                self.events.note(
                     label,
                     &format!(
                         "cache entry {} is incomplete or corrupt ({why}); rebuilding",
@@ -169,7 +189,7 @@ impl Cache {
             Err(e) => {
                 let logs = self.failed_logs_dir(kind, key);
                 keep_logs(work.path(), &logs);
-                progress::note(
+                self.events.note(
                     label,
                     &format!("build failed; its logs are kept in {}", logs.display()),
                 );

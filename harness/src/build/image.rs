@@ -23,7 +23,7 @@ use crate::build::cache::{Cache, CacheError};
 use crate::build::kernel::Kernel;
 use crate::host;
 use crate::host::process::{self, ProcessError};
-use crate::host::progress;
+use crate::host::progress::Events;
 use crate::spec::recipe::ImageRecipe;
 use crate::spec::KernelFlavour;
 
@@ -245,11 +245,13 @@ pub fn image(cache: &Cache, recipe: &ImageRecipe) -> Result<Image, ImageError> {
         return Ok(image);
     }
     let label = format!("image {}", recipe.release);
-    let entry = cache.get_or_build(KIND, &key(recipe), &label, |work| build(recipe, work))?;
+    let entry = cache.get_or_build(KIND, &key(recipe), &label, |work| {
+        build(cache.events(), recipe, work)
+    })?;
     Ok(image_of(entry))
 }
 
-fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
+fn build(events: &Events, recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
     let label = format!("image {}", recipe.release);
     let started = Instant::now();
     let failed = |source| ImageError::Build {
@@ -266,7 +268,7 @@ fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
             ),
         });
     }
-    progress::note(
+    events.note(
         &label,
         &format!(
             "bootstrapping {} with mmdebstrap from {} (a minute or two)",
@@ -277,18 +279,19 @@ fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
         ),
     );
     process::run_logged(
+        events,
         &format!("{label}: mmdebstrap"),
         recipe.bootstrap_command(&tree),
         &work.join("mmdebstrap.log"),
         Duration::from_secs(1800),
     )
     .map_err(failed)?;
-    let manifest = finish_tree(recipe, &tree, work, "mmdebstrap".into())?;
+    let manifest = finish_tree(events, recipe, &tree, work, "mmdebstrap".into())?;
     let manifest = Manifest {
         build_seconds: started.elapsed().as_secs_f64(),
         ..manifest
     };
-    progress::finish(
+    events.finish(
         &label,
         &format!(
             "built in {:.0}s ({} MiB disk)",
@@ -305,6 +308,7 @@ fn build(recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
 /// From a root tree to the entry's files: shaped tree, stock kernel and
 /// initrd copied out, ext4, qcow2. Removes the tree.
 fn finish_tree(
+    events: &Events,
     recipe: &ImageRecipe,
     tree: &Path,
     work: &Path,
@@ -319,14 +323,15 @@ fn finish_tree(
         release: recipe.release.clone(),
         message,
     };
-    progress::note(&label, "preparing the guest for the harness");
+    events.note(&label, "preparing the guest for the harness");
     shape_tree(tree).map_err(tree_error)?;
     let stock_kernel_release = copy_stock_kernel(tree, work).map_err(tree_error)?;
     let packages = installed_packages(tree);
 
-    progress::note(&label, "making the ext4 file system and the qcow2 disk");
+    events.note(&label, "making the ext4 file system and the qcow2 disk");
     let raw = work.join("rootfs.raw");
     process::run_logged(
+        events,
         &format!("{label}: mke2fs"),
         recipe.mke2fs_command(tree, &raw),
         &work.join("mke2fs.log"),
@@ -341,6 +346,7 @@ fn finish_tree(
         .arg(&raw)
         .arg(&disk);
     process::run_logged(
+        events,
         &format!("{label}: qemu-img convert"),
         convert,
         &work.join("qemu-img.log"),
@@ -388,6 +394,7 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
     .iter()
     .any(|ext| name.ends_with(ext));
     let _ = cache.remove(|row| row.kind == IMPORTS && row.name == recipe.release);
+    let events = cache.events();
     let entry = cache.get_or_build(IMPORTS, &recipe.release, &label, |work| {
         let started = Instant::now();
         let tree = work.join("root");
@@ -403,8 +410,9 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
                 .arg("-C")
                 .arg(&tree)
                 .arg("--numeric-owner");
-            progress::note(&label, &format!("unpacking {}", file.display()));
+            events.note(&label, &format!("unpacking {}", file.display()));
             process::run_logged(
+                events,
                 &format!("{label}: tar"),
                 tar,
                 &work.join("tar.log"),
@@ -415,8 +423,9 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
             let raw = work.join("disk.raw");
             let mut convert = Command::new("qemu-img");
             convert.args(["convert", "-O", "raw"]).arg(&file).arg(&raw);
-            progress::note(&label, &format!("reading {}", file.display()));
+            events.note(&label, &format!("reading {}", file.display()));
             process::run_logged(
+                events,
                 &format!("{label}: qemu-img convert"),
                 convert,
                 &work.join("qemu-img.log"),
@@ -434,6 +443,7 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
                 .arg(format!("rdump / {}", tree.display()))
                 .arg(format!("{}?offset={offset}", raw.display()));
             process::run_logged(
+                events,
                 &format!("{label}: debugfs rdump"),
                 debugfs,
                 &work.join("debugfs.log"),
@@ -442,7 +452,13 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
             .map_err(failed)?;
             fs::remove_file(&raw).map_err(io_error(&raw))?;
         }
-        let manifest = finish_tree(recipe, &tree, work, format!("import of {}", file.display()))?;
+        let manifest = finish_tree(
+            events,
+            recipe,
+            &tree,
+            work,
+            format!("import of {}", file.display()),
+        )?;
         Ok::<_, ImageError>(Manifest {
             build_seconds: started.elapsed().as_secs_f64(),
             ..manifest

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::cache::{Cache, CacheError};
 use crate::host::process::{self, ProcessError};
-use crate::host::progress;
+use crate::host::progress::Events;
 use crate::host::{self, HostError};
 use crate::spec::recipe::KernelRecipe;
 use crate::spec::KernelFlavour;
@@ -102,11 +102,15 @@ impl KernelRecipe {
 
 /// The cache key of the Linode-style kernel on this host (it depends on the
 /// installed source package, which is installed first if allowed).
-pub fn key(recipe: &KernelRecipe) -> Result<String, KernelError> {
+pub fn key(cache: &Cache, recipe: &KernelRecipe) -> Result<String, KernelError> {
     let packages: Vec<&str> = std::iter::once(recipe.source_package.as_str())
         .chain(BUILD_PACKAGES.iter().copied())
         .collect();
-    host::ensure_packages("building the Linode-style kernel", &packages)?;
+    host::ensure_packages(
+        cache.events(),
+        "building the Linode-style kernel",
+        &packages,
+    )?;
     let source_version = host::package_version(&recipe.source_package)
         .ok_or_else(|| KernelError::Other(format!("{} is not installed", recipe.source_package)))?;
     Ok(recipe.key(&source_version))
@@ -118,10 +122,10 @@ pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelErro
     if let Some(kernel) = lookup_linode(cache, recipe) {
         return Ok(kernel);
     }
-    let key = key(recipe)?;
+    let key = key(cache, recipe)?;
     let source_version = host::package_version(&recipe.source_package).unwrap_or_default();
     let entry = cache.get_or_build(KIND, &key, "kernel linode", |work| {
-        build(recipe, &source_version, work)
+        build(cache.events(), recipe, &source_version, work)
     })?;
     Ok(Kernel {
         flavour: KernelFlavour::Linode,
@@ -144,6 +148,7 @@ pub fn lookup_linode(cache: &Cache, recipe: &KernelRecipe) -> Option<Kernel> {
 }
 
 fn build(
+    events: &Events,
     recipe: &KernelRecipe,
     source_version: &str,
     work: &Path,
@@ -167,6 +172,7 @@ fn build(
         |what: &str, mut command: Command, cwd: &Path, timeout: u64| -> Result<(), KernelError> {
             command.current_dir(cwd);
             process::run_logged(
+                events,
                 &format!("{label}: {what}"),
                 command,
                 &log,
@@ -175,7 +181,7 @@ fn build(
             Ok(())
         };
 
-    progress::note(
+    events.note(
         label,
         &format!("unpacking {} {source_version}", recipe.source_package),
     );
@@ -189,7 +195,7 @@ fn build(
         .find(|p| p.join("Makefile").exists())
         .ok_or_else(|| KernelError::Other("the source tarball has no kernel tree".into()))?;
 
-    progress::note(
+    events.note(
         label,
         "configuring: allnoconfig plus images/kernels/linode.config",
     );
@@ -218,7 +224,7 @@ fn build(
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    progress::note(
+    events.note(
         label,
         &format!("compiling with {jobs} jobs (a few minutes; progress every 15s)"),
     );
@@ -239,7 +245,7 @@ fn build(
     std::fs::remove_dir_all(&src_parent).map_err(|e| KernelError::Other(e.to_string()))?;
     let _ = std::fs::remove_file(&fragment);
     let build_seconds = started.elapsed().as_secs_f64();
-    progress::finish(label, &format!("{release} built in {build_seconds:.0}s"));
+    events.finish(label, &format!("{release} built in {build_seconds:.0}s"));
     Ok(KernelManifest {
         release,
         source_version: source_version.to_owned(),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::build::kernel::Kernel;
 use crate::host::process::{self, Registration, Supervisor};
+use crate::host::progress::Events;
 
 /// How many console lines an error message carries.
 pub(crate) const TAIL_LINES: usize = 30;
@@ -221,6 +222,8 @@ pub(crate) struct VmConfig {
     /// A state saved by [`Vm::save_state`] to resume instead of booting;
     /// `base_disk` must then be the disk saved with it.
     pub(crate) resume_from: Option<PathBuf>,
+    /// Where starting, saving and booting this guest report progress.
+    pub(crate) events: Events,
 }
 
 impl VmConfig {
@@ -338,6 +341,7 @@ impl Vm {
             .arg(&base)
             .arg(&overlay);
         process::run_logged(
+            &config.events,
             "creating the overlay",
             create,
             &workdir.path().join("qemu-img.log"),

@@ -23,7 +23,6 @@ use crate::build::image::AUTOLOGIN_BANNER;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{Vm, VmConfig, VmError};
 use crate::host;
-use crate::host::progress;
 
 /// The cache kind saved states live under.
 pub const KIND: &str = "warm";
@@ -174,7 +173,7 @@ fn save(
     boot_timeout: Duration,
     label: &str,
 ) -> Result<WarmMeta, WarmError> {
-    progress::note(
+    config.events.note(
         label,
         &format!(
             "booting once to save a warm state (kernel {})",
@@ -218,7 +217,7 @@ fn save(
         .map_err(vm_error("saving the booted guest"))?;
     vm.quit().map_err(vm_error("stopping the saved guest"))?;
     let save_seconds = saving.elapsed().as_secs_f64();
-    progress::note(
+    config.events.note(
         label,
         &format!(
             "warm state saved: shell after {boot_seconds:.1}s, system {system_state} after {settled_seconds:.1}s, {:.0} MiB saved in {save_seconds:.1}s",
@@ -360,6 +359,7 @@ mod tests {
             artifacts: dir.join("artifacts"),
             keep_overlay: None,
             resume_from: None,
+            events: crate::host::progress::Events::silent(),
         }
     }
 

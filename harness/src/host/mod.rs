@@ -19,6 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::host::process::ProcessError;
+use crate::host::progress::Events;
 
 /// A host program the harness needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ pub(crate) fn missing_tools() -> Vec<Tool> {
 ///
 /// Installing is allowed when running as root on a host with `apt-get`,
 /// unless `VMREPRO_NO_INSTALL=1`.
-pub fn ensure_tools() -> Result<(), HostError> {
+pub fn ensure_tools(events: &Events) -> Result<(), HostError> {
     let missing = missing_tools();
     if missing.is_empty() {
         return Ok(());
@@ -133,7 +134,7 @@ pub fn ensure_tools() -> Result<(), HostError> {
         });
     }
     for tool in &missing {
-        progress::note(
+        events.note(
             "host setup",
             &format!(
                 "installing {} ({}: {})",
@@ -141,7 +142,7 @@ pub fn ensure_tools() -> Result<(), HostError> {
             ),
         );
     }
-    plan.install(&missing)
+    plan.install(events, &missing)
 }
 
 /// How to install the tools on this host.
@@ -197,8 +198,8 @@ impl InstallPlan {
         lines.join("\n")
     }
 
-    fn install(&self, tools: &[Tool]) -> Result<(), HostError> {
-        let apt = apt_get;
+    fn install(&self, events: &Events, tools: &[Tool]) -> Result<(), HostError> {
+        let apt = |what: &str, args: &[&str]| apt_get(events, what, args);
         apt("apt-get update", &["update"])?;
         let (qemu, rest): (Vec<&Tool>, Vec<&Tool>) =
             tools.iter().partition(|t| t.package.starts_with("qemu-"));
@@ -209,7 +210,7 @@ impl InstallPlan {
                     let source = format!(
                         "Types: deb\nURIs: {mirror}\nSuites: {codename}-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
                     );
-                    progress::note(
+                    events.note(
                         "host setup",
                         &format!(
                             "qemu-utils here is newer than {codename} offers; taking QEMU from {codename}-backports ({})",
@@ -290,7 +291,11 @@ pub fn package_version(package: &str) -> Option<String> {
 
 /// Makes sure Debian packages are installed, installing them when allowed
 /// (as [`ensure_tools`] does for the basic tools).
-pub(crate) fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), HostError> {
+pub(crate) fn ensure_packages(
+    events: &Events,
+    purpose: &str,
+    packages: &[&str],
+) -> Result<(), HostError> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -306,12 +311,13 @@ pub(crate) fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), Ho
             hint: format!("{purpose} needs them; vmrepro does not install them because {why}. Run, as root:\n{command}"),
         });
     }
-    progress::note(
+    events.note(
         "host setup",
         &format!("installing {} ({purpose})", missing.join(" ")),
     );
-    apt_get("apt-get update", &["update"])?;
+    apt_get(events, "apt-get update", &["update"])?;
     apt_get(
+        events,
         &format!("installing packages for {purpose}"),
         &[vec!["install", "-y"], missing].concat(),
     )
@@ -319,11 +325,12 @@ pub(crate) fn ensure_packages(purpose: &str, packages: &[&str]) -> Result<(), Ho
 
 /// Runs apt-get non-interactively, saying what it runs, with its output in
 /// a log file whose tail goes into the error.
-fn apt_get(what: &str, args: &[&str]) -> Result<(), HostError> {
+fn apt_get(events: &Events, what: &str, args: &[&str]) -> Result<(), HostError> {
     let mut command = Command::new("apt-get");
     command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-    progress::note("host setup", &format!("apt-get {}", args.join(" ")));
+    events.note("host setup", &format!("apt-get {}", args.join(" ")));
     process::run_logged(
+        events,
         what,
         command,
         &std::env::temp_dir().join("vmrepro-host-setup.log"),

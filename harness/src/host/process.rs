@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::host::progress;
+use crate::host::progress::Events;
 
 /// The process's one tokio runtime: it runs host commands with their
 /// timeouts, the signal handler, and the set of trials. Synchronous code
@@ -98,15 +98,17 @@ pub enum ProcessError {
 /// The command runs in its own process group; on timeout the whole group is
 /// killed, so helpers it started (apt, dpkg) go too.
 pub(crate) fn run_logged(
+    events: &Events,
     what: &str,
     command: std::process::Command,
     log: &Path,
     timeout: Duration,
 ) -> Result<(), ProcessError> {
-    block_on(run_logged_async(what, command, log, timeout))
+    block_on(run_logged_async(events, what, command, log, timeout))
 }
 
 async fn run_logged_async(
+    events: &Events,
     what: &str,
     command: std::process::Command,
     log: &Path,
@@ -182,7 +184,7 @@ async fn run_logged_async(
             },
             status = child.wait(), if !output_open => break status.map_err(io_err)?,
             _ = heartbeat.tick() => {
-                progress::note(what, &format!(
+                events.note(what, &format!(
                     "still running ({}s){}",
                     started.elapsed().as_secs(),
                     if last_line.is_empty() { String::new() } else { format!(": {}", crate::text::ellipsize(&last_line, 100)) }

@@ -16,7 +16,7 @@ use crate::check::verdict::Status;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
 use crate::guest::warm::{self, Start, WarmError};
-use crate::host::progress;
+use crate::host::progress::Events;
 use crate::spec::project::Project;
 use crate::spec::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario, StepStatus};
 
@@ -141,6 +141,8 @@ pub enum RunError {
 /// A booted guest with a ready shell.
 struct Guest {
     vm: Vm,
+    /// Where driving the guest reports progress.
+    events: Events,
     console: Console,
     facts: GuestFacts,
     start: Start,
@@ -180,6 +182,7 @@ fn bootable(
             artifacts: artifacts.to_owned(),
             keep_overlay: None,
             resume_from: None,
+            events: options.cache.events().clone(),
         },
         packages: image.manifest.packages.clone(),
         image_origin: image.manifest.origin.clone(),
@@ -202,7 +205,7 @@ fn cold_boot(
     accel: &str,
     timeout: Duration,
 ) -> Result<(Vm, Console, BootTimes), RunError> {
-    progress::note(
+    config.events.note(
         label,
         &format!(
             "booting with kernel {} ({accel}; {})",
@@ -217,7 +220,7 @@ fn cold_boot(
     let shell_seconds = vm.uptime().as_secs_f64();
     let system_state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
     let settled_seconds = vm.uptime().as_secs_f64();
-    progress::note(
+    config.events.note(
         label,
         &format!(
             "shell after {shell_seconds:.1}s, system {system_state} after {settled_seconds:.1}s"
@@ -298,17 +301,20 @@ fn boot(
             BOOT_TIMEOUT,
             label,
         )?;
-        progress::note(label, &format!("resuming the saved state {}", saved.key));
+        config
+            .events
+            .note(label, &format!("resuming the saved state {}", saved.key));
         match warm::resume(&saved, &config, BOOT_TIMEOUT) {
             Ok(resumed) => {
                 let mut console = resumed.console;
-                progress::note(
+                config.events.note(
                     label,
                     &format!("shell after {:.1}s (resumed)", resumed.seconds),
                 );
                 let facts = GuestFacts::read(&mut console)?;
                 return Ok(Guest {
                     vm: resumed.vm,
+                    events: config.events.clone(),
                     console,
                     facts,
                     start: Start::Warm { key: saved.key },
@@ -327,7 +333,9 @@ fn boot(
                     .filter(|l| !l.is_empty())
                     .collect::<Vec<_>>()
                     .join(" ");
-                progress::note(label, &format!("{reason}; booting cold instead"));
+                config
+                    .events
+                    .note(label, &format!("{reason}; booting cold instead"));
                 start = Start::ColdAfterWarmFailed { reason };
                 let _ = std::fs::remove_dir_all(artifacts);
             }
@@ -338,6 +346,7 @@ fn boot(
     let facts = GuestFacts::read(&mut console)?;
     Ok(Guest {
         vm,
+        events: config.events.clone(),
         console,
         facts,
         start,
@@ -366,7 +375,9 @@ fn run_steps(
         let index = i + 1;
         let what = format!("step {index}/{total} ({})", step.title);
         if Some(i) == last_reboot && !scenario.captures.is_empty() {
-            progress::note(label, "capturing state before the reboot");
+            guest
+                .events
+                .note(label, "capturing state before the reboot");
             before_reboot = capture::take(
                 &mut guest.console,
                 &scenario.captures,
@@ -374,7 +385,7 @@ fn run_steps(
                 "before the reboot",
             )?;
         }
-        progress::note(label, &what);
+        guest.events.note(label, &what);
         let step_started = Instant::now();
         let expected = step.status_for(cell);
         let output = match &step.action {
@@ -395,7 +406,7 @@ fn run_steps(
                     &format!("{what}: systemd to finish booting"),
                     SETTLE_TIMEOUT,
                 )?;
-                progress::note(
+                guest.events.note(
                     label,
                     &format!(
                         "back after {:.1}s, system {state}",
@@ -447,7 +458,7 @@ fn drive(
     label: &str,
 ) -> Result<Driven, RunError> {
     let (steps, before_reboot) = run_steps(guest, scenario, cell, label)?;
-    progress::note(label, "capturing state");
+    guest.events.note(label, "capturing state");
     let captures = capture::take(
         &mut guest.console,
         &scenario.captures,
@@ -518,7 +529,7 @@ pub fn run_cell(
         ..
     } = guest;
     vm.stop();
-    progress::finish(
+    options.cache.events().finish(
         &label,
         &format!("done in {:.1}s", started.elapsed().as_secs_f64()),
     );
@@ -567,7 +578,7 @@ pub fn shell(
             return Err(guest.explain(e));
         }
     }
-    let (rows, cols) = progress::terminal_size();
+    let (rows, cols) = crate::host::progress::terminal_size();
     let Guest { vm, console, .. } = guest;
     let stream = console.into_interactive(&format!("[vmrepro {cell}] \\w# "), rows, cols)?;
     let result = interact(stream);
