@@ -11,12 +11,14 @@
 //! and by the kernel (`PR_SET_PDEATHSIG`) if the harness dies any other way.
 
 use std::fs::{self, File};
-use std::io::{BufRead as _, BufReader, Write as _};
+
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
+use tokio::process::Child;
 
 use crate::build::kernel::Kernel;
 use crate::host::process::{self, Registration, Supervisor};
@@ -391,9 +393,19 @@ impl Vm {
             .stderr(Stdio::from(log2))
             .process_group(0);
         crate::host::process::die_with_parent(&mut qemu);
-        let child = qemu.spawn().map_err(VmError::Spawn)?;
-        let registration_qemu =
-            Supervisor::global().register(Some(child.id() as i32), Some(workdir.path().to_owned()));
+        // A tokio child, killed if it is dropped: no path out of here or
+        // out of the trial leaves a QEMU running.
+        let child = {
+            let _runtime = process::runtime().enter();
+            tokio::process::Command::from(qemu)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(VmError::Spawn)?
+        };
+        let registration_qemu = Supervisor::global().register(
+            child.id().map(|pid| pid as i32),
+            Some(workdir.path().to_owned()),
+        );
         drop(registration);
 
         let mut vm_child = child;
@@ -404,8 +416,10 @@ impl Vm {
         let (control, qmp) = match connected {
             Ok(pair) => pair,
             Err(e) => {
-                let _ = vm_child.kill();
-                let status = vm_child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let _ = vm_child.start_kill();
+                let status = process::block_on(vm_child.wait())
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 return Err(match e {
                     ConnectError::Exited => VmError::Exited {
                         status,
@@ -487,23 +501,17 @@ impl Vm {
     /// Asks QEMU to exit cleanly (closing the disk), and waits for it.
     pub(crate) fn quit(mut self) -> Result<(), VmError> {
         self.qmp.execute("quit", None)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(None) => {
-                    return Err(self.state_error("quitting", "QEMU did not exit in 30s".into()))
-                }
-                Err(source) => {
-                    return Err(VmError::Io {
-                        path: self.qemu_log.clone(),
-                        source,
-                    })
-                }
-            }
+        // The timer is made inside the runtime, as tokio's timers must be.
+        let exit = process::block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
+        });
+        match exit {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(VmError::Io {
+                path: self.qemu_log.clone(),
+                source,
+            }),
+            Err(_) => Err(self.state_error("quitting", "QEMU did not exit in 30s".into())),
         }
     }
 
@@ -584,9 +592,9 @@ impl Vm {
     fn kill(&mut self) {
         let _ = self.control.shutdown(std::net::Shutdown::Both);
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            let _ = self.child.start_kill();
         }
-        let _ = self.child.wait();
+        let _ = process::block_on(self.child.wait());
     }
 }
 
@@ -669,10 +677,11 @@ fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
 }
 
 /// A QMP connection: one JSON object per line each way; asynchronous events
-/// are skipped.
+/// are skipped. It runs on the process's runtime, every answer awaited with
+/// a timeout; its methods are called from the trial's own thread.
 struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
 }
 
 /// How long QEMU may take to answer one QMP command.
@@ -680,19 +689,24 @@ const QMP_ANSWER: Duration = Duration::from_secs(60);
 
 impl Qmp {
     fn connect(path: &Path, child: &mut Child) -> Result<Qmp, ConnectError> {
-        let stream = connect(path, child)?;
         let io = |e| ConnectError::Io(path.to_owned(), e);
-        stream.set_read_timeout(Some(QMP_ANSWER)).map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
-        let mut qmp = Qmp {
-            reader: BufReader::new(stream),
-            writer,
-        };
+        let mut qmp = Qmp::over(connect(path, child)?).map_err(io)?;
         // The greeting, then capability negotiation, before any command.
-        qmp.read_message().map_err(io)?;
+        process::block_on(qmp.next_message()).map_err(io)?;
         qmp.execute("qmp_capabilities", None)
-            .map_err(|e| ConnectError::Io(path.to_owned(), std::io::Error::other(e.to_string())))?;
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         Ok(qmp)
+    }
+
+    /// A QMP connection over a connected socket.
+    fn over(stream: UnixStream) -> std::io::Result<Qmp> {
+        stream.set_nonblocking(true)?;
+        let _runtime = process::runtime().enter();
+        let (reader, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
+        Ok(Qmp {
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+        })
     }
 
     fn execute(
@@ -708,24 +722,43 @@ impl Qmp {
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
         }
-        writeln!(self.writer, "{request}").map_err(|e| failed(e.to_string()))?;
-        loop {
-            let message = self.read_message().map_err(|e| failed(e.to_string()))?;
-            if let Some(answer) = message.get("return") {
-                return Ok(answer.clone());
+        process::block_on(async {
+            use tokio::io::AsyncWriteExt as _;
+            self.writer
+                .write_all(format!("{request}\n").as_bytes())
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            loop {
+                let message = self
+                    .next_message()
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                if let Some(answer) = message.get("return") {
+                    return Ok(answer.clone());
+                }
+                if let Some(error) = message.get("error") {
+                    return Err(failed(
+                        error["desc"].as_str().unwrap_or("unknown error").to_owned(),
+                    ));
+                }
+                // An event ("event": ...): not the answer.
             }
-            if let Some(error) = message.get("error") {
-                return Err(failed(
-                    error["desc"].as_str().unwrap_or("unknown error").to_owned(),
-                ));
-            }
-            // An event ("event": ...): not the answer.
-        }
+        })
     }
 
-    fn read_message(&mut self) -> std::io::Result<serde_json::Value> {
+    /// The next message, within [`QMP_ANSWER`].
+    async fn next_message(&mut self) -> std::io::Result<serde_json::Value> {
+        use tokio::io::AsyncBufReadExt as _;
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        let read = tokio::time::timeout(QMP_ANSWER, self.reader.read_line(&mut line))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("QEMU did not answer within {}s", QMP_ANSWER.as_secs()),
+                )
+            })??;
+        if read == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "QEMU closed the monitor",
@@ -747,6 +780,7 @@ pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead as _, BufReader, Write as _};
 
     #[test]
     fn escapes_are_stripped() {
@@ -775,14 +809,7 @@ mod tests {
             }
             requests
         });
-        let writer = ours.try_clone().expect("clone");
-        (
-            Qmp {
-                reader: BufReader::new(ours),
-                writer,
-            },
-            peer,
-        )
+        (Qmp::over(ours).expect("a QMP connection"), peer)
     }
 
     #[test]
