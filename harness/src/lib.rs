@@ -120,3 +120,54 @@ pub mod tools {
 pub mod progress {
     pub use crate::host::progress::{terminal_size, Event, Events, Reporter, Terminal};
 }
+
+#[cfg(test)]
+mod layering {
+    //! The layers' one-way flow, checked: a layer may use the layers below
+    //! it, never one above.
+
+    use std::path::Path;
+
+    /// Each layer and what it may use besides itself and `text`.
+    const BELOW: &[(&str, &[&str])] = &[
+        ("host", &[]),
+        ("spec", &[]),
+        ("build", &["spec", "host"]),
+        ("guest", &["build", "spec", "host"]),
+        ("check", &["guest", "build", "spec", "host"]),
+        ("run", &["check", "guest", "build", "spec", "host"]),
+    ];
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_layer_uses_one_above_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut wrong = Vec::new();
+        for (layer, below) in BELOW {
+            let mut files = Vec::new();
+            sources(&src.join(layer), &mut files);
+            assert!(!files.is_empty(), "no sources in src/{layer}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                for (other, _) in BELOW {
+                    let used = text.contains(&format!("crate::{other}::"))
+                        || text.contains(&format!("crate::{other};"));
+                    if used && other != layer && !below.contains(other) {
+                        wrong.push(format!("{} uses crate::{other}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "upward uses:\n{}", wrong.join("\n"));
+    }
+}

@@ -392,7 +392,7 @@ impl Vm {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .process_group(0);
-        crate::host::process::die_with_parent(&mut qemu);
+        crate::host::sys::die_with_parent(&mut qemu);
         // A tokio child, killed if it is dropped: no path out of here or
         // out of the trial leaves a QEMU running.
         let child = {

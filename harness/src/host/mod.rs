@@ -13,6 +13,7 @@
 
 pub mod process;
 pub mod progress;
+pub(crate) mod sys;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
