@@ -4,3 +4,4 @@
 pub mod cache;
 pub mod image;
 pub mod kernel;
+pub(crate) mod partition;

@@ -3,5 +3,6 @@
 //! every trial ([`warm`]).
 
 pub mod console;
+pub(crate) mod qmp;
 pub mod vm;
 pub mod warm;

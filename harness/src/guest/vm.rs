@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 
 use crate::build::kernel::Kernel;
+use crate::guest::qmp::Qmp;
 use crate::host::process::{self, Registration, Supervisor};
 use crate::host::progress::Events;
 
@@ -655,12 +656,12 @@ fn sweep_stale_workdirs() {
     }
 }
 
-enum ConnectError {
+pub(crate) enum ConnectError {
     Exited,
     Io(PathBuf, std::io::Error),
 }
 
-fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
+pub(crate) fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(_)) = child.try_wait() {
@@ -676,98 +677,6 @@ fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
     }
 }
 
-/// A QMP connection: one JSON object per line each way; asynchronous events
-/// are skipped. It runs on the process's runtime, every answer awaited with
-/// a timeout; its methods are called from the trial's own thread.
-struct Qmp {
-    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    writer: tokio::net::unix::OwnedWriteHalf,
-}
-
-/// How long QEMU may take to answer one QMP command.
-const QMP_ANSWER: Duration = Duration::from_secs(60);
-
-impl Qmp {
-    fn connect(path: &Path, child: &mut Child) -> Result<Qmp, ConnectError> {
-        let io = |e| ConnectError::Io(path.to_owned(), e);
-        let mut qmp = Qmp::over(connect(path, child)?).map_err(io)?;
-        // The greeting, then capability negotiation, before any command.
-        process::block_on(qmp.next_message()).map_err(io)?;
-        qmp.execute("qmp_capabilities", None)
-            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-        Ok(qmp)
-    }
-
-    /// A QMP connection over a connected socket.
-    fn over(stream: UnixStream) -> std::io::Result<Qmp> {
-        stream.set_nonblocking(true)?;
-        let _runtime = process::runtime().enter();
-        let (reader, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
-        Ok(Qmp {
-            reader: tokio::io::BufReader::new(reader),
-            writer,
-        })
-    }
-
-    fn execute(
-        &mut self,
-        command: &str,
-        arguments: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, VmError> {
-        let failed = |message: String| VmError::Monitor {
-            command: command.to_owned(),
-            message,
-        };
-        let mut request = serde_json::json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        process::block_on(async {
-            use tokio::io::AsyncWriteExt as _;
-            self.writer
-                .write_all(format!("{request}\n").as_bytes())
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            loop {
-                let message = self
-                    .next_message()
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                if let Some(answer) = message.get("return") {
-                    return Ok(answer.clone());
-                }
-                if let Some(error) = message.get("error") {
-                    return Err(failed(
-                        error["desc"].as_str().unwrap_or("unknown error").to_owned(),
-                    ));
-                }
-                // An event ("event": ...): not the answer.
-            }
-        })
-    }
-
-    /// The next message, within [`QMP_ANSWER`].
-    async fn next_message(&mut self) -> std::io::Result<serde_json::Value> {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut line = String::new();
-        let read = tokio::time::timeout(QMP_ANSWER, self.reader.read_line(&mut line))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("QEMU did not answer within {}s", QMP_ANSWER.as_secs()),
-                )
-            })??;
-        if read == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "QEMU closed the monitor",
-            ));
-        }
-        serde_json::from_str(&line).map_err(std::io::Error::other)
-    }
-}
-
 /// The last `lines` lines of a log file, with terminal escapes removed.
 pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     let bytes = fs::read(path).unwrap_or_default();
@@ -780,7 +689,6 @@ pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead as _, BufReader, Write as _};
 
     #[test]
     fn escapes_are_stripped() {
@@ -789,54 +697,6 @@ mod tests {
                 "\u{1b}[0;32m  OK  \u{1b}[0m] Started\r\n\u{1b}[?2004hroot# "
             ),
             "  OK  ] Started\nroot# "
-        );
-    }
-
-    /// A QMP peer that answers each request with the next canned lines.
-    fn fake_qmp(answers: Vec<&'static str>) -> (Qmp, std::thread::JoinHandle<Vec<String>>) {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let peer = std::thread::spawn(move || {
-            let mut reader = BufReader::new(theirs.try_clone().expect("clone"));
-            let mut writer = theirs;
-            let mut requests = Vec::new();
-            for answer in answers {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                requests.push(line.trim().to_owned());
-                writer.write_all(answer.as_bytes()).expect("answer");
-            }
-            requests
-        });
-        (Qmp::over(ours).expect("a QMP connection"), peer)
-    }
-
-    #[test]
-    fn qmp_skips_events_and_reports_errors() {
-        let (mut qmp, peer) = fake_qmp(vec![
-            "{\"event\": \"STOP\", \"timestamp\": {}}\n{\"return\": {\"status\": \"paused\"}}\n",
-            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no migration in progress\"}}\n",
-        ]);
-        let status = qmp.execute("query-status", None).expect("answer");
-        assert_eq!(status["status"], "paused");
-        let err = qmp
-            .execute(
-                "migrate",
-                Some(serde_json::json!({ "uri": "exec:cat > f" })),
-            )
-            .expect_err("an error answer");
-        assert!(
-            err.to_string()
-                .contains("migrate: no migration in progress"),
-            "{err}"
-        );
-        let requests = peer.join().expect("peer");
-        assert_eq!(requests[0], r#"{"execute":"query-status"}"#);
-        assert!(
-            requests[1].contains(r#""arguments":{"uri":"exec:cat > f"}"#),
-            "{}",
-            requests[1]
         );
     }
 

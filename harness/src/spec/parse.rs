@@ -1,0 +1,736 @@
+//! Reading scenario files: strict TOML, every error naming the file, the
+//! line and the key.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::*;
+
+/// Why a scenario file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read scenario: {source}")]
+    Read {
+        /// The scenario file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The scenario file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file. `known_releases` are the releases
+    /// that have an image recipe; a matrix naming any other is an error.
+    pub(crate) fn load(path: &Path, known_releases: &[String]) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Scenario::parse(path, &text, known_releases)
+    }
+
+    /// Parses scenario text; `path` is only used in messages and the result.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        known_releases: &[String],
+    ) -> Result<Scenario, ScenarioError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+            ScenarioError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawScenario =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                Some(raw.name.span()),
+                format!("key `name`: {name:?} must be non-empty and use only letters, digits, `-` and `_`"),
+            ));
+        }
+
+        let mut releases = Vec::new();
+        for release in &raw.matrix.get_ref().releases {
+            if !known_releases.iter().any(|k| k == release.get_ref()) {
+                return Err(invalid(
+                    Some(release.span()),
+                    format!(
+                        "key `matrix.releases`: no image recipe for release {:?} (known: {})",
+                        release.get_ref(),
+                        known_releases.join(", ")
+                    ),
+                ));
+            }
+            releases.push(release.get_ref().clone());
+        }
+        if releases.is_empty() {
+            return Err(invalid(
+                Some(raw.matrix.span()),
+                "key `matrix.releases`: name at least one release".into(),
+            ));
+        }
+        let kernels: Vec<KernelFlavour> = raw
+            .matrix
+            .get_ref()
+            .kernels
+            .iter()
+            .map(|k| *k.get_ref())
+            .collect();
+        if kernels.is_empty() {
+            return Err(invalid(
+                Some(raw.matrix.span()),
+                "key `matrix.kernels`: name at least one kernel flavour".into(),
+            ));
+        }
+
+        let cell_filter = |key: &str,
+                           releases: &Option<Vec<Spanned<String>>>,
+                           kernels: &Option<Vec<KernelFlavour>>|
+         -> Result<CellFilter, ScenarioError> {
+            if let Some(bad) = releases
+                .iter()
+                .flatten()
+                .find(|r| !known_releases.contains(r.get_ref()))
+            {
+                return Err(invalid(
+                    Some(bad.span()),
+                    format!(
+                        "key `{key}.releases`: no image recipe for release {:?}",
+                        bad.get_ref()
+                    ),
+                ));
+            }
+            Ok(CellFilter {
+                releases: releases
+                    .as_ref()
+                    .map(|r| r.iter().map(|s| s.get_ref().clone()).collect()),
+                kernels: kernels.clone(),
+            })
+        };
+        let step_status = |index: usize, raw: &Spanned<RawStatus>| {
+            match raw.get_ref() {
+            RawStatus::Code(code) if (0..=255).contains(code) => {
+                Ok(StepStatus::Exactly(*code as i32))
+            }
+            RawStatus::Word(word) if word == "any" => Ok(StepStatus::Any),
+            RawStatus::Code(code) => Err(invalid(
+                Some(raw.span()),
+                format!("step {index}: key `status`: {code} is not an exit status (0 to 255)"),
+            )),
+            RawStatus::Word(word) => Err(invalid(
+                Some(raw.span()),
+                format!("step {index}: key `status`: {word:?} is neither an exit status (0 to 255) nor \"any\""),
+            )),
+        }
+        };
+
+        let mut steps = Vec::new();
+        for (index, spanned) in raw.steps.iter().enumerate() {
+            let step = spanned.get_ref();
+            let timeout = match &step.timeout {
+                None => DEFAULT_STEP_TIMEOUT,
+                Some(t) if *t.get_ref() >= 1 && *t.get_ref() <= MAX_STEP_TIMEOUT_SECS => {
+                    Duration::from_secs(*t.get_ref() as u64)
+                }
+                Some(t) => {
+                    return Err(invalid(
+                        Some(t.span()),
+                        format!(
+                            "step {}: key `timeout`: {} is not a number of seconds from 1 to {MAX_STEP_TIMEOUT_SECS}",
+                            index + 1,
+                            t.get_ref()
+                        ),
+                    ))
+                }
+            };
+            let given: Vec<&str> = [
+                step.run.as_ref().map(|_| "run"),
+                step.write.as_ref().map(|_| "write"),
+                step.reboot.filter(|r| *r).map(|_| "reboot"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let here = Some(spanned.span());
+            let action = match given.as_slice() {
+                ["run"] => Action::Run {
+                    command: step.run.clone().unwrap_or_default(),
+                    status: step
+                        .status
+                        .as_ref()
+                        .map(|s| step_status(index + 1, s))
+                        .transpose()?
+                        .unwrap_or(StepStatus::Exactly(0)),
+                },
+                ["write"] => {
+                    let content = step.content.clone().ok_or_else(|| {
+                        invalid(
+                            here.clone(),
+                            format!("step {}: key `content` is missing (a `write` step needs the file's content)", index + 1),
+                        )
+                    })?;
+                    let path = step.write.clone().unwrap_or_default();
+                    if !path.starts_with('/') {
+                        return Err(invalid(
+                            here,
+                            format!(
+                                "step {}: key `write`: {path:?} must be an absolute path",
+                                index + 1
+                            ),
+                        ));
+                    }
+                    let mode = match &step.mode {
+                        None => 0o644,
+                        Some(m) => u32::from_str_radix(m, 8).map_err(|_| {
+                            invalid(
+                                here.clone(),
+                                format!("step {}: key `mode`: {m:?} is not an octal mode such as \"0644\"", index + 1),
+                            )
+                        })?,
+                    };
+                    Action::Write {
+                        path,
+                        content,
+                        mode,
+                    }
+                }
+                ["reboot"] => Action::Reboot,
+                [] => {
+                    return Err(invalid(
+                        here,
+                        format!(
+                            "step {}: give one of the keys `run`, `write` or `reboot = true`",
+                            index + 1
+                        ),
+                    ))
+                }
+                several => {
+                    return Err(invalid(
+                        here,
+                        format!(
+                            "step {}: keys `{}` cannot be combined; one action per step",
+                            index + 1,
+                            several.join("`, `")
+                        ),
+                    ))
+                }
+            };
+            let stray: Vec<&str> = [
+                (
+                    step.status.is_some() && !matches!(action, Action::Run { .. }),
+                    "status",
+                ),
+                (
+                    !step.cell.is_empty() && !matches!(action, Action::Run { .. }),
+                    "cell",
+                ),
+                (
+                    (step.content.is_some() || step.mode.is_some())
+                        && !matches!(action, Action::Write { .. }),
+                    "content/mode",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(bad, key)| bad.then_some(key))
+            .collect();
+            if let Some(key) = stray.first() {
+                return Err(invalid(
+                    here,
+                    format!(
+                        "step {}: key `{key}` does not apply to a `{}` step",
+                        index + 1,
+                        given[0]
+                    ),
+                ));
+            }
+            let title = step.title.clone().unwrap_or_else(|| match &action {
+                Action::Run { command, .. } => first_line(command),
+                Action::Write { path, .. } => format!("write {path}"),
+                Action::Reboot => "reboot".into(),
+            });
+            let mut cells = Vec::new();
+            for raw_cell in &step.cell {
+                let raw_cell = raw_cell.get_ref();
+                cells.push(StepCell {
+                    cells: cell_filter("step.cell", &raw_cell.releases, &raw_cell.kernels)?,
+                    status: step_status(index + 1, &raw_cell.status)?,
+                });
+            }
+            steps.push(Step {
+                title,
+                action,
+                timeout,
+                cells,
+            });
+        }
+
+        let mut captures: Vec<CaptureSpec> = Vec::new();
+        for spanned in &raw.captures {
+            let capture = spanned.get_ref();
+            if captures.iter().any(|c| c.name == capture.name) {
+                return Err(invalid(
+                    Some(spanned.span()),
+                    format!("key `capture.name`: {:?} is used twice", capture.name),
+                ));
+            }
+            captures.push(CaptureSpec {
+                name: capture.name.clone(),
+                command: capture.run.clone(),
+                normalize: capture.normalize.clone(),
+            });
+        }
+
+        let has_reboot = steps.iter().any(|s| s.action == Action::Reboot);
+        let check_names =
+            |key: &str, names: &[Spanned<String>]| -> Result<Vec<String>, ScenarioError> {
+                let mut out = Vec::new();
+                for name in names {
+                    if !captures.iter().any(|c| &c.name == name.get_ref()) {
+                        return Err(invalid(
+                            Some(name.span()),
+                            format!("key `{key}`: no capture is named {:?}", name.get_ref()),
+                        ));
+                    }
+                    if !has_reboot {
+                        return Err(invalid(
+                            Some(name.span()),
+                            format!("key `{key}`: the scenario has no reboot step"),
+                        ));
+                    }
+                    out.push(name.get_ref().clone());
+                }
+                Ok(out)
+            };
+        let check_contains = |contains: &BTreeMap<Spanned<String>, Vec<String>>| -> Result<BTreeMap<String, Vec<String>>, ScenarioError> {
+            let mut out = BTreeMap::new();
+            for (name, texts) in contains {
+                if !captures.iter().any(|c| &c.name == name.get_ref()) {
+                    return Err(invalid(
+                        Some(name.span()),
+                        format!("key `contains`: no capture is named {:?}", name.get_ref()),
+                    ));
+                }
+                out.insert(name.get_ref().clone(), texts.clone());
+            }
+            Ok(out)
+        };
+        let mut expect = Expectations::default();
+        let mut expect_cells = Vec::new();
+        if let Some(raw_expect) = &raw.expect {
+            expect.survive_reboot =
+                check_names("expect.survive_reboot", &raw_expect.survive_reboot)?;
+            expect.lost_on_reboot =
+                check_names("expect.lost_on_reboot", &raw_expect.lost_on_reboot)?;
+            expect.contains = check_contains(&raw_expect.contains)?;
+            for (unit, state) in &raw_expect.units {
+                expect.units.insert(unit.clone(), state.get_ref().clone());
+            }
+            for cell in &raw_expect.cell {
+                let raw_cell = cell.get_ref();
+                expect_cells.push(CellExpectations {
+                    cells: cell_filter("expect.cell", &raw_cell.releases, &raw_cell.kernels)?,
+                    survive_reboot: raw_cell
+                        .survive_reboot
+                        .as_ref()
+                        .map(|n| check_names("expect.cell.survive_reboot", n))
+                        .transpose()?,
+                    lost_on_reboot: raw_cell
+                        .lost_on_reboot
+                        .as_ref()
+                        .map(|n| check_names("expect.cell.lost_on_reboot", n))
+                        .transpose()?,
+                    units: raw_cell.units.clone(),
+                    contains: check_contains(&raw_cell.contains)?,
+                });
+            }
+        }
+
+        Ok(Scenario {
+            name,
+            description: raw.description.trim().to_owned(),
+            path: path.to_owned(),
+            matrix: Matrix { releases, kernels },
+            steps,
+            captures,
+            expect,
+            expect_cells,
+            first_boot: raw.first_boot,
+        })
+    }
+}
+
+/// The first non-empty line, as a default step title.
+fn first_line(text: &str) -> String {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    crate::text::ellipsize(line.trim(), 60)
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    description: String,
+    matrix: Spanned<RawMatrix>,
+    #[serde(rename = "step", default)]
+    steps: Vec<Spanned<RawStep>>,
+    #[serde(rename = "capture", default)]
+    captures: Vec<Spanned<RawCapture>>,
+    expect: Option<RawExpect>,
+    #[serde(default)]
+    first_boot: FirstBoot,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    releases: Vec<Spanned<String>>,
+    kernels: Vec<Spanned<KernelFlavour>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    title: Option<String>,
+    run: Option<String>,
+    status: Option<Spanned<RawStatus>>,
+    write: Option<String>,
+    content: Option<String>,
+    mode: Option<String>,
+    reboot: Option<bool>,
+    timeout: Option<Spanned<i64>>,
+    #[serde(default)]
+    cell: Vec<Spanned<RawStepCell>>,
+}
+
+/// An exit status as written: a number, or a word such as `"any"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStatus {
+    Code(i64),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepCell {
+    releases: Option<Vec<Spanned<String>>>,
+    kernels: Option<Vec<KernelFlavour>>,
+    status: Spanned<RawStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    name: String,
+    run: String,
+    #[serde(default)]
+    normalize: Vec<Normalizer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(default)]
+    units: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    survive_reboot: Vec<Spanned<String>>,
+    #[serde(default)]
+    lost_on_reboot: Vec<Spanned<String>>,
+    #[serde(default)]
+    contains: BTreeMap<Spanned<String>, Vec<String>>,
+    #[serde(default)]
+    cell: Vec<Spanned<RawCellExpect>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCellExpect {
+    releases: Option<Vec<Spanned<String>>>,
+    kernels: Option<Vec<KernelFlavour>>,
+    survive_reboot: Option<Vec<Spanned<String>>>,
+    lost_on_reboot: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    units: BTreeMap<String, String>,
+    #[serde(default)]
+    contains: BTreeMap<Spanned<String>, Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn releases() -> Vec<String> {
+        vec!["bookworm".into(), "trixie".into()]
+    }
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("scenarios/x.toml"), text, &releases())
+    }
+
+    const GOOD: &str = r#"
+name = "x"
+description = "d"
+
+[matrix]
+releases = ["bookworm", "trixie"]
+kernels = ["stock"]
+
+[[step]]
+run = "echo loop >> /etc/modules"
+
+[[step]]
+write = "/etc/x.conf"
+content = "a\n"
+mode = "0600"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "rules"
+run = "iptables-save"
+normalize = ["iptables"]
+
+[expect]
+survive_reboot = ["rules"]
+units = { "netfilter-persistent.service" = "active" }
+"#;
+
+    #[test]
+    fn shards_split_without_overlap() {
+        let shards: Vec<Shard> = (1..=3)
+            .map(|k| Shard::parse(&format!("{k}/3")).expect("valid"))
+            .collect();
+        for index in 0..10 {
+            assert_eq!(shards.iter().filter(|s| s.holds(index)).count(), 1);
+        }
+        assert!(Shard::parse("0/3").is_err());
+        assert!(Shard::parse("4/3").is_err());
+        assert!(Shard::parse("x").is_err());
+    }
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let s = parse(GOOD).expect("valid");
+        assert_eq!(s.matrix.cells().len(), 2);
+        assert_eq!(s.steps.len(), 3);
+        assert_eq!(
+            s.steps[0].action,
+            Action::Run {
+                command: "echo loop >> /etc/modules".into(),
+                status: StepStatus::Exactly(0)
+            }
+        );
+        assert_eq!(s.steps[0].title, "echo loop >> /etc/modules");
+        assert!(matches!(
+            s.steps[1].action,
+            Action::Write { mode: 0o600, .. }
+        ));
+        assert_eq!(s.steps[2].action, Action::Reboot);
+        assert_eq!(s.captures[0].normalize, vec![Normalizer::Iptables]);
+        assert_eq!(s.expect.units["netfilter-persistent.service"], "active");
+    }
+
+    #[test]
+    fn the_first_boot_is_warm_unless_the_scenario_says_cold() {
+        assert_eq!(parse(GOOD).expect("valid").first_boot, FirstBoot::Warm);
+        let cold = GOOD.replace(
+            "description = \"d\"\n",
+            "description = \"d\"\nfirst_boot = \"cold\"\n",
+        );
+        assert_eq!(parse(&cold).expect("valid").first_boot, FirstBoot::Cold);
+        let bad = GOOD.replace(
+            "description = \"d\"\n",
+            "description = \"d\"\nfirst_boot = \"hot\"\n",
+        );
+        let (line, message) = error_of(&bad);
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("hot") && message.contains("cold"),
+            "{message}"
+        );
+    }
+
+    fn error_of(text: &str) -> (usize, String) {
+        match parse(text) {
+            Err(ScenarioError::Invalid { line, message, .. }) => (line, message),
+            other => panic!("expected an invalid-scenario error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_key() {
+        let text = GOOD.replace("reboot = true", "rebot = true");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 18, "{message}");
+        assert!(message.contains("rebot"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_line() {
+        let text = GOOD.replace("kernels = [\"stock\"]", "kernels = \"stock\"");
+        let (line, message) = error_of(&text);
+        assert_eq!(line, 7, "{message}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let text = GOOD.replace("description = \"d\"\n", "");
+        let (_, message) = error_of(&text);
+        assert!(message.contains("description"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_release_or_kernel_is_rejected_where_it_is_written() {
+        let (line, message) = error_of(&GOOD.replace("\"trixie\"]", "\"jessy\"]"));
+        assert_eq!(line, 6);
+        assert!(message.contains("jessy"), "{message}");
+        let (line, message) = error_of(&GOOD.replace("[\"stock\"]", "[\"stok\"]"));
+        assert_eq!(line, 7);
+        assert!(message.contains("stok"), "{message}");
+    }
+
+    #[test]
+    fn steps_need_exactly_one_action() {
+        let (line, message) =
+            error_of(&GOOD.replace("reboot = true", "reboot = true\nrun = \"x\""));
+        assert_eq!(line, 17);
+        assert!(message.contains("cannot be combined"), "{message}");
+        let (_, message) = error_of(&GOOD.replace("content = \"a\\n\"\n", ""));
+        assert!(message.contains("content"), "{message}");
+    }
+
+    #[test]
+    fn cell_expectations_override_the_general_ones() {
+        let text = format!(
+            "{GOOD}\n[[expect.cell]]\nreleases = [\"trixie\"]\nsurvive_reboot = []\nlost_on_reboot = [\"rules\"]\nunits = {{ \"netfilter-persistent.service\" = \"inactive\" }}\ncontains = {{ \"rules\" = [\"DROP\"] }}\n"
+        );
+        let s = parse(&text).expect("valid");
+        let bookworm = s.expectations_for(&Cell {
+            release: "bookworm".into(),
+            kernel: KernelFlavour::Stock,
+        });
+        assert_eq!(bookworm.survive_reboot, ["rules"]);
+        assert!(bookworm.lost_on_reboot.is_empty());
+        let trixie = s.expectations_for(&Cell {
+            release: "trixie".into(),
+            kernel: KernelFlavour::Stock,
+        });
+        assert!(trixie.survive_reboot.is_empty());
+        assert_eq!(trixie.lost_on_reboot, ["rules"]);
+        assert_eq!(trixie.units["netfilter-persistent.service"], "inactive");
+        assert_eq!(trixie.contains["rules"], ["DROP"]);
+    }
+
+    #[test]
+    fn a_step_status_can_differ_per_cell() {
+        let text = GOOD.replace(
+            "[[step]]\nrun = \"echo loop >> /etc/modules\"\n",
+            "[[step]]\nrun = \"netfilter-persistent save\"\n\n[[step.cell]]\nreleases = [\"trixie\"]\nstatus = \"any\"\n\n[[step.cell]]\nreleases = [\"trixie\"]\nkernels = [\"stock\"]\nstatus = 1\n",
+        );
+        let s = parse(&text).expect("valid");
+        let cell = |release: &str, kernel| Cell {
+            release: release.into(),
+            kernel,
+        };
+        let step = &s.steps[0];
+        assert_eq!(
+            step.status_for(&cell("bookworm", KernelFlavour::Stock)),
+            Some(StepStatus::Exactly(0))
+        );
+        // Later tables win: trixie × stock expects 1, trixie × linode any.
+        assert_eq!(
+            step.status_for(&cell("trixie", KernelFlavour::Stock)),
+            Some(StepStatus::Exactly(1))
+        );
+        assert_eq!(
+            step.status_for(&cell("trixie", KernelFlavour::Linode)),
+            Some(StepStatus::Any)
+        );
+        assert!(StepStatus::Any.accepts(1) && StepStatus::Any.accepts(0));
+        assert!(!StepStatus::Exactly(1).accepts(0));
+        assert_eq!(
+            s.steps[2].status_for(&cell("trixie", KernelFlavour::Stock)),
+            None
+        );
+    }
+
+    #[test]
+    fn out_of_range_statuses_and_timeouts_are_refused_where_written() {
+        let (line, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\nstatus = 300",
+        ));
+        assert_eq!(line, 11, "{message}");
+        assert!(
+            message.contains("300") && message.contains("0 to 255"),
+            "{message}"
+        );
+        let (line, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\ntimeout = 0",
+        ));
+        assert_eq!(line, 11, "{message}");
+        assert!(message.contains("timeout"), "{message}");
+        let (_, message) = error_of(&GOOD.replace(
+            "run = \"echo loop >> /etc/modules\"",
+            "run = \"echo loop >> /etc/modules\"\nstatus = \"some\"",
+        ));
+        assert!(message.contains("\"some\""), "{message}");
+        let (_, message) =
+            error_of(&GOOD.replace("reboot = true", "reboot = true\n[[step.cell]]\nstatus = 1"));
+        assert!(message.contains("`cell` does not apply"), "{message}");
+    }
+
+    #[test]
+    fn expectations_must_name_real_captures() {
+        let (line, message) = error_of(&GOOD.replace(
+            "survive_reboot = [\"rules\"]",
+            "survive_reboot = [\"rulez\"]",
+        ));
+        assert_eq!(line, 26);
+        assert!(message.contains("rulez"), "{message}");
+    }
+}
