@@ -12,18 +12,19 @@
 
 what=${1:?usage: cache-key.sh RELEASE|kernel}
 
-# The files whose content decides what a build produces.
+# The code whose content decides what a build produces: the build layer,
+# the recipes it reads, the host layer it runs commands with.
 BUILD_CODE=(
-  harness/src/image.rs
-  harness/src/kernel.rs
-  harness/src/cache.rs
-  harness/src/process.rs
-  harness/src/host.rs
+  harness/src/build
+  harness/src/spec/recipe.rs
+  harness/src/host
+  harness/src/text.rs
 )
-for file in "${BUILD_CODE[@]}"; do
-  [ -f "$file" ] || die "build code $file is gone: update BUILD_CODE in $0"
+for path in "${BUILD_CODE[@]}"; do
+  [ -e "$path" ] || die "build code $path is gone: update BUILD_CODE in $0"
 done
-code=$(cat "${BUILD_CODE[@]}" | sha256sum | cut -c1-12)
+mapfile -t files < <(find "${BUILD_CODE[@]}" -name '*.rs' -type f | LC_ALL=C sort)
+code=$(cat "${files[@]}" | sha256sum | cut -c1-12)
 
 [ -n "${VMREPRO_CACHE:-}" ] || die "VMREPRO_CACHE is not set (host-tools.sh sets it)"
 if [ "$what" = kernel ]; then
