@@ -77,19 +77,24 @@ impl Scenario {
             ));
         }
 
-        let mut releases = Vec::new();
-        for release in &raw.matrix.get_ref().releases {
-            if !known_releases.iter().any(|k| k == release.get_ref()) {
-                return Err(invalid(
+        // A release without a recipe, wherever a scenario names one.
+        let known = |key: &str, release: &Spanned<String>| {
+            if known_releases.contains(release.get_ref()) {
+                Ok(release.get_ref().clone())
+            } else {
+                Err(invalid(
                     Some(release.span()),
                     format!(
-                        "key `matrix.releases`: no image recipe for release {:?} (known: {})",
+                        "key `{key}`: no image recipe for release {:?} (known: {})",
                         release.get_ref(),
                         known_releases.join(", ")
                     ),
-                ));
+                ))
             }
-            releases.push(release.get_ref().clone());
+        };
+        let mut releases = Vec::new();
+        for release in &raw.matrix.get_ref().releases {
+            releases.push(known("matrix.releases", release)?);
         }
         if releases.is_empty() {
             return Err(invalid(
@@ -115,23 +120,12 @@ impl Scenario {
                            releases: &Option<Vec<Spanned<String>>>,
                            kernels: &Option<Vec<KernelFlavour>>|
          -> Result<CellFilter, ScenarioError> {
-            if let Some(bad) = releases
-                .iter()
-                .flatten()
-                .find(|r| !known_releases.contains(r.get_ref()))
-            {
-                return Err(invalid(
-                    Some(bad.span()),
-                    format!(
-                        "key `{key}.releases`: no image recipe for release {:?}",
-                        bad.get_ref()
-                    ),
-                ));
-            }
+            let key = format!("{key}.releases");
             Ok(CellFilter {
                 releases: releases
                     .as_ref()
-                    .map(|r| r.iter().map(|s| s.get_ref().clone()).collect()),
+                    .map(|r| r.iter().map(|s| known(&key, s)).collect())
+                    .transpose()?,
                 kernels: kernels.clone(),
             })
         };
