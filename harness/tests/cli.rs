@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Trial::test("a_closed_pipe_ends_quietly", closed_pipe),
         with_guests("exit_statuses_over_real_guests", exit_statuses),
         with_guests("a_trial_whose_qemu_is_killed_fails_at_once", qemu_killed),
+        nextest_trial(),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
@@ -87,6 +88,54 @@ fn closed_pipe() -> Result<(), Failed> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() != Some(0) || stderr.contains("panicked") {
         return Err(format!("status {:?}: {stderr}", output.status).into());
+    }
+    Ok(())
+}
+
+/// Under cargo-nextest, trials of a release that cannot be fetched here
+/// show as skipped, never as passed. Ignored where nextest is not installed,
+/// or where jessie can be fetched (its trials would then really run).
+fn nextest_trial() -> Trial {
+    let name = "nextest_shows_unreachable_releases_as_skipped";
+    let installed = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let unreachable = Project::open(&root())
+        .map_err(|e| e.to_string())
+        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "jessie"))
+        .is_err();
+    let trial = Trial::test(name, nextest_skips);
+    if installed && unreachable && !trial::required("jessie") {
+        trial
+    } else {
+        eprintln!("cli: {name} skipped: needs cargo-nextest and a host that cannot fetch jessie");
+        trial.with_ignored_flag(true)
+    }
+}
+
+fn nextest_skips() -> Result<(), Failed> {
+    let output = Command::new("cargo")
+        .args([
+            "nextest",
+            "run",
+            "--test",
+            "scenarios",
+            "--no-tests",
+            "pass",
+        ])
+        .args(["-E", "test(/::jessie::/)"])
+        .current_dir(root())
+        .env_remove("VMREPRO_REQUIRE_ALL")
+        .env_remove("VMREPRO_REQUIRE")
+        .output()?;
+    let text = said(&output);
+    let summary = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Summary"))
+        .unwrap_or("");
+    if !output.status.success() || !summary.contains(" 0 passed") || !summary.contains("skipped") {
+        return Err(format!("nextest must skip jessie's trials, not pass them:\n{text}").into());
     }
     Ok(())
 }
