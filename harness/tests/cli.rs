@@ -160,11 +160,8 @@ run = "cat /proc/uptime"
 /// says that QEMU ended and how.
 fn qemu_killed() -> Result<(), Failed> {
     use std::io::BufRead as _;
-    let dir = tempfile::tempdir()?;
+    let dir = common::scratch_project(&[("hanging.toml", HANGING)])?;
     let project = dir.path();
-    common::copy(&root().join("images"), &project.join("images"))?;
-    std::fs::create_dir_all(project.join("snapshots"))?;
-    common::copy_text(HANGING, &project.join("scenarios/hanging.toml"))?;
     let mut child = vmrepro_saying(project)
         .arg("-v")
         .args(["run", "hanging"])
@@ -270,12 +267,8 @@ run = "echo something else"
 "#;
 
 fn exit_statuses() -> Result<(), Failed> {
-    let dir = tempfile::tempdir()?;
+    let dir = common::scratch_project(&[("passing.toml", PASSING)])?;
     let project = dir.path();
-    common::copy(&root().join("images"), &project.join("images"))?;
-    std::fs::create_dir_all(project.join("scenarios"))?;
-    std::fs::create_dir_all(project.join("snapshots"))?;
-    std::fs::write(project.join("scenarios/passing.toml"), PASSING)?;
     // Where jessie can be fetched, its cell runs instead of being skipped.
     let jessie_skips = Project::open(project)
         .map_err(|e| e.to_string())

@@ -35,3 +35,17 @@ pub fn copy_text(text: &str, to: &Path) -> std::io::Result<()> {
     }
     std::fs::write(to, text)
 }
+
+/// A project of its own in a temporary folder: this project's image and
+/// kernel recipes, the scenario files given as (file name, text), and an
+/// empty `snapshots/`.
+pub fn scratch_project(scenarios: &[(&str, &str)]) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    copy(&root().join("images"), &dir.path().join("images"))?;
+    std::fs::create_dir_all(dir.path().join("scenarios"))?;
+    std::fs::create_dir_all(dir.path().join("snapshots"))?;
+    for (name, text) in scenarios {
+        copy_text(text, &dir.path().join("scenarios").join(name))?;
+    }
+    Ok(dir)
+}
