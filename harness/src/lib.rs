@@ -16,7 +16,7 @@
 //! - `host`: the machine the harness runs on (host tools, supervised
 //!   processes, progress events), which every layer may use.
 //!
-//! No layer prints: each emits progress events to the `Events` handle it
+//! No layer prints its progress: each emits events to the `Events` handle it
 //! is given (through the cache and the run options), and the caller chooses
 //! the reporter: live or plain lines on a terminal, or none.
 //!
