@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::check::capture::Capture;
 use crate::guest::console::CommandOutput;
-use crate::guest::vm::AccelChoice;
+use crate::guest::vm::{AccelChoice, VmSetup};
 use crate::guest::warm::Start;
 use crate::spec::{Action, Cell, Expectations, StepStatus};
 
@@ -47,6 +47,10 @@ pub struct Outcome {
     pub accel: AccelChoice,
     /// `uname -r` in the guest.
     pub(crate) guest_kernel: String,
+    /// How the guest that ran the flow was started (QEMU's command line, the
+    /// kernel's, the machine), also in `qemu-command.txt` beside the
+    /// artifacts: enough to start the same guest without vmrepro.
+    pub(crate) setup: VmSetup,
     /// Versions of the packages the scenario touches, from the image build.
     pub(crate) packages: BTreeMap<String, String>,
     /// Where the image came from (bootstrapped, or imported from a file).

@@ -69,6 +69,12 @@ pub(crate) fn markdown(
             let _ = writeln!(md, "| {package} | {version} |");
         }
     }
+    let _ = writeln!(md, "| machine | {} |", outcome.setup.machine);
+    let _ = writeln!(
+        md,
+        "| kernel command line | `{}` |",
+        outcome.setup.kernel_cmdline
+    );
     let _ = writeln!(md, "| first boot | {} |", outcome.start.describe());
     let _ = writeln!(
         md,
@@ -76,6 +82,13 @@ pub(crate) fn markdown(
         outcome.first_boot_seconds, outcome.total_seconds
     );
 
+    // To start the same guest without vmrepro (its disk overlay and sockets
+    // were temporary: give it your own).
+    let _ = writeln!(
+        md,
+        "QEMU command line (also in `qemu-command.txt` beside the artifacts):\n\n```sh\n{}\n```\n",
+        outcome.setup.qemu_command
+    );
     let _ = writeln!(md, "## Steps\n");
     for (i, step) in outcome.steps.iter().enumerate() {
         let _ = writeln!(md, "{}. **{}** ({:.1}s)", i + 1, step.title, step.seconds);
@@ -558,6 +571,11 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
                 reason: "test".into(),
             },
             guest_kernel: "6.1.0-x86_64-linode".into(),
+            setup: crate::guest::vm::VmSetup {
+                qemu_command: "qemu-system-x86_64 -nodefaults -kernel vmlinuz".into(),
+                kernel_cmdline: "console=ttyS0 root=/dev/vda rw".into(),
+                machine: "pc".into(),
+            },
             packages: BTreeMap::new(),
             image_origin: "mmdebstrap".into(),
             steps: Vec::new(),
@@ -593,6 +611,15 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             "{md}"
         );
         assert!(md.contains("**Verdict:** REPRODUCED"), "{md}");
+        // Enough to start the same guest by hand.
+        assert!(
+            md.contains("qemu-system-x86_64 -nodefaults -kernel vmlinuz"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| kernel command line | `console=ttyS0 root=/dev/vda rw` |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -311,7 +311,21 @@ pub(crate) struct Vm {
     console_log: PathBuf,
     qemu_log: PathBuf,
     started: Instant,
+    /// How this QEMU was started, for reports: the command line, the
+    /// kernel command line and the machine options.
+    setup: VmSetup,
     _registration: Registration,
+}
+
+/// How a guest was started, so that it can be started again by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct VmSetup {
+    /// QEMU's command line, each word quoted for a POSIX shell where needed.
+    pub(crate) qemu_command: String,
+    /// The kernel command line.
+    pub(crate) kernel_cmdline: String,
+    /// The machine options, in words.
+    pub(crate) machine: String,
 }
 
 impl Vm {
@@ -394,6 +408,17 @@ impl Vm {
             .stderr(Stdio::from(log2))
             .process_group(0);
         crate::host::sys::die_with_parent(&mut qemu);
+        let setup = VmSetup {
+            qemu_command: std::iter::once(qemu.get_program())
+                .chain(qemu.get_args())
+                .map(|word| shell_word(&word.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            kernel_cmdline: config.kernel_cmdline(),
+            machine: config.machine.describe(),
+        };
+        let command_file = config.artifacts.join("qemu-command.txt");
+        fs::write(&command_file, format!("{}\n", setup.qemu_command)).map_err(io(&command_file))?;
         // A tokio child, killed if it is dropped: no path out of here or
         // out of the trial leaves a QEMU running.
         let child = {
@@ -439,8 +464,14 @@ impl Vm {
             console_log,
             qemu_log,
             started: Instant::now(),
+            setup,
             _registration: registration_qemu,
         })
+    }
+
+    /// How this guest was started.
+    pub(crate) fn setup(&self) -> &VmSetup {
+        &self.setup
     }
 
     /// Waits until the state given as [`VmConfig::resume_from`] is loaded,
@@ -674,6 +705,19 @@ pub(crate) fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, Conn
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// A word as a shell reads it: as it is when it is plain, quoted otherwise.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        crate::text::shell_quote(word)
     }
 }
 

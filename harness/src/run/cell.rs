@@ -528,6 +528,7 @@ pub fn run_cell(
         image_origin,
         ..
     } = guest;
+    let setup = vm.setup().clone();
     vm.stop();
     options.cache.events().finish(
         &label,
@@ -542,6 +543,7 @@ pub fn run_cell(
         cell: cell.clone(),
         accel: options.accel.clone(),
         guest_kernel: facts.kernel_release,
+        setup,
         packages,
         image_origin,
         steps,
