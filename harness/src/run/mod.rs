@@ -92,11 +92,6 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
             (row, snapshot)
         }
         Err(e) => {
-            let _ = std::fs::create_dir_all(&artifacts);
-            let _ = std::fs::write(
-                artifacts.join("report.md"),
-                report::markdown_error(scenario, &cell.to_string(), e.status(), e),
-            );
             let (status, why) = match (e.unreachable(), required(&cell.release)) {
                 (Some(reason), false) => (Status::Skipped, reason.to_owned()),
                 (Some(reason), true) => (
@@ -111,6 +106,13 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
                     e.to_string().lines().next().unwrap_or("").to_owned(),
                 ),
             };
+            // The report says what the row says: a required release that
+            // cannot be fetched is an error there too, not a skip.
+            let _ = std::fs::create_dir_all(&artifacts);
+            let _ = std::fs::write(
+                artifacts.join("report.md"),
+                report::markdown_error(scenario, &cell.to_string(), status, e),
+            );
             (
                 Row::without_outcome(&scenario.name, cell, status, &why),
                 Ok(()),
