@@ -145,16 +145,7 @@ fn trials(
                     if said.insert(cell.release.clone()) {
                         eprintln!("vmrepro: skipping the {} trials: {reason}", cell.release);
                     }
-                    shared.record(
-                        project,
-                        &scenario,
-                        report::Row::without_outcome(
-                            &scenario.name,
-                            &cell,
-                            Status::Skipped,
-                            reason,
-                        ),
-                    );
+                    shared.skipped(project, &scenario, &cell, reason);
                 }
             }
             trial
@@ -177,11 +168,14 @@ impl Shared {
         }
     }
 
-    /// Keeps the row of a trial that did not run, and saves it beside the
-    /// cell's artifacts as a run would.
-    fn record(&self, project: &Project, scenario: &Scenario, row: report::Row) {
-        let cell = format!("{}-{}", row.release, row.kernel);
-        report::save_row(&project.artifacts_dir(&scenario.name, &cell), &row);
+    /// Keeps the row of a trial skipped because its release cannot be
+    /// fetched, and saves it beside the cell's artifacts as a run would.
+    fn skipped(&self, project: &Project, scenario: &Scenario, cell: &Cell, reason: &str) {
+        let row = report::Row::without_outcome(&scenario.name, cell, Status::Skipped, reason);
+        report::save_row(
+            &project.artifacts_dir(&scenario.name, &cell.to_string()),
+            &row,
+        );
         self.keep(row);
     }
 
