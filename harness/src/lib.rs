@@ -61,7 +61,7 @@ pub mod image {
 
 /// The Linode-style kernel.
 pub mod kernel {
-    pub use crate::build::kernel::{key, linode, lookup_linode, Kernel, KIND};
+    pub use crate::build::kernel::{key, linode, lookup_linode, Kernel, KernelError, KIND};
 }
 
 /// Saved, booted guest states.

@@ -384,13 +384,21 @@ fn classify(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<tools::HostError>().is_some() {
             return EXIT_ENV;
         }
-        if cause
-            .downcast_ref::<RunError>()
-            .is_some_and(|e| e.unreachable().is_some())
-        {
-            return EXIT_ENV;
+        // A flow that broke (`shell`): the same verdict as `run` gives it,
+        // except that a release that cannot be fetched is the host's
+        // problem here, not a skip.
+        if let Some(e) = cause.downcast_ref::<RunError>() {
+            return match e.status() {
+                verdict::Status::Fail => EXIT_FAIL,
+                _ => EXIT_ENV,
+            };
         }
-        if cause.downcast_ref::<vm::VmError>().is_some() {
+        // Building an image or a kernel (`images build`, `images import`)
+        // failed, or QEMU did: the host's problem, as in a trial.
+        if cause.downcast_ref::<vm::VmError>().is_some()
+            || cause.downcast_ref::<image::ImageError>().is_some()
+            || cause.downcast_ref::<kernel::KernelError>().is_some()
+        {
             return EXIT_ENV;
         }
     }

@@ -68,7 +68,7 @@ impl RunError {
     /// guest's doing (a failure); an image, kernel or QEMU that cannot be
     /// had is the host's (an error); a release that cannot be fetched is
     /// skipped.
-    pub(crate) fn status(&self) -> Status {
+    pub fn status(&self) -> Status {
         match self {
             RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
             RunError::Project(_)
@@ -570,6 +570,14 @@ pub fn shell(
     options: &RunOptions,
     interact: impl FnOnce(std::os::unix::net::UnixStream) -> std::io::Result<()>,
 ) -> Result<(), RunError> {
+    // As a trial does: a release that cannot be fetched is said at once,
+    // not after a bootstrap that cannot succeed.
+    crate::run::reachable(project, &options.cache, &cell.release).map_err(|reason| {
+        ImageError::Unreachable {
+            release: cell.release.clone(),
+            reason,
+        }
+    })?;
     let name = scenario.map(|s| s.name.as_str()).unwrap_or("shell");
     let label = format!("{name} {cell}");
     let artifacts = project.artifacts_dir(&format!("shell-{name}"), &cell.to_string());

@@ -62,7 +62,13 @@ pub fn reachable(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     probes
         .entry(release.to_owned())
-        .or_insert_with(|| crate::build::image::probe_reachable(recipe).map_err(|e| e.to_string()))
+        .or_insert_with(|| {
+            // Why, in words; the callers say which release.
+            crate::build::image::probe_reachable(recipe).map_err(|e| match e {
+                crate::build::image::ImageError::Unreachable { reason, .. } => reason,
+                other => other.to_string(),
+            })
+        })
         .clone()
 }
 
