@@ -224,6 +224,7 @@ fn run_trial(
                 &cell.to_string(),
                 status,
                 e,
+                e.captures_after_failure(),
             )))
         }
     };

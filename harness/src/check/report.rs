@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::check::capture::Capture;
 use crate::check::outcome::Outcome;
 use crate::check::snapshot::SnapshotError;
 use crate::check::verdict::Status;
@@ -104,6 +105,19 @@ pub(crate) fn markdown(
                 );
             }
             Action::Reboot => {}
+            Action::WaitForUnit { .. } => {
+                let _ = writeln!(md, "\n   Waited {:.1}s.", step.seconds);
+                continue;
+            }
+            Action::WaitUntil { command } => {
+                let _ = writeln!(
+                    md,
+                    "\n   ```sh\n{}\n   ```\n   Waited {:.1}s.",
+                    indent(command.trim_end()),
+                    step.seconds
+                );
+                continue;
+            }
         }
         if let Some(out) = &step.output {
             // Say what this cell expected wherever it is not a plain 0, so a
@@ -173,11 +187,7 @@ pub(crate) fn markdown(
     }
 
     let _ = writeln!(md, "\n## Captures after the flow\n");
-    for capture in &outcome.captures {
-        let _ = writeln!(md, "### {} (exit {})\n", capture.name, capture.status);
-        let _ = writeln!(md, "```sh\n$ {}\n```", capture.command.trim());
-        let _ = writeln!(md, "```\n{}\n```\n", capture.raw.trim_end());
-    }
+    write_captures(&mut md, &outcome.captures);
     let _ = writeln!(
         md,
         "Artifacts (console log, captures): `{}`",
@@ -186,22 +196,47 @@ pub(crate) fn markdown(
     md
 }
 
-/// Renders a trial that could not run to the end, with its verdict.
+/// Renders a trial that could not run to the end, with its verdict and,
+/// where the guest could still be read after the failure, its captures.
 pub fn markdown_error(
     scenario: &Scenario,
     cell: &str,
     status: Status,
     error: &dyn std::fmt::Display,
+    captures_after: Option<&Result<Vec<Capture>, String>>,
 ) -> String {
     let why = match status {
         Status::Skipped => "SKIPPED: the release cannot be fetched here",
         Status::Error => "ERROR: this host could not run the flow",
         _ => "FAIL: the flow could not run to the end",
     };
-    format!(
+    let mut md = format!(
         "# vmrepro: {} on {cell}\n\n**Verdict:** {why}\n\n```\n{error}\n```\n",
         scenario.name
-    )
+    );
+    match captures_after {
+        None => {}
+        Some(Err(why)) => {
+            let _ = writeln!(
+                md,
+                "\n## Captures after the failure\n\nNone could be taken:\n\n```\n{why}\n```"
+            );
+        }
+        Some(Ok(captures)) => {
+            let _ = writeln!(md, "\n## Captures after the failure\n");
+            let _ = writeln!(md, "From the same guest, as the failed step left it.\n");
+            write_captures(&mut md, captures);
+        }
+    }
+    md
+}
+
+fn write_captures(md: &mut String, captures: &[Capture]) {
+    for capture in captures {
+        let _ = writeln!(md, "### {} (exit {})\n", capture.name, capture.status);
+        let _ = writeln!(md, "```sh\n$ {}\n```", capture.command.trim());
+        let _ = writeln!(md, "```\n{}\n```\n", capture.raw.trim_end());
+    }
 }
 
 /// Journal lines of the final boot that report a failure.

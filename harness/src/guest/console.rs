@@ -31,6 +31,15 @@ const PROMPT_HINT: Duration = Duration::from_secs(5);
 const PROMPT: &str = r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*$";
 /// How often the readiness probe is repeated while the guest boots.
 const PROBE_EVERY: Duration = Duration::from_secs(3);
+/// How long a command stopped for running past its time gets between
+/// SIGTERM and SIGKILL.
+const KILL_AFTER_SECS: u64 = 3;
+/// How long the harness waits beyond a command's own limit (and the kill
+/// grace) for the guest to report it stopped, before deciding that the
+/// shell itself no longer answers.
+const GUEST_SLACK: Duration = Duration::from_secs(20);
+/// How many lines of a stopped command's output its error carries.
+const OUTPUT_TAIL_LINES: usize = 15;
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +66,19 @@ pub enum ConsoleError {
         control_tail: String,
         /// The last lines of the kernel console log.
         console_tail: String,
+    },
+    /// A command ran past its time inside the guest and was stopped there
+    /// (its whole process group killed); the shell is still usable.
+    #[error("{what}: still running after {}s; stopped inside the guest\n--- its output, last lines ---\n{stdout_tail}\n--- its errors, last lines ---\n{stderr_tail}", .waited.as_secs())]
+    GuestTimeout {
+        /// What was running (names the step).
+        what: String,
+        /// Its time limit.
+        waited: Duration,
+        /// The last lines of its standard output.
+        stdout_tail: String,
+        /// The last lines of its standard error.
+        stderr_tail: String,
     },
     /// The control port closed (QEMU exited).
     #[error("the control port closed while waiting for {what}\n--- kernel console (ttyS0), last lines ---\n{console_tail}")]
@@ -289,7 +311,18 @@ impl Console {
         script: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, ConsoleError> {
-        let deadline = Instant::now() + timeout;
+        // The limit is enforced in the guest by coreutils' timeout(1), which
+        // puts the command in a process group of its own and, when the time
+        // is up, signals that whole group (TERM, then KILL): whatever the
+        // command started dies with it and the shell is free for the next
+        // command (timeout.c, "Ensure we're in our own group so all
+        // subprocesses can be killed"). It exits 124 when it sent TERM and
+        // 137 when it had to KILL; both have existed since coreutils 8.0,
+        // older than any release here (jessie has 8.23). The harness waits
+        // a little longer, for a guest whose shell no longer answers.
+        let started = Instant::now();
+        let limit_secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
+        let deadline = started + Duration::from_secs(limit_secs + KILL_AFTER_SECS) + GUEST_SLACK;
         let id = self.fresh_id();
         // Per-console file names: two consoles may share one /tmp (the fake
         // guest of the unit tests does).
@@ -298,7 +331,7 @@ impl Console {
         text.push_str(&wrapped_base64(script.as_bytes()));
         text.push_str("VMREPRO_EOF\n");
         text.push_str(&format!(
-            "bash {tmp}-cmd </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s-%s\\n%s\\n%s\\n%s-%s-%s\\n' VMRB {id} \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" VMRE {id} \"$__vmrepro\"\n"
+            "timeout -k {KILL_AFTER_SECS} {limit_secs} bash {tmp}-cmd </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s-%s\\n%s\\n%s\\n%s-%s-%s\\n' VMRB {id} \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" VMRE {id} \"$__vmrepro\"\n"
         ));
         self.send(what, &text)?;
         let frame = Regex::new(&format!(
@@ -306,7 +339,7 @@ impl Console {
         ))
         .map_err(|e| self.protocol(what, e.to_string()))?;
         match self.wait_for(&frame, deadline, what)? {
-            Wait::Deadline(pending) => Err(self.timeout(what, timeout, pending)),
+            Wait::Deadline(pending) => Err(self.timeout(what, started.elapsed(), pending)),
             Wait::Matched(text) => {
                 let caps = frame
                     .captures(&text)
@@ -318,13 +351,26 @@ impl Console {
                         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                         .map_err(|e| self.protocol(what, format!("bad base64: {e}")))
                 };
-                let status = caps
+                let status: i32 = caps
                     .get(3)
                     .and_then(|m| m.as_str().parse().ok())
                     .ok_or_else(|| self.protocol(what, "no exit status".into()))?;
+                let (stdout, stderr) = (decode(1)?, decode(2)?);
+                // 124 or 137 from a command that ran its whole time is
+                // timeout(1) speaking, not the command.
+                if matches!(status, 124 | 137)
+                    && started.elapsed() >= Duration::from_secs(limit_secs)
+                {
+                    return Err(ConsoleError::GuestTimeout {
+                        what: what.to_owned(),
+                        waited: Duration::from_secs(limit_secs),
+                        stdout_tail: last_lines(&stdout, OUTPUT_TAIL_LINES),
+                        stderr_tail: last_lines(&stderr, OUTPUT_TAIL_LINES),
+                    });
+                }
                 Ok(CommandOutput {
-                    stdout: decode(1)?,
-                    stderr: decode(2)?,
+                    stdout,
+                    stderr,
                     status,
                 })
             }
@@ -489,6 +535,13 @@ impl Read for DetachableReader {
     }
 }
 
+/// The last `n` lines of `text`, escapes removed.
+fn last_lines(text: &str, n: usize) -> String {
+    let clean = crate::text::strip_escapes(text);
+    let lines: Vec<&str> = clean.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Base64 in 76-column lines, each ending in a newline: short enough for any
 /// terminal's line buffer.
 fn wrapped_base64(bytes: &[u8]) -> String {
@@ -629,14 +682,53 @@ mod tests {
     }
 
     #[test]
-    fn a_command_that_hangs_times_out_naming_the_step() {
+    fn a_command_past_its_time_is_stopped_in_the_guest_and_the_shell_goes_on() {
         let mut guest = fake_guest();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child_pid = dir.path().join("child.pid");
+        let started = Instant::now();
+        // A child in the background as well: the whole group must go.
+        let script = format!(
+            "sleep 600 & echo $! > {}; echo working; echo warning >&2; sleep 600",
+            child_pid.display()
+        );
         let err = guest
             .console
-            .run("step 4 (sleep)", "sleep 30", Duration::from_secs(2))
+            .run("step 4 (sleep)", &script, Duration::from_secs(2))
             .expect_err("must time out");
+        let took = started.elapsed();
         let text = err.to_string();
+        assert!(matches!(err, ConsoleError::GuestTimeout { .. }), "{text}");
         assert!(text.contains("step 4 (sleep)"), "{text}");
-        assert!(text.contains("timed out after 2s"), "{text}");
+        assert!(text.contains("after 2s"), "{text}");
+        assert!(
+            text.contains("working") && text.contains("warning"),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(15), "took {took:?}");
+        let pid = std::fs::read_to_string(&child_pid).expect("pid");
+        // Gone, or a zombie waiting for whoever inherited it to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        let alive = stat.is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "the background child {pid} survived");
+        let out = guest
+            .console
+            .run(
+                "after the timeout",
+                "echo still here",
+                Duration::from_secs(10),
+            )
+            .expect("the shell answers");
+        assert_eq!(out.stdout, "still here\n");
+    }
+
+    #[test]
+    fn a_command_that_exits_124_quickly_is_not_a_timeout() {
+        let mut guest = fake_guest();
+        let out = guest
+            .console
+            .run("exit 124", "exit 124", Duration::from_secs(30))
+            .expect("an ordinary status");
+        assert_eq!(out.status, 124);
     }
 }

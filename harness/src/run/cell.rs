@@ -81,6 +81,14 @@ impl RunError {
         }
     }
 
+    /// The captures taken after a failed step, from the guest it left.
+    pub fn captures_after_failure(&self) -> Option<&Result<Vec<Capture>, String>> {
+        match self {
+            RunError::Step(failure) => Some(&failure.captures),
+            _ => None,
+        }
+    }
+
     /// Why the cell's release cannot be fetched, when that is the error.
     pub fn unreachable(&self) -> Option<&str> {
         match self {
@@ -120,13 +128,30 @@ pub enum RunError {
         /// QEMU's exit, with its output and the console tail.
         source: VmError,
     },
-    /// A step ended with the wrong exit status.
-    #[error("step {index} ({title}) exited {got}, expected {expected}\n--- stdout ---\n{stdout}--- stderr ---\n{stderr}")]
-    Step {
-        /// 1-based step number.
-        index: usize,
-        /// The step's title.
-        title: String,
+    /// A step failed; the flow ended there.
+    #[error(transparent)]
+    Step(Box<StepFailure>),
+}
+
+/// A step that failed, and the guest as it left it.
+#[derive(Debug)]
+pub struct StepFailure {
+    /// 1-based step number.
+    pub index: usize,
+    /// The step's title.
+    pub title: String,
+    /// What went wrong.
+    pub problem: StepProblem,
+    /// The scenario's captures, taken after the failure from the same
+    /// guest (or why they could not be).
+    pub captures: Result<Vec<Capture>, String>,
+}
+
+/// How a step failed.
+#[derive(Debug)]
+pub enum StepProblem {
+    /// It ended with an exit status this cell does not expect.
+    Status {
         /// The status it ended with.
         got: i32,
         /// The status the scenario expects on this cell.
@@ -136,6 +161,59 @@ pub enum RunError {
         /// Its standard error.
         stderr: String,
     },
+    /// It ran past its time limit and was stopped inside the guest.
+    TimedOut {
+        /// The limit.
+        after: Duration,
+        /// The last lines of its standard output.
+        stdout: String,
+        /// The last lines of its standard error.
+        stderr: String,
+    },
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (index, title) = (self.index, &self.title);
+        let (stdout, stderr) = match &self.problem {
+            StepProblem::Status {
+                got,
+                expected,
+                stdout,
+                stderr,
+            } => {
+                write!(
+                    f,
+                    "step {index} ({title}) exited {got}, expected {expected}"
+                )?;
+                (stdout, stderr)
+            }
+            StepProblem::TimedOut {
+                after,
+                stdout,
+                stderr,
+            } => {
+                write!(
+                    f,
+                    "step {index} ({title}) was still running after its {}s limit and was stopped in the guest",
+                    after.as_secs()
+                )?;
+                (stdout, stderr)
+            }
+        };
+        write!(f, "\n--- stdout ---\n{}", with_newline(stdout))?;
+        write!(f, "--- stderr ---\n{}", with_newline(stderr))
+    }
+}
+
+impl std::error::Error for StepFailure {}
+
+fn with_newline(text: &str) -> String {
+    if text.is_empty() || text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
 }
 
 /// A booted guest with a ready shell.
@@ -357,7 +435,10 @@ fn boot(
 }
 
 /// Runs a scenario's steps; returns what each did and, when the flow
-/// reboots, the captures taken just before the last reboot.
+/// reboots, the captures taken just before the last reboot. A step that
+/// fails (wrong exit status, its time run out, a wait that ended in failure)
+/// ends the flow; the captures are still taken, from the guest as the
+/// failure left it, for the report.
 fn run_steps(
     guest: &mut Guest,
     scenario: &Scenario,
@@ -388,17 +469,25 @@ fn run_steps(
         guest.events.note(label, &what);
         let step_started = Instant::now();
         let expected = step.status_for(cell);
-        let output = match &step.action {
-            Action::Run { command, .. } => Some(guest.console.run(&what, command, step.timeout)?),
+        let ran = match &step.action {
+            Action::Run { command, .. } => guest.console.run(&what, command, step.timeout),
             Action::Write {
                 path,
                 content,
                 mode,
-            } => Some(
+            } => guest
+                .console
+                .write_file(&what, path, content, *mode, step.timeout),
+            Action::WaitForUnit { unit, state } => {
                 guest
                     .console
-                    .write_file(&what, path, content, *mode, step.timeout)?,
-            ),
+                    .run(&what, &wait_for_unit_script(unit, state), step.timeout)
+            }
+            Action::WaitUntil { command } => {
+                guest
+                    .console
+                    .run(&what, &wait_until_script(command), step.timeout)
+            }
             Action::Reboot => {
                 let timeout = step.timeout.max(BOOT_TIMEOUT);
                 guest.console.reboot(&what, timeout)?;
@@ -414,30 +503,105 @@ fn run_steps(
                     ),
                 );
                 guest.facts = GuestFacts::read(&mut guest.console)?;
-                None
+                steps.push(StepRecord {
+                    title: step.title.clone(),
+                    action: step.action.clone(),
+                    output: None,
+                    expected,
+                    seconds: step_started.elapsed().as_secs_f64(),
+                });
+                continue;
             }
         };
-        // A write has no status of its own to expect: it must succeed.
+        // Writes and waits have no status of their own to expect: they
+        // must succeed.
         let must = expected.unwrap_or(StepStatus::Exactly(0));
-        if let Some(out) = output.as_ref().filter(|o| !must.accepts(o.status)) {
-            return Err(RunError::Step {
-                index,
-                title: step.title.clone(),
+        let problem = match ran {
+            Ok(out) if must.accepts(out.status) => {
+                let seconds = step_started.elapsed().as_secs_f64();
+                if step.action.is_wait() {
+                    guest.events.note(label, &format!("waited {seconds:.1}s"));
+                }
+                steps.push(StepRecord {
+                    title: step.title.clone(),
+                    action: step.action.clone(),
+                    output: Some(out),
+                    expected,
+                    seconds,
+                });
+                continue;
+            }
+            Ok(out) => StepProblem::Status {
                 got: out.status,
                 expected: must,
-                stdout: out.stdout.clone(),
-                stderr: out.stderr.clone(),
-            });
-        }
-        steps.push(StepRecord {
+                stdout: out.stdout,
+                stderr: out.stderr,
+            },
+            Err(ConsoleError::GuestTimeout {
+                waited,
+                stdout_tail,
+                stderr_tail,
+                ..
+            }) => StepProblem::TimedOut {
+                after: waited,
+                stdout: stdout_tail,
+                stderr: stderr_tail,
+            },
+            Err(other) => return Err(other.into()),
+        };
+        guest.events.note(
+            label,
+            &format!("{what} failed; capturing the state it left"),
+        );
+        let captures = capture::take(
+            &mut guest.console,
+            &scenario.captures,
+            &guest.facts,
+            "after the failed step",
+        )
+        .map_err(|e| e.to_string());
+        return Err(RunError::Step(Box::new(StepFailure {
+            index,
             title: step.title.clone(),
-            action: step.action.clone(),
-            output,
-            expected,
-            seconds: step_started.elapsed().as_secs_f64(),
-        });
+            problem,
+            captures,
+        })));
     }
     Ok((steps, before_reboot))
+}
+
+/// Polls a unit's state in the guest until it is `state`. Prints each state
+/// it sees, so a wait that runs out of time shows where the unit stood.
+fn wait_for_unit_script(unit: &str, state: &str) -> String {
+    format!(
+        r#"unit={} want={} last=
+while :; do
+  now=$(systemctl is-active "$unit" 2>/dev/null)
+  if [ "$now" != "$last" ]; then echo "$unit: ${{now:-unknown}}"; last=$now; fi
+  [ "$now" = "$want" ] && exit 0
+  if [ "$want" != failed ] && [ "$now" = failed ]; then echo "$unit failed while waiting for $want" >&2; exit 1; fi
+  sleep 0.2
+done
+"#,
+        crate::text::shell_quote(unit),
+        crate::text::shell_quote(state)
+    )
+}
+
+/// Runs `command` in the guest every half second until it succeeds; prints
+/// the last attempt's output, and each change of its exit status.
+fn wait_until_script(command: &str) -> String {
+    format!(
+        r#"cmd={} last= out=$(mktemp)
+while :; do
+  bash -c "$cmd" >"$out" 2>&1; now=$?
+  if [ "$now" = 0 ]; then cat "$out"; rm -f "$out"; exit 0; fi
+  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; tail -n 3 "$out"; last=$now; fi
+  sleep 0.5
+done
+"#,
+        crate::text::shell_quote(command)
+    )
 }
 
 /// What [`drive`] found out.

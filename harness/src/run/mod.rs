@@ -117,7 +117,13 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
             let _ = std::fs::create_dir_all(&artifacts);
             let _ = std::fs::write(
                 artifacts.join("report.md"),
-                report::markdown_error(scenario, &cell.to_string(), status, e),
+                report::markdown_error(
+                    scenario,
+                    &cell.to_string(),
+                    status,
+                    e,
+                    e.captures_after_failure(),
+                ),
             );
             (
                 Row::without_outcome(&scenario.name, cell, status, &why),

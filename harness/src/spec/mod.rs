@@ -270,6 +270,27 @@ pub(crate) enum Action {
     },
     /// Reboot the guest inside the same QEMU process and wait until it is back.
     Reboot,
+    /// Wait, polling inside the guest, until a unit reaches a state
+    /// (`systemctl is-active`); waiting for anything but `failed` ends at
+    /// once, as a failure, when the unit fails.
+    WaitForUnit {
+        /// The unit.
+        unit: String,
+        /// The state to wait for, such as `active`.
+        state: String,
+    },
+    /// Wait, polling inside the guest, until a shell command succeeds.
+    WaitUntil {
+        /// The command (bash).
+        command: String,
+    },
+}
+
+impl Action {
+    /// Whether the step only waits for the guest.
+    pub(crate) fn is_wait(&self) -> bool {
+        matches!(self, Action::WaitForUnit { .. } | Action::WaitUntil { .. })
+    }
 }
 
 /// A named piece of guest state recorded into the snapshot.

@@ -169,6 +169,8 @@ impl Scenario {
                 step.run.as_ref().map(|_| "run"),
                 step.write.as_ref().map(|_| "write"),
                 step.reboot.filter(|r| *r).map(|_| "reboot"),
+                step.wait_for_unit.as_ref().map(|_| "wait_for_unit"),
+                step.wait_until.as_ref().map(|_| "wait_until"),
             ]
             .into_iter()
             .flatten()
@@ -217,11 +219,27 @@ impl Scenario {
                     }
                 }
                 ["reboot"] => Action::Reboot,
+                ["wait_for_unit"] => {
+                    let unit = step.wait_for_unit.clone().unwrap_or_default();
+                    if unit.trim().is_empty() || unit.chars().any(char::is_whitespace) {
+                        return Err(invalid(
+                            here,
+                            format!("step {}: key `wait_for_unit`: {unit:?} is not a unit name", index + 1),
+                        ));
+                    }
+                    Action::WaitForUnit {
+                        unit,
+                        state: step.state.clone().unwrap_or_else(|| "active".into()),
+                    }
+                }
+                ["wait_until"] => Action::WaitUntil {
+                    command: step.wait_until.clone().unwrap_or_default(),
+                },
                 [] => {
                     return Err(invalid(
                         here,
                         format!(
-                            "step {}: give one of the keys `run`, `write` or `reboot = true`",
+                            "step {}: give one of the keys `run`, `write`, `reboot = true`, `wait_for_unit` or `wait_until`",
                             index + 1
                         ),
                     ))
@@ -251,6 +269,10 @@ impl Scenario {
                         && !matches!(action, Action::Write { .. }),
                     "content/mode",
                 ),
+                (
+                    step.state.is_some() && !matches!(action, Action::WaitForUnit { .. }),
+                    "state",
+                ),
             ]
             .into_iter()
             .filter_map(|(bad, key)| bad.then_some(key))
@@ -269,6 +291,8 @@ impl Scenario {
                 Action::Run { command, .. } => first_line(command),
                 Action::Write { path, .. } => format!("write {path}"),
                 Action::Reboot => "reboot".into(),
+                Action::WaitForUnit { unit, state } => format!("wait for {unit} to be {state}"),
+                Action::WaitUntil { command } => format!("wait until {}", first_line(command)),
             });
             let mut cells = Vec::new();
             for raw_cell in &step.cell {
@@ -433,6 +457,9 @@ struct RawStep {
     content: Option<String>,
     mode: Option<String>,
     reboot: Option<bool>,
+    wait_for_unit: Option<String>,
+    state: Option<String>,
+    wait_until: Option<String>,
     timeout: Option<Spanned<i64>>,
     #[serde(default)]
     cell: Vec<Spanned<RawStepCell>>,
@@ -634,6 +661,54 @@ units = { "netfilter-persistent.service" = "active" }
         assert!(message.contains("cannot be combined"), "{message}");
         let (_, message) = error_of(&GOOD.replace("content = \"a\\n\"\n", ""));
         assert!(message.contains("content"), "{message}");
+    }
+
+    #[test]
+    fn wait_steps_parse_with_their_defaults() {
+        let text = GOOD.replace(
+            "reboot = true",
+            "reboot = true\n\n[[step]]\nwait_for_unit = \"ssh.socket\"\n\n[[step]]\nwait_for_unit = \"x.service\"\nstate = \"failed\"\ntimeout = 5\n\n[[step]]\nwait_until = \"test -e /run/ready\"",
+        );
+        let scenario = parse(&text).expect("parses");
+        let waits: Vec<(&str, &Action, Duration)> = scenario
+            .steps
+            .iter()
+            .filter(|s| s.action.is_wait())
+            .map(|s| (s.title.as_str(), &s.action, s.timeout))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                (
+                    "wait for ssh.socket to be active",
+                    &Action::WaitForUnit {
+                        unit: "ssh.socket".into(),
+                        state: "active".into()
+                    },
+                    DEFAULT_STEP_TIMEOUT
+                ),
+                (
+                    "wait for x.service to be failed",
+                    &Action::WaitForUnit {
+                        unit: "x.service".into(),
+                        state: "failed".into()
+                    },
+                    Duration::from_secs(5)
+                ),
+                (
+                    "wait until test -e /run/ready",
+                    &Action::WaitUntil {
+                        command: "test -e /run/ready".into()
+                    },
+                    DEFAULT_STEP_TIMEOUT
+                ),
+            ]
+        );
+        let (_, message) =
+            error_of(&GOOD.replace("reboot = true", "reboot = true\nstate = \"active\""));
+        assert!(message.contains("`state` does not apply"), "{message}");
+        let (_, message) = error_of(&GOOD.replace("reboot = true", "wait_for_unit = \"a b\""));
+        assert!(message.contains("not a unit name"), "{message}");
     }
 
     #[test]
