@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use crate::guest::console::{Console, ConsoleError};
-use crate::spec::{CaptureSpec, Normalizer};
+use std::collections::BTreeMap;
+
+use crate::guest::console::{CommandOutput, Console, ConsoleError};
+use crate::guest::net;
+use crate::spec::{CaptureKind, CaptureSpec, Normalizer};
 
 /// How long one capture command may take.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,6 +29,8 @@ pub struct Capture {
     pub(crate) text: String,
     /// The output exactly as the guest printed it.
     pub(crate) raw: String,
+    /// The guest TCP port, for a probe from the host.
+    pub(crate) probe: Option<u16>,
 }
 
 /// Facts about the guest that normalisers replace with placeholders.
@@ -53,21 +58,26 @@ impl GuestFacts {
     }
 }
 
-/// Runs every capture command and normalises the output.
+/// Runs every capture command (and probes every port) and normalises the
+/// output. `forwarded` maps the guest ports the scenario probes to the host
+/// ports that reach them.
 pub(crate) fn take(
     console: &mut Console,
     specs: &[CaptureSpec],
     facts: &GuestFacts,
+    forwarded: &BTreeMap<u16, u16>,
     when: &str,
 ) -> Result<Vec<Capture>, ConsoleError> {
     specs
         .iter()
         .map(|spec| {
-            let out = console.run(
-                &format!("capture {:?} ({when})", spec.name),
-                &spec.command,
-                CAPTURE_TIMEOUT,
-            )?;
+            let what = format!("capture {:?} ({when})", spec.name);
+            let (out, probe) = match &spec.what {
+                CaptureKind::Run(command) => (console.run(&what, command, CAPTURE_TIMEOUT)?, None),
+                CaptureKind::ProbeTcp(port) => {
+                    (probe(console, &what, *port, forwarded)?, Some(*port))
+                }
+            };
             let mut raw = out.stdout.clone();
             if !out.stderr.trim().is_empty() {
                 if !raw.is_empty() && !raw.ends_with('\n') {
@@ -83,13 +93,50 @@ pub(crate) fn take(
                 .collect();
             Ok(Capture {
                 name: spec.name.clone(),
-                command: spec.command.clone(),
+                command: spec.command_text(),
                 status: out.status,
                 text: normalize(&raw, &normalizers, facts),
                 raw,
+                probe,
             })
         })
         .collect()
+}
+
+/// Brings the guest's network card up, then connects from the host. The
+/// text is the port's state; a guest that cannot bring its card up gives
+/// that error instead (non-zero status), never a made-up state.
+fn probe(
+    console: &mut Console,
+    what: &str,
+    port: u16,
+    forwarded: &BTreeMap<u16, u16>,
+) -> Result<CommandOutput, ConsoleError> {
+    let up = console.run(
+        &format!("{what}: bringing the network card up"),
+        &net::bring_up_script(),
+        CAPTURE_TIMEOUT,
+    )?;
+    if up.status != 0 {
+        return Ok(up);
+    }
+    let io = |message: String| ConsoleError::Io {
+        what: what.to_owned(),
+        message,
+    };
+    let host_port = forwarded
+        .get(&port)
+        .ok_or_else(|| io(format!("tcp/{port} is not forwarded to the guest")))?;
+    let state = net::probe_tcp(*host_port, net::PROBE_WAIT).map_err(|e| {
+        io(format!(
+            "connecting to 127.0.0.1:{host_port} (the guest's tcp/{port}): {e}"
+        ))
+    })?;
+    Ok(CommandOutput {
+        stdout: format!("{}\n", state.word()),
+        stderr: String::new(),
+        status: 0,
+    })
 }
 
 fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {

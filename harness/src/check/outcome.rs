@@ -161,9 +161,13 @@ pub(crate) fn check_expectations(
     failures
 }
 
-/// A short description of a capture for verdicts: the error if the command
-/// failed, the INPUT chain of an iptables-save, else its size.
+/// A short description of a capture for verdicts: a probe's answer, the
+/// error if the command failed, the INPUT chain of an iptables-save, else
+/// its size.
 pub(crate) fn describe(capture: &Capture) -> String {
+    if let (Some(port), 0) = (capture.probe, capture.status) {
+        return format!("tcp/{port} {} from outside", capture.text.trim());
+    }
     if capture.status != 0 {
         let first = capture
             .raw

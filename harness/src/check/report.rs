@@ -307,7 +307,7 @@ impl Row {
             .iter()
             .filter(|c| watched.contains(&&c.name))
             .collect();
-        let after_reboot = if watched.is_empty() {
+        let mut after_reboot = if watched.is_empty() {
             "-".to_owned()
         } else if let Some(first) = lost.first() {
             let detail = outcome
@@ -326,6 +326,20 @@ impl Row {
         } else {
             "restored".to_owned()
         };
+        // What a client would find, from a packet rather than a rule text.
+        let named = lost.first().map(|c| c.name.as_str());
+        let probes: Vec<String> = outcome
+            .captures
+            .iter()
+            .filter(|c| c.probe.is_some() && Some(c.name.as_str()) != named)
+            .map(crate::check::outcome::describe)
+            .collect();
+        if !probes.is_empty() {
+            after_reboot = match after_reboot.as_str() {
+                "-" => probes.join(", "),
+                _ => format!("{after_reboot}; {}", probes.join(", ")),
+            };
+        }
         let units: Vec<String> = outcome
             .units
             .iter()
@@ -578,6 +592,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             status: 0,
             text: text.into(),
             raw: text.into(),
+            probe: None,
         }
     }
 

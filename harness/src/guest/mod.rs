@@ -1,8 +1,10 @@
 //! One running guest: QEMU and its monitor ([`vm`]), the root shell on the
-//! control port ([`console`]), and booted states saved once and resumed by
-//! every trial ([`warm`]).
+//! control port ([`console`]), its restricted network seen from the host
+//! ([`net`]), and booted states saved once and resumed by every trial
+//! ([`warm`]).
 
 pub mod console;
+pub(crate) mod net;
 pub(crate) mod qmp;
 pub mod vm;
 pub mod warm;

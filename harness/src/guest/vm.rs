@@ -10,6 +10,7 @@
 //! (normal end, error or panic), by the [`Supervisor`] on SIGINT/SIGTERM/SIGHUP,
 //! and by the kernel (`PR_SET_PDEATHSIG`) if the harness dies any other way.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 
 use std::os::unix::net::UnixStream;
@@ -227,6 +228,11 @@ pub(crate) struct VmConfig {
     pub(crate) resume_from: Option<PathBuf>,
     /// Where starting, saving and booting this guest report progress.
     pub(crate) events: Events,
+    /// Guest TCP ports the harness reaches from the host. When there are
+    /// any, the guest gets a network card whose only peer is QEMU's
+    /// user-mode network with `restrict=on` (it can reach nothing, and
+    /// nothing reaches it but these forwards); otherwise no network at all.
+    pub(crate) forward_tcp: Vec<u16>,
 }
 
 impl VmConfig {
@@ -239,6 +245,50 @@ impl VmConfig {
         cmdline.extend(self.machine.cmdline.iter().map(String::as_str));
         cmdline.join(" ")
     }
+}
+
+/// The guest's address on QEMU's user-mode network (its default for the
+/// first guest, and where host forwards go when no address is given).
+pub(crate) const GUEST_ADDRESS: &str = "10.0.2.15";
+
+/// A host port on 127.0.0.1 for each guest port, free when asked. QEMU
+/// binds it a moment later; another process taking it in between makes
+/// QEMU fail to start with a message naming the forward.
+fn free_ports(guest_ports: &[u16]) -> std::io::Result<BTreeMap<u16, u16>> {
+    // All listeners stay open until every port is chosen, so no two guest
+    // ports get the same host port.
+    let listeners = guest_ports
+        .iter()
+        .map(|&port| Ok((port, std::net::TcpListener::bind(("127.0.0.1", 0))?)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .into_iter()
+        .map(|(port, listener)| Ok((port, listener.local_addr()?.port())))
+        .collect()
+}
+
+/// QEMU's network arguments: none at all, or one virtio card on a
+/// restricted user-mode network with the forwards. `restrict=on` isolates
+/// the guest ("it will not be able to contact the host and no guest IP
+/// packets will be routed over the host to the outside"); it "does not
+/// affect any explicitly set forwarding rules" (QEMU's `-netdev user`
+/// documentation).
+fn network_args(machine: &MachineOptions, forwarded: &BTreeMap<u16, u16>) -> Vec<String> {
+    if forwarded.is_empty() {
+        return vec!["-nic".into(), "none".into()];
+    }
+    let mut netdev = "user,id=net0,restrict=on".to_owned();
+    for (guest, host) in forwarded {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    // microvm has no PCI bus unless asked for one; its virtio devices sit
+    // on MMIO.
+    let device = if machine.machine.starts_with("microvm") {
+        "virtio-net-device,netdev=net0"
+    } else {
+        "virtio-net-pci,netdev=net0"
+    };
+    vec!["-netdev".into(), netdev, "-device".into(), device.into()]
 }
 
 /// Why a guest could not be started or driven.
@@ -314,6 +364,8 @@ pub(crate) struct Vm {
     /// How this QEMU was started, for reports: the command line, the
     /// kernel command line and the machine options.
     setup: VmSetup,
+    /// Guest TCP port → the host port on 127.0.0.1 that reaches it.
+    forwarded: BTreeMap<u16, u16>,
     _registration: Registration,
 }
 
@@ -365,6 +417,7 @@ impl Vm {
             Duration::from_secs(60),
         )?;
 
+        let forwarded = free_ports(&config.forward_tcp).map_err(io(Path::new("127.0.0.1")))?;
         let control_path = workdir.path().join("control.sock");
         let qmp_path = workdir.path().join("qmp.sock");
         let console_log = config.artifacts.join("console.log");
@@ -390,7 +443,9 @@ impl Vm {
                 "socket,id=control,path={},server=on,wait=off",
                 control_path.display()
             ))
-            .args(["-serial", "chardev:control", "-nic", "none"])
+            .arg("-serial")
+            .arg("chardev:control")
+            .args(network_args(&config.machine, &forwarded))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
         if let Some(state) = &config.resume_from {
@@ -457,6 +512,7 @@ impl Vm {
             }
         };
         Ok(Vm {
+            forwarded,
             child: vm_child,
             workdir,
             control,
@@ -470,6 +526,11 @@ impl Vm {
     }
 
     /// How this guest was started.
+    pub(crate) fn forwarded(&self) -> &BTreeMap<u16, u16> {
+        &self.forwarded
+    }
+
+    /// How this QEMU was started.
     pub(crate) fn setup(&self) -> &VmSetup {
         &self.setup
     }

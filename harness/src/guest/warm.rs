@@ -116,6 +116,12 @@ pub(crate) fn key(name: &str, config: &VmConfig) -> String {
         config.kernel_cmdline(),
         config.kernel.release.clone(),
     ];
+    // A network card is part of the saved machine; which host ports reach
+    // it is not (they are chosen anew at each start). Only added when
+    // there is one, so keys without a network stay as they were.
+    if !config.forward_tcp.is_empty() {
+        parts.push("network: virtio, restricted user-mode".to_owned());
+    }
     // The files by path, size and modification time: an imported image or a
     // rebuilt kernel at the same path is a different guest.
     for file in std::iter::once(&config.base_disk)
@@ -360,6 +366,7 @@ mod tests {
             keep_overlay: None,
             resume_from: None,
             events: crate::host::progress::Events::silent(),
+            forward_tcp: Vec::new(),
         }
     }
 
@@ -375,6 +382,11 @@ mod tests {
         same.artifacts = dir.path().join("elsewhere");
         same.keep_overlay = Some(dir.path().join("o.qcow2"));
         assert_eq!(key, super::key("bookworm-linode", &same));
+        // Which ports are forwarded is chosen per start, not saved.
+        let (mut one, mut other) = (base.clone(), base.clone());
+        one.forward_tcp = vec![8080];
+        other.forward_tcp = vec![22, 8080];
+        assert_eq!(super::key("x", &one), super::key("x", &other));
 
         let mut memory = base.clone();
         memory.machine.memory_mib = 512;
@@ -386,7 +398,9 @@ mod tests {
         accel.accel.accel = Accel::Kvm;
         let mut kernel = base.clone();
         kernel.kernel.release = "6.1.0-other".into();
-        for changed in [&memory, &cmdline, &machine, &accel, &kernel] {
+        let mut network = base.clone();
+        network.forward_tcp = vec![8080];
+        for changed in [&memory, &cmdline, &machine, &accel, &kernel, &network] {
             assert_ne!(key, super::key("bookworm-linode", changed));
         }
 

@@ -241,6 +241,7 @@ fn bootable(
     cell: &Cell,
     options: &RunOptions,
     artifacts: &std::path::Path,
+    forward_tcp: &[u16],
 ) -> Result<Bootable, RunError> {
     let recipe = project.recipe(&cell.release)?;
     let image = image::image(&options.cache, recipe)?;
@@ -261,6 +262,7 @@ fn bootable(
             keep_overlay: None,
             resume_from: None,
             events: options.cache.events().clone(),
+            forward_tcp: forward_tcp.to_vec(),
         },
         packages: image.manifest.packages.clone(),
         image_origin: image.manifest.origin.clone(),
@@ -325,7 +327,7 @@ pub fn bare_boot(
 ) -> Result<BootTimes, RunError> {
     let label = format!("boot {cell}");
     let artifacts = project.artifacts_dir("bare-boot", &cell.to_string());
-    let bootable = bootable(project, cell, options, &artifacts)?;
+    let bootable = bootable(project, cell, options, &artifacts, &[])?;
     let (vm, _console, times) = cold_boot(
         &bootable.config,
         &label,
@@ -344,7 +346,7 @@ pub fn warm_state(
     options: &RunOptions,
 ) -> Result<warm::WarmState, RunError> {
     let artifacts = project.artifacts_dir("warm-state", &cell.to_string());
-    let bootable = bootable(project, cell, options, &artifacts)?;
+    let bootable = bootable(project, cell, options, &artifacts, &[])?;
     Ok(warm::get_or_save(
         &options.cache,
         &cell.to_string(),
@@ -361,24 +363,26 @@ fn boot(
     project: &Project,
     cell: &Cell,
     options: &RunOptions,
-    first_boot: FirstBoot,
+    scenario: Option<&Scenario>,
     label: &str,
     artifacts: &std::path::Path,
 ) -> Result<Guest, RunError> {
+    let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
+    let ports = scenario.map(Scenario::probed_ports).unwrap_or_default();
     let Bootable {
         config,
         packages,
         image_origin,
-    } = bootable(project, cell, options, artifacts)?;
+    } = bootable(project, cell, options, artifacts, &ports)?;
     let mut start = Start::Cold;
     if first_boot == FirstBoot::Warm && options.first_boot == FirstBoot::Warm {
-        let saved = warm::get_or_save(
-            &options.cache,
-            &cell.to_string(),
-            &config,
-            BOOT_TIMEOUT,
-            label,
-        )?;
+        // Said in the name too, for people reading the cache.
+        let name = if ports.is_empty() {
+            cell.to_string()
+        } else {
+            format!("{cell}-net")
+        };
+        let saved = warm::get_or_save(&options.cache, &name, &config, BOOT_TIMEOUT, label)?;
         config
             .events
             .note(label, &format!("resuming the saved state {}", saved.key));
@@ -463,6 +467,7 @@ fn run_steps(
                 &mut guest.console,
                 &scenario.captures,
                 &guest.facts,
+                guest.vm.forwarded(),
                 "before the reboot",
             )?;
         }
@@ -557,6 +562,7 @@ fn run_steps(
             &mut guest.console,
             &scenario.captures,
             &guest.facts,
+            guest.vm.forwarded(),
             "after the failed step",
         )
         .map_err(|e| e.to_string());
@@ -627,6 +633,7 @@ fn drive(
         &mut guest.console,
         &scenario.captures,
         &guest.facts,
+        guest.vm.forwarded(),
         "at the end",
     )?;
     let mut units = BTreeMap::new();
@@ -669,14 +676,7 @@ pub fn run_cell(
     let started = Instant::now();
     let label = format!("{} {}", scenario.name, cell);
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let mut guest = boot(
-        project,
-        cell,
-        options,
-        scenario.first_boot,
-        &label,
-        &artifacts,
-    )?;
+    let mut guest = boot(project, cell, options, Some(scenario), &label, &artifacts)?;
     let expect = scenario.expectations_for(cell);
     let (steps, before_reboot, captures, units) =
         match drive(&mut guest, scenario, cell, &expect, &label) {
@@ -745,8 +745,7 @@ pub fn shell(
     let name = scenario.map(|s| s.name.as_str()).unwrap_or("shell");
     let label = format!("{name} {cell}");
     let artifacts = project.artifacts_dir(&format!("shell-{name}"), &cell.to_string());
-    let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
-    let mut guest = boot(project, cell, options, first_boot, &label, &artifacts)?;
+    let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
     if let Some(scenario) = scenario {
         if let Err(e) = run_steps(&mut guest, scenario, cell, &label) {
             return Err(guest.explain(e));

@@ -298,10 +298,34 @@ impl Action {
 pub(crate) struct CaptureSpec {
     /// Section name in the snapshot; also what expectations refer to.
     pub(crate) name: String,
-    /// Shell script whose standard output is recorded.
-    pub(crate) command: String,
+    /// What is recorded.
+    pub(crate) what: CaptureKind,
     /// Extra normalisers, applied after the ones every capture gets.
     pub(crate) normalize: Vec<Normalizer>,
+}
+
+/// Where a capture's text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CaptureKind {
+    /// The standard output of a shell script run in the guest.
+    Run(String),
+    /// Whether a guest TCP port answers a connection from the host, through
+    /// the scenario's restricted network: `open` (the guest sent bytes),
+    /// `refused` (closed or reset without a byte) or `no answer` (nothing
+    /// within the probe's time, as when a firewall drops the packets).
+    ProbeTcp(u16),
+}
+
+impl CaptureSpec {
+    /// The command, or what the probe does, in words for reports.
+    pub(crate) fn command_text(&self) -> String {
+        match &self.what {
+            CaptureKind::Run(command) => command.clone(),
+            CaptureKind::ProbeTcp(port) => {
+                format!("connect from the host to the guest's tcp/{port} and wait for a byte")
+            }
+        }
+    }
 }
 
 /// Rewrites that make captured text stable from run to run.
@@ -396,6 +420,22 @@ impl Scenario {
             }
         }
         expect
+    }
+
+    /// The guest TCP ports the scenario probes from the host; the guest
+    /// gets a restricted network only when there are any.
+    pub fn probed_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .captures
+            .iter()
+            .filter_map(|c| match c.what {
+                CaptureKind::ProbeTcp(port) => Some(port),
+                CaptureKind::Run(_) => None,
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// Whether the flow reboots the guest at least once.

@@ -319,9 +319,48 @@ impl Scenario {
                     format!("key `capture.name`: {:?} is used twice", capture.name),
                 ));
             }
+            let what = match (&capture.run, &capture.probe_tcp) {
+                (Some(run), None) => CaptureKind::Run(run.clone()),
+                (None, Some(port)) => match u16::try_from(*port.get_ref()) {
+                    Ok(port) if port > 0 => CaptureKind::ProbeTcp(port),
+                    _ => {
+                        return Err(invalid(
+                            Some(port.span()),
+                            format!(
+                                "capture {:?}: key `probe_tcp`: {} is not a TCP port (1 to 65535)",
+                                capture.name,
+                                port.get_ref()
+                            ),
+                        ))
+                    }
+                },
+                (run, _) => {
+                    return Err(invalid(
+                        Some(spanned.span()),
+                        format!(
+                            "capture {:?}: {}",
+                            capture.name,
+                            if run.is_some() {
+                                "keys `run` and `probe_tcp` cannot be combined"
+                            } else {
+                                "give the key `run` (a command) or `probe_tcp` (a port)"
+                            }
+                        ),
+                    ))
+                }
+            };
+            if matches!(what, CaptureKind::ProbeTcp(_)) && !capture.normalize.is_empty() {
+                return Err(invalid(
+                    Some(spanned.span()),
+                    format!(
+                        "capture {:?}: key `normalize` does not apply to a probe",
+                        capture.name
+                    ),
+                ));
+            }
             captures.push(CaptureSpec {
                 name: capture.name.clone(),
-                command: capture.run.clone(),
+                what,
                 normalize: capture.normalize.clone(),
             });
         }
@@ -485,7 +524,8 @@ struct RawStepCell {
 #[serde(deny_unknown_fields)]
 struct RawCapture {
     name: String,
-    run: String,
+    run: Option<String>,
+    probe_tcp: Option<Spanned<i64>>,
     #[serde(default)]
     normalize: Vec<Normalizer>,
 }

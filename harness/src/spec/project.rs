@@ -173,7 +173,8 @@ mod tests {
             // jessie's journalctl (systemd 215) has no -t/--identifier=,
             // which came in 217 (systemd NEWS, "CHANGES WITH 217").
             for capture in &scenario.captures {
-                let words: Vec<&str> = capture.command.split_whitespace().collect();
+                let command = capture.command_text();
+                let words: Vec<&str> = command.split_whitespace().collect();
                 let identifier = words
                     .iter()
                     .any(|w| *w == "-t" || w.starts_with("--identifier"));
