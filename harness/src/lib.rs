@@ -82,10 +82,11 @@ pub mod trial {
     pub use crate::check::outcome::Outcome;
     pub use crate::guest::warm::Start;
     pub use crate::run::cell::{
-        bare_boot, run_cell, shell, warm_state, BootTimes, RunError, RunOptions,
+        bare_boot, exec, run_cell, shell, warm_state, BootTimes, ExecOutput, KeptGuest, RunError,
+        RunOptions, StepFailure, StepProblem,
     };
     pub use crate::run::{
-        check, check_all, default_jobs, longest_first, reachable, required, Checked,
+        check, check_all, check_keeping, default_jobs, longest_first, reachable, required, Checked,
     };
 }
 

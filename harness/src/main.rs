@@ -18,6 +18,11 @@ use vmrepro::{image, kernel, report, tools, vm};
 
 use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
+/// `vmrepro exec`'s status when it could not run the command (ssh(1): "exits
+/// with the exit status of the remote command or with 255 if an error
+/// occurred").
+const EXIT_EXEC: u8 = 255;
+
 /// `println!` for results on standard output: a reader that goes away (a
 /// closed pipe, as in `vmrepro list | head -1`) ends the program quietly
 /// with status 0 instead of a panic.
@@ -175,6 +180,11 @@ enum Command {
         /// Write the report to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// When the trial fails (a step, a capture, an expectation or the
+        /// snapshot), keep the guest and open a root shell in it; leaving
+        /// the shell stops it. Needs a terminal.
+        #[arg(long)]
+        shell_fail: bool,
     },
     /// Run scenarios over their matrices and compare with the committed snapshots.
     #[command(
@@ -201,6 +211,43 @@ enum Command {
         /// `VMREPRO_SHARD` in `cargo test`.
         #[arg(long, value_name = "K/N", value_parser = Shard::parse, env = "VMREPRO_SHARD")]
         shard: Option<Shard>,
+        /// With a selection of exactly one cell: when it fails, keep the
+        /// guest and open a root shell in it (as `repro --shell-fail`).
+        #[arg(long)]
+        shell_fail: bool,
+    },
+    /// Run one command as root in a guest (after a scenario's steps, if
+    /// asked), print its output and exit with its status.
+    #[command(
+        after_help = "Exit status: the command's own, or 255 when vmrepro could not run it (as ssh(1) does).
+
+One argument is a shell command line; several are a command and its arguments, each quoted.
+
+Examples:
+  vmrepro exec --release bookworm --kernel stock -- uname -r
+  vmrepro exec --release trixie --kernel linode --after netfilter-persistent-reboot -- 'iptables-save | head'"
+    )]
+    Exec {
+        /// Release to boot.
+        #[arg(long)]
+        release: String,
+        /// Kernel flavour.
+        #[arg(long, default_value = "stock")]
+        kernel: String,
+        /// Run this scenario's steps first.
+        #[arg(long)]
+        after: Option<String>,
+        /// Seconds the command may run before it is stopped inside the guest.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout: u64,
+        /// The command.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
     },
     /// List scenarios and their matrix cells.
     List {
@@ -363,11 +410,14 @@ fn main() -> ExitCode {
         events: Events::new(terminal.clone()),
         terminal,
     };
+    // `exec` passes the command's status through, so its own failures
+    // need a status no command is likely to give.
+    let exec = matches!(cli.command, Command::Exec { .. });
     match dispatch(cli.command, cold, outputs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vmrepro: {e:#}");
-            ExitCode::from(classify(&e))
+            ExitCode::from(if exec { EXIT_EXEC } else { classify(&e) })
         }
     }
 }
@@ -495,18 +545,49 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         Command::New { name } => new_scenario(&project, &name),
+        Command::Exec {
+            release,
+            kernel,
+            after,
+            timeout,
+            command,
+        } => {
+            let scenario = after.map(|name| project.scenario(&name)).transpose()?;
+            let cell = Cell {
+                release: project.recipe(&release)?.release.clone(),
+                kernel: parse_kernel(&kernel)?,
+            };
+            let options = run_options(cold, &outputs)?;
+            let out = trial::exec(
+                &project,
+                scenario.as_ref(),
+                &cell,
+                &options,
+                &command,
+                std::time::Duration::from_secs(timeout),
+            )?;
+            outputs.terminal.stop_live();
+            outp!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            Ok(u8::try_from(out.status).unwrap_or(EXIT_EXEC))
+        }
         Command::Repro {
             scenario,
             release,
             kernel,
             output,
+            shell_fail,
         } => {
             let scenario = project.scenario(&scenario)?;
             let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
+            if shell_fail {
+                need_terminal()?;
+            }
             let options = run_options(cold, &outputs)?;
             // The same path as `run` and the test target, so the same cell
             // gets the same verdict and exit status through all three.
-            let checked = trial::check(&project, &scenario, &cell, &options);
+            let (checked, kept) =
+                trial::check_keeping(&project, &scenario, &cell, &options, shell_fail);
             let code = checked.row.status.exit_code();
             let report_file = project
                 .artifacts_dir(&scenario.name, &cell.to_string())
@@ -521,6 +602,9 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 }
                 None => outp!("{markdown}"),
             }
+            if let Some(kept) = kept {
+                shell_after_failure(kept, &checked, &outputs)?;
+            }
             Ok(code)
         }
         Command::Run {
@@ -530,7 +614,11 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             format,
             jobs,
             shard,
+            shell_fail,
         } => {
+            if shell_fail {
+                need_terminal()?;
+            }
             let selected: Vec<Scenario> = if scenarios.is_empty() {
                 project.scenarios()?
             } else {
@@ -556,6 +644,24 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 .collect();
             if cells.is_empty() {
                 return Err(UsageError("no matrix cell matches the selection".into()).into());
+            }
+            if shell_fail {
+                let [(scenario, cell)] = cells.as_slice() else {
+                    return Err(UsageError(format!(
+                        "--shell-fail keeps one guest: select exactly one cell (with a scenario, --release and --kernel); this selection has {}",
+                        cells.len()
+                    ))
+                    .into());
+                };
+                let (checked, kept) =
+                    trial::check_keeping(&project, scenario, cell, &options, true);
+                say_error(scenario, cell, &checked);
+                print_rows(std::slice::from_ref(&checked.row), format, &outputs)?;
+                let code = checked.row.status.exit_code();
+                if let Some(kept) = kept {
+                    shell_after_failure(kept, &checked, &outputs)?;
+                }
+                return Ok(code);
             }
             let jobs = jobs
                 .unwrap_or_else(|| trial::default_jobs(options.machine.memory_mib))
@@ -626,6 +732,36 @@ fn pick_cell(scenario: &Scenario, release: Option<&str>, kernel: Option<&str>) -
         .into());
     }
     Ok(cell)
+}
+
+/// `--shell-fail` opens a shell on the user's terminal; without one it
+/// would wait for input that never comes.
+fn need_terminal() -> Result<()> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        return Ok(());
+    }
+    Err(UsageError(
+        "--shell-fail opens a shell in the failed guest and needs a terminal on standard input and output; without one (CI), read the report and the artifacts instead"
+            .into(),
+    )
+    .into())
+}
+
+/// Says what failed, then hands the terminal to the kept guest's shell.
+fn shell_after_failure(
+    kept: trial::KeptGuest,
+    checked: &trial::Checked,
+    outputs: &Outputs,
+) -> Result<()> {
+    outputs.terminal.stop_live();
+    eprintln!(
+        "\nvmrepro: {}\nvmrepro: the guest is kept as the failure left it",
+        checked.row.verdict
+    );
+    kept.shell(interactive)?;
+    eprintln!("\nvmrepro: left the shell; the guest is stopped");
+    Ok(())
 }
 
 /// Prints a trial's error as it happens (skips are said in the table).

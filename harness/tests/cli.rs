@@ -1,7 +1,9 @@
 //! The `vmrepro` command as a user meets it: its exit statuses over real
-//! guests (a pass, a skip, a failure, a first run without a snapshot), and
-//! its manners (a closed pipe). The guest trials run bookworm × stock in a
-//! scratch project, with the harness's own image cache.
+//! guests (a pass, a skip, a failure, a first run without a snapshot), a
+//! step stopped for running too long, `exec`, the interactive shell and
+//! `--shell-fail` driven through a pseudo-terminal as a person types, and
+//! its manners (a closed pipe, no terminal). The guest trials run bookworm
+//! in a scratch project, with the harness's own image cache.
 
 mod common;
 
@@ -39,6 +41,20 @@ fn main() -> ExitCode {
         Trial::test("a_closed_pipe_ends_quietly", closed_pipe),
         with_guests("exit_statuses_over_real_guests", exit_statuses),
         with_guests("a_trial_whose_qemu_is_killed_fails_at_once", qemu_killed),
+        with_guests("exec_prints_and_passes_the_status", exec_status),
+        with_guests(
+            "a_step_past_its_time_is_stopped_and_the_guest_still_captured",
+            step_timeout,
+        ),
+        with_guests("the_shell_through_a_terminal", shell_in_a_terminal),
+        with_guests(
+            "shell_fail_lands_in_the_failed_guest",
+            shell_fail_in_a_terminal,
+        ),
+        Trial::test(
+            "shell_fail_without_a_terminal_is_refused",
+            shell_fail_refused,
+        ),
         nextest_trial(),
     ];
     libtest_mimic::run(&args, trials).exit_code()
@@ -351,6 +367,245 @@ fn exit_statuses() -> Result<(), Failed> {
             said(&output)
         )
         .into());
+    }
+    Ok(())
+}
+
+/// `vmrepro exec`: the command's output and status, both kernels; 255 when
+/// vmrepro itself cannot run it.
+fn exec_status() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[])?;
+    let project = dir.path();
+    let exec = |kernel: &str, command: &[&str]| -> std::io::Result<Output> {
+        vmrepro(project)
+            .args(["exec", "--release", "bookworm", "--kernel", kernel, "--"])
+            .args(command)
+            .output()
+    };
+    let started = Instant::now();
+    let output = exec("stock", &["uname", "-r"])?;
+    let seconds = started.elapsed().as_secs_f64();
+    let release = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // Debian's own kernels are named VERSION-ABI-FLAVOUR, as 6.1.0-50-cloud-amd64.
+    let debian = regex::Regex::new(r"^\d+\.\d+\.\d+-\d+-[a-z0-9-]*amd64$")?;
+    if output.status.code() != Some(0) || !debian.is_match(&release) {
+        return Err(format!(
+            "uname -r on stock: {:?}, {release:?}\n{}",
+            output.status,
+            said(&output)
+        )
+        .into());
+    }
+    eprintln!("cli: exec uname -r on bookworm × stock: {release} in {seconds:.1}s");
+    let output = exec("linode", &["uname", "-r"])?;
+    let release = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if output.status.code() != Some(0) || !release.ends_with("-x86_64-linode") {
+        return Err(format!("uname -r on linode: {:?}, {release:?}", output.status).into());
+    }
+    let output = exec("stock", &["false"])?;
+    if output.status.code() != Some(1) {
+        return Err(format!("false: {:?}\n{}", output.status, said(&output)).into());
+    }
+    // Several words are one command and its arguments, as given; one is a
+    // shell command line.
+    let output = exec("stock", &["printf", "%s|", "a  b", "$HOME"])?;
+    if String::from_utf8_lossy(&output.stdout) != "a  b|$HOME|" {
+        return Err(format!("arguments changed on the way: {}", said(&output)).into());
+    }
+    let output = exec("stock", &["echo out; echo err >&2; exit 7"])?;
+    if output.status.code() != Some(7)
+        || String::from_utf8_lossy(&output.stdout) != "out\n"
+        || !String::from_utf8_lossy(&output.stderr).contains("err")
+    {
+        return Err(format!("a command line: {:?}\n{}", output.status, said(&output)).into());
+    }
+    let output = vmrepro(project)
+        .args(["exec", "--release", "sid", "--", "true"])
+        .output()?;
+    if output.status.code() != Some(255) || !said(&output).contains("sid") {
+        return Err(format!("an unknown release: {:?}\n{}", output.status, said(&output)).into());
+    }
+    Ok(())
+}
+
+const HANGS: &str = r#"
+name = "hangs"
+description = "A step that never ends, with a time limit."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+run = "echo 'before the hang' > /run/vmrepro-marker"
+[[step]]
+title = "hang"
+run = "echo started; sleep 600"
+timeout = 5
+[[capture]]
+name = "after the hang"
+run = "cat /run/vmrepro-marker; grep -lx sleep /proc/[0-9]*/comm || echo 'no sleep left'"
+"#;
+
+/// A step over its limit fails in about its limit, stopped inside the
+/// guest (its processes gone), and the captures still come from the same
+/// guest.
+fn step_timeout() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[("hangs.toml", HANGS)])?;
+    let project = dir.path();
+    let output = vmrepro_saying(project)
+        .args(["-v", "repro", "hangs"])
+        .output()?;
+    let text = said(&output);
+    if output.status.code() != Some(i32::from(EXIT_FAIL)) {
+        return Err(format!("expected a failure: {:?}\n{text}", output.status).into());
+    }
+    let report = String::from_utf8_lossy(&output.stdout);
+    for needed in [
+        "step 2 (hang) was still running after its 5s limit and was stopped in the guest",
+        "started",
+        "## Captures after the failure",
+        "before the hang",
+        "no sleep left",
+    ] {
+        if !report.contains(needed) {
+            return Err(format!("the report lacks {needed:?}:\n{text}").into());
+        }
+    }
+    // From the progress lines: when the step started and when it was
+    // given up.
+    let at = |needle: &str| -> Option<f64> {
+        text.lines().find(|l| l.contains(needle)).and_then(|l| {
+            l.trim_start_matches('[')
+                .split('s')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+        })
+    };
+    let (Some(started), Some(failed)) = (at("step 2/2 (hang)"), at("(hang) failed")) else {
+        return Err(format!("no progress lines for the step:\n{text}").into());
+    };
+    let took = failed - started;
+    eprintln!("cli: a 5 s limit stopped the step after {took:.1}s");
+    if !(4.5..12.0).contains(&took) {
+        return Err(format!("the step was stopped after {took:.1}s, not about 5s:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// The QEMU processes started for `project` (their command lines name its
+/// artifacts).
+fn qemu_of(project: &Path) -> Vec<String> {
+    Command::new("pgrep")
+        .args(["-f", &format!("qemu-system.*{}", project.display())])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `vmrepro` in a pseudo-terminal, as a person at a terminal does.
+fn in_terminal(project: &Path, args: &[&str]) -> Result<rexpect::session::PtySession, Failed> {
+    let mut command = vmrepro_saying(project);
+    command.args(args).env("TERM", "xterm");
+    Ok(rexpect::session::spawn_with_options(
+        command,
+        rexpect::reader::Options::new()
+            .timeout_ms(Some(300_000))
+            .strip_ansi_escape_codes(true),
+    )?)
+}
+
+/// Leaves the interactive shell with Ctrl-], waits for vmrepro to end and
+/// checks that its guest went with it.
+fn leave(
+    session: &mut rexpect::session::PtySession,
+    project: &Path,
+    status: i32,
+) -> Result<(), Failed> {
+    if qemu_of(project).is_empty() {
+        return Err("no QEMU runs while the shell is open".into());
+    }
+    session.send_control(']')?;
+    session.exp_string("left the shell; the guest is stopped")?;
+    session.exp_eof()?;
+    match session.process().wait()? {
+        nix::sys::wait::WaitStatus::Exited(_, code) if code == status => {}
+        other => return Err(format!("vmrepro ended with {other:?}, expected {status}").into()),
+    }
+    let left = qemu_of(project);
+    if !left.is_empty() {
+        return Err(format!("QEMU still runs after the shell: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// `vmrepro shell`: a root shell a person can type into; Ctrl-] leaves it
+/// and stops the guest.
+fn shell_in_a_terminal() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[])?;
+    let project = dir.path();
+    let mut session = in_terminal(
+        project,
+        &["shell", "--release", "bookworm", "--kernel", "stock"],
+    )?;
+    session.exp_string("Ctrl-] leaves")?;
+    session.exp_string("[vmrepro bookworm-stock] ~#")?;
+    session.send_line("echo \"$((6 * 7)) as $(id -un)\"")?;
+    session.exp_string("42 as root")?;
+    leave(&mut session, project, 0)
+}
+
+const FAILS_AN_EXPECTATION: &str = r#"
+name = "fails-an-expectation"
+description = "An expectation that cannot hold, after a step that leaves a trace."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+run = "echo 'left by step 1' > /root/trace"
+[[capture]]
+name = "trace"
+run = "cat /root/trace"
+[expect.contains]
+"trace" = ["what is not there"]
+"#;
+
+/// `repro --shell-fail` of a failing trial: the report, a line saying what
+/// failed, then a root shell in that very guest.
+fn shell_fail_in_a_terminal() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[("fails.toml", FAILS_AN_EXPECTATION)])?;
+    let project = dir.path();
+    let mut session = in_terminal(project, &["repro", "fails-an-expectation", "--shell-fail"])?;
+    session.exp_string("**Verdict:** FAIL")?;
+    session.exp_string("trace lacks \"what is not there\"")?;
+    session.exp_string("the guest is kept as the failure left it")?;
+    session.exp_string("[vmrepro bookworm-stock] ~#")?;
+    session.send_line("cat /root/trace")?;
+    session.exp_string("left by step 1")?;
+    leave(&mut session, project, i32::from(EXIT_FAIL))
+}
+
+/// Without a terminal there is nobody to type into the shell: refused at
+/// once, before anything boots.
+fn shell_fail_refused() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[("fails.toml", FAILS_AN_EXPECTATION)])?;
+    let project = dir.path();
+    for args in [
+        &["repro", "fails-an-expectation", "--shell-fail"][..],
+        &["run", "fails-an-expectation", "--shell-fail"][..],
+    ] {
+        let started = Instant::now();
+        let output = vmrepro(project).args(args).stdin(Stdio::null()).output()?;
+        let text = said(&output);
+        if output.status.code() != Some(2)
+            || !text.contains("needs a terminal")
+            || started.elapsed().as_secs() > 10
+        {
+            return Err(format!("{args:?}: {:?}\n{text}", output.status).into());
+        }
     }
     Ok(())
 }

@@ -61,12 +61,9 @@ ip -4 addr show dev "$dev" | grep -q 'inet {GUEST_ADDRESS}/' || ip addr add {GUE
 pub(crate) fn probe_tcp(host_port: u16, wait: Duration) -> std::io::Result<PortState> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
     let deadline = Instant::now() + wait;
-    let mut stream = match TcpStream::connect_timeout(&address, wait) {
-        Ok(stream) => stream,
-        // QEMU accepts for the guest; a refused connect means QEMU is not
-        // listening there, which is the harness's trouble, not the guest's.
-        Err(e) => return Err(e),
-    };
+    // QEMU accepts for the guest; a refused connect means QEMU is not
+    // listening there, which is the harness's trouble, not the guest's.
+    let mut stream = TcpStream::connect_timeout(&address, wait)?;
     let mut byte = [0u8; 1];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -673,54 +673,154 @@ pub fn run_cell(
     cell: &Cell,
     options: &RunOptions,
 ) -> Result<Outcome, RunError> {
+    run_cell_keeping(project, scenario, cell, options, false).0
+}
+
+/// A guest kept running after its trial, for a person to look into: the
+/// state the flow left, failed step, captures and all. Dropping it stops
+/// the guest.
+pub struct KeptGuest {
+    guest: Guest,
+    cell: Cell,
+}
+
+impl KeptGuest {
+    /// Hands the guest's root shell to `interact`, as [`shell`] does; the
+    /// guest is stopped when `interact` returns.
+    pub fn shell(
+        self,
+        interact: impl FnOnce(std::os::unix::net::UnixStream) -> std::io::Result<()>,
+    ) -> Result<(), RunError> {
+        interactive_shell(self.guest, &self.cell, interact)
+    }
+}
+
+/// Runs a scenario on one cell and, when `keep` is set and the guest is
+/// still running at the end (whatever the flow did), keeps it instead of
+/// stopping it.
+pub(crate) fn run_cell_keeping(
+    project: &Project,
+    scenario: &Scenario,
+    cell: &Cell,
+    options: &RunOptions,
+    keep: bool,
+) -> (Result<Outcome, RunError>, Option<KeptGuest>) {
     let started = Instant::now();
     let label = format!("{} {}", scenario.name, cell);
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let mut guest = boot(project, cell, options, Some(scenario), &label, &artifacts)?;
+    let mut guest = match boot(project, cell, options, Some(scenario), &label, &artifacts) {
+        Ok(guest) => guest,
+        Err(e) => return (Err(e), None),
+    };
     let expect = scenario.expectations_for(cell);
-    let (steps, before_reboot, captures, units) =
-        match drive(&mut guest, scenario, cell, &expect, &label) {
-            Ok(driven) => driven,
-            Err(e) => return Err(guest.explain(e)),
-        };
-    let Guest {
-        vm,
-        facts,
-        start,
-        first_boot_seconds,
-        packages,
-        image_origin,
-        ..
-    } = guest;
-    let setup = vm.setup().clone();
-    vm.stop();
+    let driven = drive(&mut guest, scenario, cell, &expect, &label);
+    let kept = |mut guest: Guest| {
+        (keep && guest.vm.check_running().is_ok()).then(|| KeptGuest {
+            guest,
+            cell: cell.clone(),
+        })
+    };
+    let (steps, before_reboot, captures, units) = match driven {
+        Ok(driven) => driven,
+        Err(e) => {
+            let e = guest.explain(e);
+            return (Err(e), kept(guest));
+        }
+    };
+    let setup = guest.vm.setup().clone();
+    let outcome_of = |guest: &Guest| {
+        let changes = persistence_diff(&before_reboot, &captures);
+        let failures = check_expectations(&expect, &units, &before_reboot, &captures);
+        write_artifacts(&artifacts, &before_reboot, &captures);
+        Outcome {
+            scenario: scenario.name.clone(),
+            cell: cell.clone(),
+            accel: options.accel.clone(),
+            guest_kernel: guest.facts.kernel_release.clone(),
+            setup,
+            packages: guest.packages.clone(),
+            image_origin: guest.image_origin.clone(),
+            steps,
+            before_reboot: before_reboot.clone(),
+            captures: captures.clone(),
+            changes,
+            units: units.clone(),
+            expect: expect.clone(),
+            failures,
+            start: guest.start.clone(),
+            first_boot_seconds: guest.first_boot_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+            artifacts: artifacts.clone(),
+        }
+    };
+    let outcome = outcome_of(&guest);
+    let kept = kept(guest);
     options.cache.events().finish(
         &label,
         &format!("done in {:.1}s", started.elapsed().as_secs_f64()),
     );
+    (Ok(outcome), kept)
+}
 
-    let changes = persistence_diff(&before_reboot, &captures);
-    let failures = check_expectations(&expect, &units, &before_reboot, &captures);
-    write_artifacts(&artifacts, &before_reboot, &captures);
-    Ok(Outcome {
-        scenario: scenario.name.clone(),
-        cell: cell.clone(),
-        accel: options.accel.clone(),
-        guest_kernel: facts.kernel_release,
-        setup,
-        packages,
-        image_origin,
-        steps,
-        before_reboot,
-        captures,
-        changes,
-        units,
-        expect,
-        failures,
-        start,
-        first_boot_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        artifacts,
+/// What a command run by [`exec`] printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output (lossily decoded as UTF-8).
+    pub stdout: String,
+    /// Standard error (lossily decoded as UTF-8).
+    pub stderr: String,
+    /// Exit status.
+    pub status: i32,
+}
+
+/// Boots a cell (warm where the scenario allows), optionally runs a
+/// scenario's steps, runs one command as root and stops the guest. One
+/// word is a shell command line (`"dmesg | tail"`); several are a command
+/// and its arguments, each passed as it is. A command still running after
+/// `timeout` is stopped inside the guest and is an error.
+pub fn exec(
+    project: &Project,
+    scenario: Option<&Scenario>,
+    cell: &Cell,
+    options: &RunOptions,
+    command: &[String],
+    timeout: Duration,
+) -> Result<ExecOutput, RunError> {
+    let command = match command {
+        [line] => line.clone(),
+        words => words
+            .iter()
+            .map(|w| crate::text::shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    crate::run::reachable(project, &options.cache, &cell.release).map_err(|reason| {
+        ImageError::Unreachable {
+            release: cell.release.clone(),
+            reason,
+        }
+    })?;
+    let name = scenario.map(|s| s.name.as_str()).unwrap_or("exec");
+    let label = format!("{name} {cell}");
+    let artifacts = project.artifacts_dir(&format!("exec-{name}"), &cell.to_string());
+    let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
+    let ran = (|| {
+        if let Some(scenario) = scenario {
+            run_steps(&mut guest, scenario, cell, &label)?;
+        }
+        guest.events.note(&label, "running the command");
+        Ok(guest.console.run("the command", &command, timeout)?)
+    })();
+    let out = match ran {
+        Ok(out) => out,
+        Err(e) => return Err(guest.explain(e)),
+    };
+    guest.vm.stop();
+    options.cache.events().finish(&label, "done");
+    Ok(ExecOutput {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        status: out.status,
     })
 }
 
@@ -751,6 +851,16 @@ pub fn shell(
             return Err(guest.explain(e));
         }
     }
+    interactive_shell(guest, cell, interact)
+}
+
+/// Turns a guest's control shell into an interactive one for `interact`,
+/// and stops the guest when it returns.
+fn interactive_shell(
+    guest: Guest,
+    cell: &Cell,
+    interact: impl FnOnce(std::os::unix::net::UnixStream) -> std::io::Result<()>,
+) -> Result<(), RunError> {
     let (rows, cols) = crate::host::progress::terminal_size();
     let Guest { vm, console, .. } = guest;
     let stream = console.into_interactive(&format!("[vmrepro {cell}] \\w# "), rows, cols)?;

@@ -77,15 +77,32 @@ pub fn reachable(
 /// cannot be fetched is skipped within seconds (an error where the run
 /// requires it) before anything is built.
 pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunOptions) -> Checked {
+    check_keeping(project, scenario, cell, options, false).0
+}
+
+/// [`check`], keeping the guest running when the trial fails (a step, a
+/// capture, an expectation or the snapshot) and the guest still runs, for
+/// a person to look into (`--shell-fail`). A trial that passes, is new, or
+/// could not run keeps nothing.
+pub fn check_keeping(
+    project: &Project,
+    scenario: &Scenario,
+    cell: &Cell,
+    options: &RunOptions,
+    keep_failed: bool,
+) -> (Checked, Option<cell::KeptGuest>) {
     let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
-    let outcome = match reachable(project, &options.cache, &cell.release) {
-        Err(reason) => Err(RunError::Image(
-            crate::build::image::ImageError::Unreachable {
-                release: cell.release.clone(),
-                reason,
-            },
-        )),
-        Ok(()) => cell::run_cell(project, scenario, cell, options),
+    let (outcome, kept) = match reachable(project, &options.cache, &cell.release) {
+        Err(reason) => (
+            Err(RunError::Image(
+                crate::build::image::ImageError::Unreachable {
+                    release: cell.release.clone(),
+                    reason,
+                },
+            )),
+            None,
+        ),
+        Ok(()) => cell::run_cell_keeping(project, scenario, cell, options, keep_failed),
     };
     let (row, snapshot) = match &outcome {
         Ok(outcome) => {
@@ -132,11 +149,16 @@ pub fn check(project: &Project, scenario: &Scenario, cell: &Cell, options: &RunO
         }
     };
     report::save_row(&artifacts, &row);
-    Checked {
-        row,
-        outcome,
-        snapshot,
-    }
+    // Only a failure is kept; anything else stops its guest here.
+    let kept = kept.filter(|_| row.status == Status::Fail);
+    (
+        Checked {
+            row,
+            outcome,
+            snapshot,
+        },
+        kept,
+    )
 }
 
 /// Runs trials with at most `jobs` guests at once, each on a blocking thread

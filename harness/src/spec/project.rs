@@ -27,7 +27,17 @@ pub enum ProjectError {
         /// The releases that have one.
         known: String,
     },
-    /// A scenario named on the command line does not exist.
+    /// Two scenario files give the same name.
+    #[error("{}: the scenario name {name:?} is taken already by {}", .second.display(), .first.display())]
+    DuplicateScenario {
+        /// The name.
+        name: String,
+        /// The first file that uses it.
+        first: PathBuf,
+        /// The second.
+        second: PathBuf,
+    },
+    /// No scenario has the name asked for.
     #[error("no scenario named {name:?} (known: {known})")]
     UnknownScenario {
         /// The name asked for.
@@ -133,7 +143,19 @@ impl Project {
         let releases: Vec<String> = self.recipes.keys().cloned().collect();
         let mut scenarios = Vec::new();
         for path in paths {
-            scenarios.push(Scenario::load(&path, &releases)?);
+            let scenario = Scenario::load(&path, &releases)?;
+            // Trials, snapshots and artifacts are named after it.
+            if let Some(first) = scenarios
+                .iter()
+                .find(|s: &&Scenario| s.name == scenario.name)
+            {
+                return Err(ProjectError::DuplicateScenario {
+                    name: scenario.name.clone(),
+                    first: first.path.clone(),
+                    second: path,
+                });
+            }
+            scenarios.push(scenario);
         }
         Ok(scenarios)
     }
@@ -149,7 +171,12 @@ impl Project {
         if path.exists() {
             return Ok(Scenario::load(&path, &releases)?);
         }
-        let known: Vec<String> = self.scenarios()?.into_iter().map(|s| s.name).collect();
+        // By the name inside the file, which need not be the file's.
+        let scenarios = self.scenarios()?;
+        if let Some(found) = scenarios.iter().find(|s| s.name == name_or_path) {
+            return Ok(found.clone());
+        }
+        let known: Vec<String> = scenarios.into_iter().map(|s| s.name).collect();
         Err(ProjectError::UnknownScenario {
             name: name_or_path.to_owned(),
             known: known.join(", "),
@@ -160,6 +187,36 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenarios_are_found_by_their_own_name_and_a_name_is_used_once() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(images.join("kernels")).expect("mkdir");
+        for file in [
+            "bookworm.toml",
+            "kernels/linode.toml",
+            "kernels/linode.config",
+        ] {
+            std::fs::copy(root.join("images").join(file), images.join(file)).expect("copy");
+        }
+        let scenarios = dir.path().join("scenarios");
+        std::fs::create_dir_all(&scenarios).expect("mkdir");
+        let text = |name: &str| {
+            format!("name = \"{name}\"\ndescription = \"d\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n")
+        };
+        std::fs::write(scenarios.join("file-name.toml"), text("inner-name")).expect("write");
+        let project = Project::open(dir.path()).expect("opens");
+        let found = project.scenario("inner-name").expect("found by its name");
+        assert_eq!(found.path, scenarios.join("file-name.toml"));
+        std::fs::write(scenarios.join("other.toml"), text("inner-name")).expect("write");
+        let message = project.scenarios().expect_err("a name twice").to_string();
+        assert!(
+            message.contains("other.toml") && message.contains("file-name.toml"),
+            "{message}"
+        );
+    }
 
     /// The project's own scenario files load, so a broken one fails the
     /// unit tests too, not only the VM suite.
