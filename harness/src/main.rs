@@ -1133,7 +1133,9 @@ kernels = ["stock"]
 
 # Steps run in order, as root, in bash. A `run` step must exit 0 unless you
 # give `status = N`. `write` replaces a file; `reboot = true` reboots the guest
-# and waits until it is back.
+# and waits until it is back; `wait_for_unit = "x.service"` and
+# `wait_until = "command"` poll in the guest. `timeout = SECONDS` (default
+# 120) stops a step inside the guest when it runs over.
 [[step]]
 title = "configure what the report configured"
 write = "/etc/vmrepro-example.conf"
@@ -1157,6 +1159,9 @@ run = "cat /etc/vmrepro-example.conf.saved"
 [[capture]]
 name = "failed units"
 run = "systemctl list-units --state=failed --no-legend --plain | sort"
+
+# A port can be tried from outside the guest, through its firewall:
+# `probe_tcp = 8080` records open, refused or no answer.
 
 # What must hold whatever the snapshot says.
 [expect]
