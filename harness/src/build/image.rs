@@ -68,6 +68,14 @@ pub enum ImageError {
         /// What is wrong.
         message: String,
     },
+    /// Packages asked for are not in the release's archive.
+    #[error("{release}'s archive has no package {}", .packages.join(", "))]
+    UnknownPackages {
+        /// The release.
+        release: String,
+        /// The packages apt could not find.
+        packages: Vec<String>,
+    },
     /// File system trouble in the cache.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -112,6 +120,7 @@ impl ImageRecipe {
     pub(crate) fn bootstrap_command(&self, target: &Path) -> Command {
         let mut command = Command::new("mmdebstrap");
         let mut include = self.packages.clone();
+        include.extend(self.extra_packages.iter().cloned());
         include.push(self.stock_kernel.clone());
         // The stock kernel needs an initrd; the initramfs generator is only a
         // recommendation of the kernel package, which minbase does not install.
@@ -219,14 +228,33 @@ pub const KIND: &str = "images";
 
 /// The cache key of a recipe's image.
 pub fn key(recipe: &ImageRecipe) -> String {
-    format!("{}-{}", recipe.release, recipe.hash())
+    if recipe.extra_packages.is_empty() {
+        format!("{}-{}", recipe.release, recipe.hash())
+    } else {
+        format!("{}+packages-{}", recipe.release, recipe.hash())
+    }
+}
+
+/// How progress lines name the image of a recipe.
+fn label_of(recipe: &ImageRecipe) -> String {
+    if recipe.extra_packages.is_empty() {
+        format!("image {}", recipe.release)
+    } else {
+        format!(
+            "image {} + {}",
+            recipe.release,
+            crate::text::ellipsize(&recipe.extra_packages.join(" "), 40)
+        )
+    }
 }
 
 /// The cached image of a recipe, without building: an imported image for
 /// the release first, then a built one.
 pub fn lookup(cache: &Cache, recipe: &ImageRecipe) -> Option<Image> {
+    // An imported image has no scenario's packages in it.
     cache
         .lookup::<Manifest>(IMPORTS, &recipe.release)
+        .filter(|_| recipe.extra_packages.is_empty())
         .or_else(|| cache.lookup::<Manifest>(KIND, &key(recipe)))
         .map(image_of)
 }
@@ -244,7 +272,20 @@ pub fn image(cache: &Cache, recipe: &ImageRecipe) -> Result<Image, ImageError> {
     if let Some(image) = lookup(cache, recipe) {
         return Ok(image);
     }
-    let label = format!("image {}", recipe.release);
+    if !recipe.extra_packages.is_empty()
+        && cache.lookup::<Manifest>(IMPORTS, &recipe.release).is_some()
+    {
+        return Err(ImageError::Tree {
+            release: recipe.release.clone(),
+            message: format!(
+                "the scenario adds packages ({}), which cannot be added to the image imported for {};                  import an image that has them, or `vmrepro images clean {}` to use a bootstrapped one",
+                recipe.extra_packages.join(", "),
+                recipe.release,
+                recipe.release
+            ),
+        });
+    }
+    let label = label_of(recipe);
     let entry = cache.get_or_build(KIND, &key(recipe), &label, |work| {
         build(cache.events(), recipe, work)
     })?;
@@ -252,7 +293,7 @@ pub fn image(cache: &Cache, recipe: &ImageRecipe) -> Result<Image, ImageError> {
 }
 
 fn build(events: &Events, recipe: &ImageRecipe, work: &Path) -> Result<Manifest, ImageError> {
-    let label = format!("image {}", recipe.release);
+    let label = label_of(recipe);
     let started = Instant::now();
     let failed = |source| ImageError::Build {
         release: recipe.release.clone(),
@@ -278,14 +319,25 @@ fn build(events: &Events, recipe: &ImageRecipe, work: &Path) -> Result<Manifest,
                 .unwrap_or_else(|| "mmdebstrap's default mirror".into())
         ),
     );
-    process::run_logged(
+    let log = work.join("mmdebstrap.log");
+    if let Err(e) = process::run_logged(
         events,
         &format!("{label}: mmdebstrap"),
         recipe.bootstrap_command(&tree),
-        &work.join("mmdebstrap.log"),
+        &log,
         Duration::from_secs(1800),
-    )
-    .map_err(failed)?;
+    ) {
+        // A package the release does not have is the asker's mistake, said
+        // as such rather than as a failed build.
+        let missing = missing_packages(&fs::read_to_string(&log).unwrap_or_default());
+        if !missing.is_empty() {
+            return Err(ImageError::UnknownPackages {
+                release: recipe.release.clone(),
+                packages: missing,
+            });
+        }
+        return Err(failed(e));
+    }
     let manifest = finish_tree(events, recipe, &tree, work, "mmdebstrap".into())?;
     let manifest = Manifest {
         build_seconds: started.elapsed().as_secs_f64(),
@@ -303,6 +355,30 @@ fn build(events: &Events, recipe: &ImageRecipe, work: &Path) -> Result<Manifest,
         ),
     );
     Ok(manifest)
+}
+
+/// The packages apt said it cannot find, in a bootstrap's log: "Unable to
+/// locate package NAME", and "Package 'NAME' has no installation candidate"
+/// for a name that is only referred to (apt-get's wording since before
+/// jessie).
+fn missing_packages(log: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for line in log.lines() {
+        let name = line
+            .split_once("Unable to locate package ")
+            .map(|(_, rest)| rest.trim())
+            .or_else(|| {
+                line.split_once("Package '")
+                    .and_then(|(_, rest)| rest.split_once("' has no installation candidate"))
+                    .map(|(name, _)| name)
+            });
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            if !missing.iter().any(|m| m == name) {
+                missing.push(name.to_owned());
+            }
+        }
+    }
+    missing
 }
 
 /// From a root tree to the entry's files: shaped tree, stock kernel and

@@ -31,6 +31,21 @@ pub struct Capture {
     pub(crate) raw: String,
     /// The guest TCP port, for a probe from the host.
     pub(crate) probe: Option<u16>,
+    /// The normalisers applied (beyond the default ones), which may know
+    /// how to summarise the text.
+    pub(crate) normalize: Vec<Normalizer>,
+}
+
+impl Capture {
+    /// Whether the capture summarises itself: a probe, or a normaliser that
+    /// knows its format.
+    pub(crate) fn has_summary(&self) -> bool {
+        self.probe.is_some()
+            || self
+                .normalize
+                .iter()
+                .any(|n| n.summary(&self.text).is_some())
+    }
 }
 
 /// Facts about the guest that normalisers replace with placeholders.
@@ -98,6 +113,7 @@ pub(crate) fn take(
                 text: normalize(&raw, &normalizers, facts),
                 raw,
                 probe,
+                normalize: spec.normalize.clone(),
             })
         })
         .collect()

@@ -127,9 +127,8 @@ pub(crate) fn check_expectations(
         if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
             if a.text != b.text || a.status != b.status {
                 failures.push(format!(
-                    "{name} not restored after reboot — {}, expected {}",
-                    describe(&a),
-                    describe(&b)
+                    "{name} not restored after reboot — {}",
+                    describe_change(&b, &a)
                 ));
             }
         }
@@ -161,12 +160,12 @@ pub(crate) fn check_expectations(
     failures
 }
 
-/// A short description of a capture for verdicts: a probe's answer, the
-/// error if the command failed, the INPUT chain of an iptables-save, else
-/// its size.
-pub(crate) fn describe(capture: &Capture) -> String {
+/// A capture's own one-line summary, where it has one: a probe's answer, a
+/// command that failed, or the summary its normaliser gives (the INPUT
+/// chain of an iptables-save).
+fn own_summary(capture: &Capture) -> Option<String> {
     if let (Some(port), 0) = (capture.probe, capture.status) {
-        return format!("tcp/{port} {} from outside", capture.text.trim());
+        return Some(format!("tcp/{port} {} from outside", capture.text.trim()));
     }
     if capture.status != 0 {
         let first = capture
@@ -174,27 +173,51 @@ pub(crate) fn describe(capture: &Capture) -> String {
             .lines()
             .find(|l| !l.trim().is_empty() && !l.starts_with("[stderr]"))
             .unwrap_or("no output");
-        return format!(
+        return Some(format!(
             "`{}` exited {}: {first}",
-            capture.command.trim(),
+            crate::text::ellipsize(capture.command.trim(), 60),
             capture.status
-        );
+        ));
     }
-    let policy = capture
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix(":INPUT "))
-        .and_then(|l| l.split_whitespace().next());
-    let rules = capture
-        .text
-        .lines()
-        .filter(|l| l.starts_with("-A INPUT"))
-        .count();
-    match policy {
-        Some(policy) => format!("INPUT policy {policy} with {rules} rules"),
-        None if capture.text.trim().is_empty() => "no rules at all".into(),
-        None => format!("{} lines", capture.text.lines().count()),
+    capture
+        .normalize
+        .iter()
+        .find_map(|n| n.summary(&capture.text))
+}
+
+/// A short description of a capture for verdicts: its own summary, else
+/// its one line, else how many lines it has.
+pub(crate) fn describe(capture: &Capture) -> String {
+    own_summary(capture).unwrap_or_else(|| {
+        let lines: Vec<&str> = capture
+            .text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        match lines.as_slice() {
+            [] => "empty".into(),
+            [one] => format!("{:?}", crate::text::ellipsize(one.trim(), 60)),
+            many => format!("{} lines", many.len()),
+        }
+    })
+}
+
+/// What changed between two readings of one capture, in a few words: the
+/// capture's own summaries where it has them, its one line where it has one
+/// line, else how many lines went and came.
+pub(crate) fn describe_change(before: &Capture, after: &Capture) -> String {
+    let single = |c: &Capture| c.text.trim().lines().count() <= 1;
+    if own_summary(after).is_some()
+        || own_summary(before).is_some()
+        || (single(before) && single(after))
+    {
+        return format!("{}, was {}", describe(after), describe(before));
     }
+    let (b, a): (Vec<&str>, Vec<&str>) =
+        (before.text.lines().collect(), after.text.lines().collect());
+    let lost = b.iter().filter(|l| !a.contains(l)).count();
+    let gained = a.iter().filter(|l| !b.contains(l)).count();
+    format!("{lost} of {} lines lost, {gained} gained", b.len())
 }
 
 pub(crate) fn write_artifacts(dir: &std::path::Path, before: &[Capture], after: &[Capture]) {
@@ -205,5 +228,53 @@ pub(crate) fn write_artifacts(dir: &std::path::Path, before: &[Capture], after: 
                 &capture.raw,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Normalizer;
+
+    fn capture(name: &str, text: &str, normalize: Vec<Normalizer>) -> Capture {
+        Capture {
+            name: name.into(),
+            command: "cmd".into(),
+            status: 0,
+            text: text.into(),
+            raw: text.into(),
+            probe: None,
+            normalize,
+        }
+    }
+
+    #[test]
+    fn changes_are_said_in_the_captures_own_terms() {
+        // One line: its value, before and after.
+        let before = capture("ip_forward", "net.ipv4.ip_forward = 1\n", vec![]);
+        let after = capture("ip_forward", "net.ipv4.ip_forward = 0\n", vec![]);
+        assert_eq!(
+            describe_change(&before, &after),
+            "\"net.ipv4.ip_forward = 0\", was \"net.ipv4.ip_forward = 1\""
+        );
+        // Many lines, no summary of their own: what went and came.
+        let before = capture("modules", "a\nb\nc\n", vec![]);
+        let after = capture("modules", "a\nd\n", vec![]);
+        assert_eq!(
+            describe_change(&before, &after),
+            "2 of 3 lines lost, 1 gained"
+        );
+        // The iptables normaliser summarises its own format.
+        let rules = "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n";
+        let before = capture("rules", rules, vec![Normalizer::Iptables]);
+        let after = capture("rules", "", vec![Normalizer::Iptables]);
+        assert_eq!(
+            describe_change(&before, &after),
+            "no rules at all, was INPUT policy DROP with 1 rules"
+        );
+        // A probe says what a client found.
+        let mut open = capture("port", "open\n", vec![]);
+        open.probe = Some(8080);
+        assert_eq!(describe(&open), "tcp/8080 open from outside");
     }
 }

@@ -8,16 +8,6 @@ use crate::check::snapshot::SnapshotError;
 use crate::check::verdict::Status;
 use crate::spec::{Action, Scenario, StepStatus};
 
-/// Packages whose versions matter for the scenarios this project ships.
-const INTERESTING: &[&str] = &[
-    "systemd",
-    "kmod",
-    "iptables",
-    "iptables-persistent",
-    "netfilter-persistent",
-    "udev",
-];
-
 /// Renders a finished trial; `row` is its row of the outcome table, whose
 /// status is the verdict.
 pub(crate) fn markdown(
@@ -65,9 +55,15 @@ pub(crate) fn markdown(
         "| kernel | {} (`{}`) |",
         outcome.cell.kernel, outcome.guest_kernel
     );
-    for package in INTERESTING {
-        if let Some(version) = outcome.packages.get(*package) {
-            let _ = writeln!(md, "| {package} | {version} |");
+    // The packages the scenario names (`versions`, else its `packages`).
+    for package in &scenario.versions {
+        match outcome.packages.get(package) {
+            Some(version) => {
+                let _ = writeln!(md, "| {package} | {version} |");
+            }
+            None => {
+                let _ = writeln!(md, "| {package} | not installed |");
+            }
         }
     }
     let _ = writeln!(md, "| machine | {} |", outcome.setup.machine);
@@ -105,6 +101,9 @@ pub(crate) fn markdown(
                 );
             }
             Action::Reboot => {}
+            Action::Copy { from, to, .. } => {
+                let _ = writeln!(md, "\n   `{from}` (from the scenario's project) to `{to}`");
+            }
             Action::WaitForUnit { .. } => {
                 let _ = writeln!(md, "\n   Waited {:.1}s.", step.seconds);
                 continue;
@@ -322,6 +321,21 @@ impl Row {
                     }
                 })
                 .unwrap_or_default();
+            let detail = match outcome.captures.iter().find(|c| c.name == first.name) {
+                // A capture without a summary of its own says what went.
+                Some(c)
+                    if c.status == 0 && !c.has_summary() && c.text.trim().lines().count() > 1 =>
+                {
+                    format!(
+                        "{}: {} lines lost, {} gained",
+                        first.name,
+                        first.lost.len(),
+                        first.gained.len()
+                    )
+                }
+                Some(c) if c.status == 0 && !c.has_summary() => format!("{}: {detail}", first.name),
+                _ => detail,
+            };
             format!("NOT restored ({detail})")
         } else {
             "restored".to_owned()
@@ -593,6 +607,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             text: text.into(),
             raw: text.into(),
             probe: None,
+            normalize: vec![crate::spec::Normalizer::Iptables],
         }
     }
 
@@ -687,7 +702,30 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         let lost = outcome("bookworm", "", &units);
         let row = Row::of(&lost, &Ok(()));
         assert_eq!(row.status, Status::Fail);
-        assert!(row.after_reboot.starts_with("NOT restored"), "{row:?}");
+        assert_eq!(row.after_reboot, "NOT restored (no rules at all)");
+
+        // A capture with no summary of its own: its value, or its lines.
+        let mut generic = outcome("bookworm", "", &units);
+        for (capture, text) in [
+            (&mut generic.before_reboot[0], "vm.swappiness = 10\n"),
+            (&mut generic.captures[0], "vm.swappiness = 60\n"),
+        ] {
+            capture.normalize.clear();
+            capture.text = text.into();
+        }
+        generic.changes = run::persistence_diff(&generic.before_reboot, &generic.captures);
+        let row = Row::of(&generic, &Ok(()));
+        assert_eq!(
+            row.after_reboot,
+            "NOT restored (rules: \"vm.swappiness = 60\")"
+        );
+        generic.captures[0].text = "a\nb\n".into();
+        generic.changes = run::persistence_diff(&generic.before_reboot, &generic.captures);
+        let row = Row::of(&generic, &Ok(()));
+        assert_eq!(
+            row.after_reboot,
+            "NOT restored (rules: 1 lines lost, 2 gained)"
+        );
         assert!(
             row.verdict.contains("rules not restored after reboot"),
             "{row:?}"

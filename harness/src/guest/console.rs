@@ -394,6 +394,22 @@ impl Console {
         self.run(what, &script, timeout)
     }
 
+    /// Appends bytes to a file in the guest, exactly as given.
+    pub(crate) fn append_file(
+        &mut self,
+        what: &str,
+        path: &str,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        let script = format!(
+            "base64 -d >> {} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\n",
+            crate::text::shell_quote(path),
+            wrapped_base64(bytes)
+        );
+        self.run(what, &script, timeout)
+    }
+
     /// Reboots the guest and waits until a shell of the new boot is ready.
     pub(crate) fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
         if self.boot_id.is_none() {

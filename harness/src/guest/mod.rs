@@ -6,5 +6,6 @@
 pub mod console;
 pub(crate) mod net;
 pub(crate) mod qmp;
+pub(crate) mod transfer;
 pub mod vm;
 pub mod warm;

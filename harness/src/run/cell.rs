@@ -72,6 +72,7 @@ impl RunError {
         match self {
             RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
             RunError::Project(_)
+            | RunError::UnknownPackages { .. }
             | RunError::QemuEnded { .. }
             | RunError::Image(_)
             | RunError::Kernel(_)
@@ -127,6 +128,18 @@ pub enum RunError {
         during: String,
         /// QEMU's exit, with its output and the console tail.
         source: VmError,
+    },
+    /// The scenario asks for packages its release does not have.
+    #[error("{}:{line}: key `packages`: {release}'s archive has no package {}", .file.display(), .packages.join(", "))]
+    UnknownPackages {
+        /// The scenario file.
+        file: std::path::PathBuf,
+        /// The line of its `packages`.
+        line: usize,
+        /// The release.
+        release: String,
+        /// The packages apt could not find.
+        packages: Vec<String>,
     },
     /// A step failed; the flow ended there.
     #[error(transparent)]
@@ -241,10 +254,25 @@ fn bootable(
     cell: &Cell,
     options: &RunOptions,
     artifacts: &std::path::Path,
-    forward_tcp: &[u16],
+    scenario: Option<&Scenario>,
 ) -> Result<Bootable, RunError> {
-    let recipe = project.recipe(&cell.release)?;
-    let image = image::image(&options.cache, recipe)?;
+    let base = project.recipe(&cell.release)?;
+    let forward_tcp = scenario.map(Scenario::probed_ports).unwrap_or_default();
+    let recipe = match scenario {
+        Some(s) if !s.packages.is_empty() => base.with_extra_packages(&s.packages),
+        _ => base.clone(),
+    };
+    let image = match image::image(&options.cache, &recipe) {
+        Err(ImageError::UnknownPackages { release, packages }) => {
+            return Err(RunError::UnknownPackages {
+                file: scenario.map(|s| s.path.clone()).unwrap_or_default(),
+                line: scenario.and_then(|s| s.packages_line).unwrap_or(1),
+                release,
+                packages,
+            })
+        }
+        other => other?,
+    };
     let kernel = match cell.kernel {
         KernelFlavour::Stock => image.stock_kernel(),
         KernelFlavour::Linode => kernel::linode(&options.cache, &project.linode_kernel)?,
@@ -262,7 +290,7 @@ fn bootable(
             keep_overlay: None,
             resume_from: None,
             events: options.cache.events().clone(),
-            forward_tcp: forward_tcp.to_vec(),
+            forward_tcp,
         },
         packages: image.manifest.packages.clone(),
         image_origin: image.manifest.origin.clone(),
@@ -327,7 +355,7 @@ pub fn bare_boot(
 ) -> Result<BootTimes, RunError> {
     let label = format!("boot {cell}");
     let artifacts = project.artifacts_dir("bare-boot", &cell.to_string());
-    let bootable = bootable(project, cell, options, &artifacts, &[])?;
+    let bootable = bootable(project, cell, options, &artifacts, None)?;
     let (vm, _console, times) = cold_boot(
         &bootable.config,
         &label,
@@ -346,7 +374,7 @@ pub fn warm_state(
     options: &RunOptions,
 ) -> Result<warm::WarmState, RunError> {
     let artifacts = project.artifacts_dir("warm-state", &cell.to_string());
-    let bootable = bootable(project, cell, options, &artifacts, &[])?;
+    let bootable = bootable(project, cell, options, &artifacts, None)?;
     Ok(warm::get_or_save(
         &options.cache,
         &cell.to_string(),
@@ -368,20 +396,22 @@ fn boot(
     artifacts: &std::path::Path,
 ) -> Result<Guest, RunError> {
     let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
-    let ports = scenario.map(Scenario::probed_ports).unwrap_or_default();
     let Bootable {
         config,
         packages,
         image_origin,
-    } = bootable(project, cell, options, artifacts, &ports)?;
+    } = bootable(project, cell, options, artifacts, scenario)?;
     let mut start = Start::Cold;
     if first_boot == FirstBoot::Warm && options.first_boot == FirstBoot::Warm {
-        // Said in the name too, for people reading the cache.
-        let name = if ports.is_empty() {
-            cell.to_string()
-        } else {
-            format!("{cell}-net")
-        };
+        // Said in the name too, for people reading the cache; the key
+        // covers the disk and the network card either way.
+        let mut name = cell.to_string();
+        if scenario.is_some_and(|s| !s.packages.is_empty()) {
+            name.push_str("+packages");
+        }
+        if !config.forward_tcp.is_empty() {
+            name.push_str("-net");
+        }
         let saved = warm::get_or_save(&options.cache, &name, &config, BOOT_TIMEOUT, label)?;
         config
             .events
@@ -483,6 +513,31 @@ fn run_steps(
             } => guest
                 .console
                 .write_file(&what, path, content, *mode, step.timeout),
+            Action::Copy { from, source, to } => {
+                let events = guest.events.clone();
+                let mut last_said = Instant::now();
+                crate::guest::transfer::copy_in(
+                    &mut guest.console,
+                    &what,
+                    source,
+                    to,
+                    step.timeout,
+                    &mut |sent, total| {
+                        // Only what takes a while is worth a line.
+                        if total > 1 << 20 && last_said.elapsed() > Duration::from_secs(2) {
+                            last_said = Instant::now();
+                            events.note(
+                                label,
+                                &format!(
+                                    "copying {from}: {:.1} of {:.1} MiB",
+                                    sent as f64 / 1048576.0,
+                                    total as f64 / 1048576.0
+                                ),
+                            );
+                        }
+                    },
+                )
+            }
             Action::WaitForUnit { unit, state } => {
                 guest
                     .console

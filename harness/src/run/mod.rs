@@ -268,6 +268,9 @@ mod tests {
             expect: Expectations::default(),
             expect_cells: Vec::new(),
             first_boot: FirstBoot::Warm,
+            packages: Vec::new(),
+            packages_line: None,
+            versions: Vec::new(),
         };
         scenario
             .matrix

@@ -46,6 +46,14 @@ pub struct Scenario {
     pub expect: Expectations,
     /// Per-cell overrides of `expect`, in file order.
     pub(crate) expect_cells: Vec<CellExpectations>,
+    /// Packages added to the release's image for this scenario (with what
+    /// they depend on), from the release's own archive.
+    pub packages: Vec<String>,
+    /// The line of `packages` in the file, for errors about them.
+    pub(crate) packages_line: Option<usize>,
+    /// Packages whose versions the report lists (`versions`; by default
+    /// the scenario's `packages`).
+    pub(crate) versions: Vec<String>,
     /// How the guest's first boot happens: from the saved, booted state
     /// (`warm`, the default) or as a real boot (`cold`), for scenarios whose
     /// subject is the first boot itself.
@@ -270,6 +278,16 @@ pub(crate) enum Action {
     },
     /// Reboot the guest inside the same QEMU process and wait until it is back.
     Reboot,
+    /// Copy a file or a folder from the scenario's project into the guest,
+    /// modes kept, owned by root.
+    Copy {
+        /// The path as the scenario wrote it, relative to the scenario file.
+        from: String,
+        /// Where it is on the host (checked to be inside the project).
+        source: PathBuf,
+        /// The absolute path it gets in the guest.
+        to: String,
+    },
     /// Wait, polling inside the guest, until a unit reaches a state
     /// (`systemctl is-active`); waiting for anything but `failed` ends at
     /// once, as a failure, when the unit fails.
@@ -350,6 +368,24 @@ pub(crate) enum Normalizer {
 }
 
 impl Normalizer {
+    /// A one-line summary of normalised text, for normalisers that know its
+    /// format: iptables-save gives the INPUT chain's policy and rule count.
+    pub(crate) fn summary(self, text: &str) -> Option<String> {
+        if self != Normalizer::Iptables {
+            return None;
+        }
+        let policy = text
+            .lines()
+            .find_map(|l| l.strip_prefix(":INPUT "))
+            .and_then(|l| l.split_whitespace().next());
+        let rules = text.lines().filter(|l| l.starts_with("-A INPUT")).count();
+        Some(match policy {
+            Some(policy) => format!("INPUT policy {policy} with {rules} rules"),
+            None if text.trim().is_empty() => "no rules at all".into(),
+            None => format!("no INPUT chain in {} lines", text.lines().count()),
+        })
+    }
+
     /// The normalisers applied to every capture.
     pub(crate) const DEFAULT: &'static [Normalizer] = &[
         Normalizer::Timestamps,

@@ -169,6 +169,7 @@ impl Scenario {
                 step.run.as_ref().map(|_| "run"),
                 step.write.as_ref().map(|_| "write"),
                 step.reboot.filter(|r| *r).map(|_| "reboot"),
+                step.copy.as_ref().map(|_| "copy"),
                 step.wait_for_unit.as_ref().map(|_| "wait_for_unit"),
                 step.wait_until.as_ref().map(|_| "wait_until"),
             ]
@@ -219,6 +220,25 @@ impl Scenario {
                     }
                 }
                 ["reboot"] => Action::Reboot,
+                ["copy"] => {
+                    let from = step.copy.clone().unwrap_or_default();
+                    let to = step.to.clone().ok_or_else(|| {
+                        invalid(
+                            here.clone(),
+                            format!("step {}: key `to` is missing (a `copy` step needs the absolute path in the guest)", index + 1),
+                        )
+                    })?;
+                    if !to.starts_with('/') {
+                        return Err(invalid(
+                            here,
+                            format!("step {}: key `to`: {to:?} must be an absolute path in the guest", index + 1),
+                        ));
+                    }
+                    let source = copy_source(path, &from).map_err(|why| {
+                        invalid(here.clone(), format!("step {}: key `copy`: {why}", index + 1))
+                    })?;
+                    Action::Copy { from, source, to }
+                }
                 ["wait_for_unit"] => {
                     let unit = step.wait_for_unit.clone().unwrap_or_default();
                     if unit.trim().is_empty() || unit.chars().any(char::is_whitespace) {
@@ -239,7 +259,7 @@ impl Scenario {
                     return Err(invalid(
                         here,
                         format!(
-                            "step {}: give one of the keys `run`, `write`, `reboot = true`, `wait_for_unit` or `wait_until`",
+                            "step {}: give one of the keys `run`, `write`, `copy`, `reboot = true`, `wait_for_unit` or `wait_until`",
                             index + 1
                         ),
                     ))
@@ -273,6 +293,10 @@ impl Scenario {
                     step.state.is_some() && !matches!(action, Action::WaitForUnit { .. }),
                     "state",
                 ),
+                (
+                    step.to.is_some() && !matches!(action, Action::Copy { .. }),
+                    "to",
+                ),
             ]
             .into_iter()
             .filter_map(|(bad, key)| bad.then_some(key))
@@ -291,6 +315,7 @@ impl Scenario {
                 Action::Run { command, .. } => first_line(command),
                 Action::Write { path, .. } => format!("write {path}"),
                 Action::Reboot => "reboot".into(),
+                Action::Copy { from, to, .. } => format!("copy {from} to {to}"),
                 Action::WaitForUnit { unit, state } => format!("wait for {unit} to be {state}"),
                 Action::WaitUntil { command } => format!("wait until {}", first_line(command)),
             });
@@ -430,8 +455,30 @@ impl Scenario {
             }
         }
 
+        let mut packages = Vec::new();
+        for package in &raw.packages {
+            let name = package.get_ref();
+            if !is_package_name(name) {
+                return Err(invalid(
+                    Some(package.span()),
+                    format!("key `packages`: {name:?} is not a Debian package name"),
+                ));
+            }
+            if !packages.contains(name) {
+                packages.push(name.clone());
+            }
+        }
+        let packages_line = raw
+            .packages
+            .first()
+            .map(|p| line_column(text, p.span().start).0);
+        let versions = raw.versions.clone().unwrap_or_else(|| packages.clone());
+
         Ok(Scenario {
             name,
+            packages,
+            packages_line,
+            versions,
             description: raw.description.trim().to_owned(),
             path: path.to_owned(),
             matrix: Matrix { releases, kernels },
@@ -442,6 +489,107 @@ impl Scenario {
             first_boot: raw.first_boot,
         })
     }
+}
+
+/// Debian policy 5.6.7: "at least two characters long", lower case letters,
+/// digits, `+`, `-` and `.`, starting with a letter or digit. An
+/// architecture qualifier (`:amd64`) is allowed, as apt takes it.
+fn is_package_name(name: &str) -> bool {
+    let bare = name.split_once(':').map_or(name, |(bare, _)| bare);
+    bare.len() >= 2
+        && bare
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+/// The project a scenario file belongs to: the folder holding its
+/// `scenarios/` folder, or the file's own folder when it is elsewhere.
+pub(crate) fn project_of(scenario_file: &Path) -> PathBuf {
+    let dir = scenario_file.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match dir.file_name() {
+        Some(name) if name == "scenarios" => dir.parent().unwrap_or(dir).to_owned(),
+        _ => dir.to_owned(),
+    }
+}
+
+/// Where a `copy` step's source is on the host: `written` relative to the
+/// scenario file, inside the scenario's own project, and (for a folder)
+/// nothing in it leading out by a symbolic link. Scenarios come from bug
+/// reports written by strangers; running one must never carry a host file
+/// into a guest or a report.
+pub(crate) fn copy_source(scenario_file: &Path, written: &str) -> Result<PathBuf, String> {
+    let relative = Path::new(written);
+    if written.is_empty() || relative.is_absolute() {
+        return Err(format!(
+            "{written:?} must be a path relative to the scenario file"
+        ));
+    }
+    if relative
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "{written:?} must not leave the scenario's folder with `..`"
+        ));
+    }
+    let base = scenario_file.parent().unwrap_or(Path::new("."));
+    let project = project_of(scenario_file)
+        .canonicalize()
+        .map_err(|e| format!("the scenario's project: {e}"))?;
+    let source = base.join(relative);
+    let real = source
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", source.display()))?;
+    if !real.starts_with(&project) {
+        return Err(format!(
+            "{written:?} leads out of the project ({}) by a symbolic link",
+            project.display()
+        ));
+    }
+    check_tree(&real, &project, written)?;
+    Ok(real)
+}
+
+/// Refuses a folder with anything in it that leads out of `project`, or
+/// that is neither a file, a folder nor a link within it.
+fn check_tree(path: &Path, project: &Path, written: &str) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        let target = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !target.starts_with(project) {
+            return Err(format!(
+                "{written:?}: {} leads out of the project by a symbolic link",
+                path.display()
+            ));
+        }
+        return Ok(());
+    }
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+            check_tree(&entry.path(), project, written)?;
+        }
+        return Ok(());
+    }
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(format!(
+        "{written:?}: {} is neither a file nor a folder",
+        path.display()
+    ))
 }
 
 /// The first non-empty line, as a default step title.
@@ -477,6 +625,9 @@ struct RawScenario {
     expect: Option<RawExpect>,
     #[serde(default)]
     first_boot: FirstBoot,
+    #[serde(default)]
+    packages: Vec<Spanned<String>>,
+    versions: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -496,6 +647,8 @@ struct RawStep {
     content: Option<String>,
     mode: Option<String>,
     reboot: Option<bool>,
+    copy: Option<String>,
+    to: Option<String>,
     wait_for_unit: Option<String>,
     state: Option<String>,
     wait_until: Option<String>,

@@ -74,6 +74,12 @@ pub struct ImageRecipe {
     /// from the hash when empty, so recipes without hooks keep their keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) hook_dirs: Vec<String>,
+    /// Packages a scenario adds (`packages` in the scenario), sorted; never
+    /// in a recipe file. Absent from the hash when empty, so the release's
+    /// own image keeps its key, and every scenario asking for the same set
+    /// shares one image.
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) extra_packages: Vec<String>,
 }
 
 fn default_disk_mib() -> u64 {
@@ -81,6 +87,24 @@ fn default_disk_mib() -> u64 {
 }
 
 impl ImageRecipe {
+    /// This recipe with `packages` added (sorted, without duplicates and
+    /// without those the release's image has already).
+    pub fn with_extra_packages(&self, packages: &[String]) -> ImageRecipe {
+        let mut extra: Vec<String> = self
+            .extra_packages
+            .iter()
+            .chain(packages)
+            .filter(|p| !self.packages.contains(p))
+            .cloned()
+            .collect();
+        extra.sort();
+        extra.dedup();
+        ImageRecipe {
+            extra_packages: extra,
+            ..self.clone()
+        }
+    }
+
     /// Reads a recipe file.
     pub(crate) fn load(path: &Path) -> Result<ImageRecipe, RecipeError> {
         read_toml(path)
