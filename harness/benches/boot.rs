@@ -168,7 +168,7 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
             .collect();
         variants.retain(|(name, _)| *name == "reference" || words.iter().any(|w| name.contains(w)));
     }
-    let kernels = [KernelFlavour::Linode, KernelFlavour::Stock];
+    let kernels = [KernelFlavour::named("linode"), KernelFlavour::stock()];
     // times[variant][kernel] = (shell, settled) per round, or the failure.
     let mut times: Vec<Vec<Result<Vec<BootTimes>, String>>> =
         vec![vec![Ok(Vec::new()); kernels.len()]; variants.len()];
@@ -185,9 +185,9 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
                 eprintln!(
                     "[round {}/{rounds}] {name}, {}: booting",
                     round + 1,
-                    cell(*kernel)
+                    cell(kernel.clone())
                 );
-                match trial::bare_boot(project, &cell(*kernel), &variant, VARIANT_TIMEOUT) {
+                match trial::bare_boot(project, &cell(kernel.clone()), &variant, VARIANT_TIMEOUT) {
                     Ok(t) => {
                         if let Ok(list) = &mut times[v][k] {
                             list.push(t);
@@ -261,7 +261,7 @@ fn warm_vs_cold(
     options: &RunOptions,
     rounds: usize,
 ) -> Result<Vec<String>, Error> {
-    let cell = cell(KernelFlavour::Stock);
+    let cell = cell(KernelFlavour::stock());
     println!("== warm start: {} on {cell} ==", scenario.name);
     let started = Instant::now();
     let state = trial::warm_state(project, &cell, options)?;

@@ -36,7 +36,7 @@ mod text;
 
 /// Scenario files and their matrices.
 pub mod scenario {
-    pub use crate::spec::{trials_of, Cell, FirstBoot, KernelFlavour, Scenario, Shard};
+    pub use crate::spec::{trials_of, Cell, FirstBoot, KernelFlavour, Known, Scenario, Shard};
 }
 
 /// The project directory: scenarios, release recipes, snapshots.
@@ -51,7 +51,7 @@ pub mod cache {
 
 /// Recipes of release images and kernels.
 pub mod recipe {
-    pub use crate::spec::recipe::{ImageRecipe, KernelRecipe, RecipeError};
+    pub use crate::spec::recipe::{ImageRecipe, KernelRecipe, KernelSource, RecipeError};
 }
 
 /// Release images.
@@ -61,7 +61,7 @@ pub mod image {
 
 /// The Linode-style kernel.
 pub mod kernel {
-    pub use crate::build::kernel::{key, linode, lookup_linode, Kernel, KernelError, KIND};
+    pub use crate::build::kernel::{built, key, lookup_built, prebuilt, Kernel, KernelError, KIND};
 }
 
 /// Saved, booted guest states.
@@ -86,7 +86,8 @@ pub mod trial {
         RunOptions, StepFailure, StepProblem,
     };
     pub use crate::run::{
-        check, check_all, check_keeping, default_jobs, longest_first, reachable, required, Checked,
+        check, check_all, check_keeping, default_jobs, kernels_to_build, longest_first, reachable,
+        required, Checked,
     };
 }
 
@@ -99,7 +100,7 @@ pub mod verdict {
 
 /// Snapshots: rendering captures and comparing them with the committed ones.
 pub mod snapshot {
-    pub use crate::check::snapshot::{compare, render, Meta, SnapshotError};
+    pub use crate::check::snapshot::{accept, compare, pending, render, Meta, SnapshotError};
 }
 
 /// The outcome table's rows, the tables and the Markdown report.

@@ -290,6 +290,19 @@ Examples:
         #[arg(long)]
         after: Option<String>,
     },
+    /// Accept pending snapshots (snapshots/NAME.snap.new, written by a first run
+    /// or a changed one) after reading them: all, or those of the scenarios or
+    /// SCENARIO@CELL names given.
+    #[command(
+        after_help = "Examples:\n  vmrepro accept --list\n  vmrepro accept sysctl-after-reboot\n  vmrepro accept sysctl-after-reboot@bookworm-stock"
+    )]
+    Accept {
+        /// Scenarios or SCENARIO@CELL names; every pending snapshot when none.
+        names: Vec<String>,
+        /// Only list the pending snapshots.
+        #[arg(long)]
+        list: bool,
+    },
     /// Write a commented scenario skeleton to scenarios/NAME.toml.
     #[command(
         after_help = "Example:\n  vmrepro new sshd-port-after-reboot\n  vmrepro repro sshd-port-after-reboot"
@@ -358,9 +371,10 @@ enum ImagesCommand {
         /// The release whose image key to print.
         #[arg(required_unless_present = "kernel")]
         release: Option<String>,
-        /// Print the Linode-style kernel's key instead (installs its source package if allowed).
-        #[arg(long, conflicts_with = "release")]
-        kernel: bool,
+        /// Print the key of a kernel flavour built from a recipe instead: the one
+        /// named, or the only one (installs its source package if allowed).
+        #[arg(long, conflicts_with = "release", num_args = 0..=1, default_missing_value = "", value_name = "FLAVOUR")]
+        kernel: Option<String>,
     },
     /// Use your own machine's root file system as a release's image, instead
     /// of a bootstrapped one (until `vmrepro images clean RELEASE`).
@@ -532,7 +546,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             let scenario = after.map(|name| project.scenario(&name)).transpose()?;
             let cell = Cell {
                 release: project.recipe(&release)?.release.clone(),
-                kernel: parse_kernel(&kernel)?,
+                kernel: parse_kernel(&project, &kernel)?,
             };
             let options = run_options(cold, &outputs)?;
             let terminal = outputs.terminal.clone();
@@ -545,6 +559,32 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         Command::New { name } => new_scenario(&project, &name),
+        Command::Accept { names, list } => {
+            let dir = project.snapshots_dir();
+            if list {
+                for name in vmrepro::snapshot::pending(&dir)? {
+                    out!("{}", dir.join(format!("{name}.snap.new")).display());
+                }
+                return Ok(EXIT_PASS);
+            }
+            let accepted = vmrepro::snapshot::accept(&dir, &names)?;
+            if accepted.is_empty() {
+                return Err(UsageError(format!(
+                    "no pending snapshot{} in {}",
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {}", names.join(", "))
+                    },
+                    dir.display()
+                ))
+                .into());
+            }
+            for name in accepted {
+                out!("accepted {}", dir.join(format!("{name}.snap")).display());
+            }
+            Ok(EXIT_PASS)
+        }
         Command::Exec {
             release,
             kernel,
@@ -555,7 +595,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             let scenario = after.map(|name| project.scenario(&name)).transpose()?;
             let cell = Cell {
                 release: project.recipe(&release)?.release.clone(),
-                kernel: parse_kernel(&kernel)?,
+                kernel: parse_kernel(&project, &kernel)?,
             };
             let options = run_options(cold, &outputs)?;
             let out = trial::exec(
@@ -579,7 +619,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             shell_fail,
         } => {
             let scenario = project.scenario(&scenario)?;
-            let cell = pick_cell(&scenario, release.as_deref(), kernel.as_deref())?;
+            let cell = pick_cell(&project, &scenario, release.as_deref(), kernel.as_deref())?;
             if shell_fail {
                 need_terminal()?;
             }
@@ -627,7 +667,10 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                     .map(|s| project.scenario(s))
                     .collect::<Result<_, _>>()?
             };
-            let kernel = kernel.as_deref().map(parse_kernel).transpose()?;
+            let kernel = kernel
+                .as_deref()
+                .map(|k| parse_kernel(&project, k))
+                .transpose()?;
             let options = run_options(cold, &outputs)?;
             let cells = vmrepro::scenario::trials_of(&selected);
             // Sharded first, as the test target does, then filtered.
@@ -639,7 +682,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 .into_iter()
                 .filter(|(_, cell)| {
                     release.as_ref().is_none_or(|r| r == &cell.release)
-                        && kernel.is_none_or(|k| k == cell.kernel)
+                        && kernel.as_ref().is_none_or(|k| k == &cell.kernel)
                 })
                 .collect();
             if cells.is_empty() {
@@ -700,25 +743,35 @@ fn run_options(cold: bool, outputs: &Outputs) -> Result<RunOptions> {
     Ok(options)
 }
 
-fn parse_kernel(name: &str) -> Result<KernelFlavour> {
-    KernelFlavour::from_name(name).ok_or_else(|| {
-        let known: Vec<&str> = KernelFlavour::ALL.iter().map(|k| k.name()).collect();
-        UsageError(format!(
-            "unknown kernel flavour {name:?} (known: {})",
-            known.join(", ")
-        ))
-        .into()
-    })
+fn parse_kernel(project: &Project, name: &str) -> Result<KernelFlavour> {
+    Ok(project.kernel_flavour(name)?)
 }
 
-fn pick_cell(scenario: &Scenario, release: Option<&str>, kernel: Option<&str>) -> Result<Cell> {
+/// The project's kernel flavours that are built from a recipe.
+fn built_kernels(project: &Project) -> Vec<(&str, &vmrepro::recipe::KernelRecipe)> {
+    project
+        .kernels
+        .iter()
+        .filter_map(|(name, source)| match source {
+            vmrepro::recipe::KernelSource::Recipe(recipe) => Some((name.as_str(), recipe)),
+            vmrepro::recipe::KernelSource::Prebuilt { .. } => None,
+        })
+        .collect()
+}
+
+fn pick_cell(
+    project: &Project,
+    scenario: &Scenario,
+    release: Option<&str>,
+    kernel: Option<&str>,
+) -> Result<Cell> {
     let release = match release {
         Some(r) => r.to_owned(),
         None => scenario.matrix.releases[0].clone(),
     };
     let kernel = match kernel {
-        Some(k) => parse_kernel(k)?,
-        None => scenario.matrix.kernels[0],
+        Some(k) => parse_kernel(project, k)?,
+        None => scenario.matrix.kernels[0].clone(),
     };
     let cell = Cell { release, kernel };
     if !scenario.matrix.cells().contains(&cell) {
@@ -831,12 +884,14 @@ fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Resul
         } => {
             tools::ensure_tools(&outputs.events)?;
             if !no_kernel {
-                let kernel = kernel::linode(&cache, &project.linode_kernel)?;
-                out!(
-                    "kernel linode    {} ({})",
-                    kernel.release,
-                    kernel.image.display()
-                );
+                for (name, recipe) in built_kernels(project) {
+                    let kernel = kernel::built(&cache, name, recipe)?;
+                    out!(
+                        "kernel {name:<10} {} ({})",
+                        kernel.release,
+                        kernel.image.display()
+                    );
+                }
             }
             if kernel_only {
                 return Ok(EXIT_PASS);
@@ -889,8 +944,28 @@ fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Resul
             Ok(EXIT_PASS)
         }
         ImagesCommand::Key { release, kernel } => {
-            if kernel {
-                out!("{}", kernel::key(&cache, &project.linode_kernel)?);
+            if let Some(name) = kernel {
+                let recipes = built_kernels(project);
+                let (name, recipe) =
+                    match (name.as_str(), recipes.as_slice()) {
+                        ("", [only]) => *only,
+                        ("", _) => {
+                            return Err(UsageError(format!(
+                            "name the kernel flavour: --kernel FLAVOUR (built from a recipe: {})",
+                            recipes.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ))
+                            .into())
+                        }
+                        (name, _) => {
+                            *recipes.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                                UsageError(format!(
+                            "{name:?} is not a kernel flavour built from a recipe (those are: {})",
+                            recipes.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ))
+                            })?
+                        }
+                    };
+                out!("{}", kernel::key(&cache, name, recipe)?);
             } else if let Some(release) = release {
                 out!("{}", image::key(recipe_of(&release)?));
             }
@@ -986,16 +1061,19 @@ fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
             }
         })
         .collect();
-    let kernel_source = project.map(|p| {
-        let source = &p.linode_kernel.source_package;
+    let kernel_source = project.and_then(|p| {
+        let (name, recipe) = built_kernels(p).into_iter().next()?;
+        let source = &recipe.source_package;
         let version = tools::package_version(source);
-        DoctorTool {
+        Some(DoctorTool {
             name: source.clone(),
             found: version.as_ref().map(|_| "installed".to_owned()),
             version,
-            purpose: "for the Linode-style kernel; the first Linode-style cell installs it (as root) or asks you to".into(),
+            purpose: format!(
+                "for kernel {name}; its first cell installs it (as root) or asks you to"
+            ),
             fix: None,
-        }
+        })
     });
     let cache = Cache::from_env();
     let entries = cache.list();
@@ -1285,7 +1363,10 @@ mod tests {
         let scenario = Scenario::parse(
             std::path::Path::new("example.toml"),
             &text,
-            &["bookworm".to_owned()],
+            &vmrepro::scenario::Known {
+                releases: vec!["bookworm".to_owned()],
+                kernels: vec!["stock".to_owned()],
+            },
         )
         .expect("the skeleton parses");
         assert_eq!(scenario.name, "example");

@@ -55,6 +55,11 @@ fn main() -> ExitCode {
             "shell_fail_without_a_terminal_is_refused",
             shell_fail_refused,
         ),
+        Trial::test("copy_stays_in_the_project", copy_stays_in_the_project),
+        with_guests(
+            "a_project_anywhere_with_packages_and_a_copied_deb",
+            project_anywhere,
+        ),
         nextest_trial(),
     ];
     libtest_mimic::run(&args, trials).exit_code()
@@ -605,6 +610,169 @@ fn shell_fail_refused() -> Result<(), Failed> {
             || started.elapsed().as_secs() > 10
         {
             return Err(format!("{args:?}: {:?}\n{text}", output.status).into());
+        }
+    }
+    Ok(())
+}
+
+const ANYWHERE: &str = r#"
+name = "anywhere"
+description = "A project that is only this file and a package built on the host."
+packages = ["procps"]
+
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+
+[[step]]
+copy = "../files/hello-vmrepro.deb"
+to = "/root/hello-vmrepro.deb"
+
+[[step]]
+run = "dpkg -i /root/hello-vmrepro.deb"
+
+[[step]]
+title = "a sysctl set for good"
+run = "sysctl -w vm.swappiness=17 && echo 'vm.swappiness = 17' > /etc/sysctl.d/90-vmrepro.conf"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "hello-vmrepro"
+run = "dpkg-query -W -f '${Package} ${Version} ${Status}\n' hello-vmrepro; cat /usr/share/hello-vmrepro/greeting"
+
+[[capture]]
+name = "swappiness"
+run = "sysctl vm.swappiness"
+
+[expect]
+survive_reboot = ["swappiness"]
+
+[expect.contains]
+"hello-vmrepro" = ["hello-vmrepro 1.2-3 install ok installed", "built on the host"]
+"swappiness" = ["vm.swappiness = 17"]
+"#;
+
+/// Builds a small `.deb` with dpkg-deb, as a maintainer would before an
+/// upload.
+fn build_deb(dir: &Path) -> Result<std::path::PathBuf, Failed> {
+    let tree = dir.join("pkg");
+    common::copy_text(
+        "Package: hello-vmrepro\nVersion: 1.2-3\nArchitecture: all\nMaintainer: Nobody <nobody@example.org>\nDescription: a package built on the host\n",
+        &tree.join("DEBIAN/control"),
+    )?;
+    common::copy_text(
+        "built on the host\n",
+        &tree.join("usr/share/hello-vmrepro/greeting"),
+    )?;
+    let deb = dir.join("hello-vmrepro.deb");
+    let built = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&tree)
+        .arg(&deb)
+        .output()?;
+    if !built.status.success() {
+        return Err(format!("dpkg-deb: {}", said(&built)).into());
+    }
+    std::fs::remove_dir_all(&tree)?;
+    Ok(deb)
+}
+
+/// The installed binary in a folder that holds nothing but a scenario
+/// (and the file it copies): no images/, no Cargo.toml. The first run is
+/// NEW and writes the pending snapshot there, `vmrepro accept` accepts it,
+/// the second run passes. On the way: a package added to the image, a
+/// `.deb` built on the host copied in and installed.
+fn project_anywhere() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let project = dir.path();
+    common::copy_text(ANYWHERE, &project.join("scenarios/anywhere.toml"))?;
+    build_deb(&project.join("files"))?;
+    let run = |args: &[&str]| -> std::io::Result<Output> {
+        let mut command = vmrepro_saying(project);
+        command
+            .env_remove("VMREPRO_ROOT")
+            .current_dir(project)
+            .arg("-q")
+            .args(args);
+        command.output()
+    };
+    let output = run(&["run", "anywhere", "--format", "json"])?;
+    let text = said(&output);
+    if output.status.code() != Some(i32::from(EXIT_FAIL))
+        || !text.contains("\"status\": \"new\"")
+        || !text.contains("vmrepro accept anywhere@bookworm-stock")
+    {
+        return Err(format!(
+            "a first run must be NEW and say how to accept it: {:?}\n{text}",
+            output.status
+        )
+        .into());
+    }
+    let pending = project.join("snapshots/anywhere@bookworm-stock.snap.new");
+    let snapshot = std::fs::read_to_string(&pending)
+        .map_err(|e| format!("{}: {e}\n{text}", pending.display()))?;
+    for needed in [
+        "hello-vmrepro 1.2-3 install ok installed",
+        "vm.swappiness = 17",
+    ] {
+        if !snapshot.contains(needed) {
+            return Err(format!("the pending snapshot lacks {needed:?}:\n{snapshot}").into());
+        }
+    }
+    let output = run(&["accept", "anywhere"])?;
+    if !output.status.success()
+        || !project
+            .join("snapshots/anywhere@bookworm-stock.snap")
+            .exists()
+    {
+        return Err(format!("accept: {:?}\n{}", output.status, said(&output)).into());
+    }
+    // The same packages again: the image is found, not built.
+    let started = Instant::now();
+    let output = run(&["run", "anywhere"])?;
+    if output.status.code() != Some(i32::from(EXIT_PASS)) {
+        return Err(format!(
+            "after accepting, a pass: {:?}\n{}",
+            output.status,
+            said(&output)
+        )
+        .into());
+    }
+    eprintln!(
+        "cli: the second run, the image with procps reused, took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A scenario cannot carry a file from outside its project into a guest:
+/// not by an absolute path, not by `..`, not by a symbolic link.
+fn copy_stays_in_the_project() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(project.join("scenarios/files"))?;
+    std::fs::write(dir.path().join("secret"), "not for guests")?;
+    std::os::unix::fs::symlink(
+        dir.path().join("secret"),
+        project.join("scenarios/files/link"),
+    )?;
+    for (source, why) in [
+        ("/etc/passwd", "relative to the scenario file"),
+        ("../../secret", "outside the scenario's project"),
+        ("files/link", "outside the scenario's project"),
+        ("files", "leads out of the project by a symbolic link"),
+    ] {
+        let text = format!(
+            "name = \"copies\"\ndescription = \"d\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n\n[[step]]\ncopy = \"{source}\"\nto = \"/root/x\"\n"
+        );
+        std::fs::write(project.join("scenarios/copies.toml"), text)?;
+        let output = vmrepro(&project).args(["list"]).output()?;
+        let said = said(&output);
+        if output.status.code() != Some(2) || !said.contains("copies.toml:7") || !said.contains(why)
+        {
+            return Err(format!("copy = {source:?}: {:?}\n{said}", output.status).into());
         }
     }
     Ok(())

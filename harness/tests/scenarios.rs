@@ -117,8 +117,7 @@ fn trials(
     args: &Arguments,
 ) -> Vec<Trial> {
     let cache = Cache::from_env();
-    let built = vmrepro::kernel::lookup_linode(&cache, &project.linode_kernel).is_some();
-    let order = trial::longest_first(&cells, built);
+    let order = trial::longest_first(&cells, &trial::kernels_to_build(project, &cache));
     let mut said = std::collections::BTreeSet::new();
     order
         .into_iter()

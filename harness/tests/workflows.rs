@@ -317,13 +317,13 @@ fn summary() -> Result<(), Failed> {
     };
     let pass = Row::without_outcome(
         "s",
-        &cell("bookworm", KernelFlavour::Linode),
+        &cell("bookworm", KernelFlavour::named("linode")),
         Status::Pass,
         "x",
     );
     let fail = Row::without_outcome(
         "s",
-        &cell("jessie", KernelFlavour::Stock),
+        &cell("jessie", KernelFlavour::stock()),
         Status::Fail,
         "lost | rules",
     );
@@ -392,7 +392,12 @@ fn cache_keys() -> Result<(), Failed> {
         let (key, path) = (get("key"), get("path"));
         let harness_key = match what {
             "kernel" => {
-                vmrepro::kernel::key(&cache, &project.linode_kernel).map_err(|e| e.to_string())?
+                let Some(vmrepro::recipe::KernelSource::Recipe(recipe)) =
+                    project.kernels.get("linode")
+                else {
+                    return Err("the project's linode flavour is not built from a recipe".into());
+                };
+                vmrepro::kernel::key(&cache, "linode", recipe).map_err(|e| e.to_string())?
             }
             release => vmrepro::image::key(&project.recipes[release]),
         };
@@ -503,7 +508,7 @@ fn matrix_job() -> Result<(), Failed> {
         .filter(|s| {
             s.matrix.cells().contains(&Cell {
                 release: "bookworm".into(),
-                kernel: KernelFlavour::Linode,
+                kernel: KernelFlavour::named("linode"),
             })
         })
         .count();

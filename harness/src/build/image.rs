@@ -199,7 +199,7 @@ impl Image {
     /// [`crate::build::kernel`].
     pub(crate) fn stock_kernel(&self) -> Kernel {
         Kernel {
-            flavour: KernelFlavour::Stock,
+            flavour: KernelFlavour::stock(),
             image: self.dir.join("vmlinuz"),
             initrd: Some(self.dir.join("initrd.img")),
             release: self.manifest.stock_kernel_release.clone(),

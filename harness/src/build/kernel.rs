@@ -1,12 +1,9 @@
 //! Kernels booted directly by QEMU: a release's stock kernel (taken out of its
-//! image, see [`crate::build::image`]) or a Linode-style monolithic kernel built here
-//! from Debian's `linux-source` package.
-//!
-//! The Linode-style kernel has everything built in and no modules, so a guest
-//! booted with it has no `/lib/modules/$(uname -r)` tree: the condition of the
-//! founding bug. Its configuration is `make allnoconfig` plus the committed
-//! fragment `images/kernels/linode.config`, which keeps a cold build to a few
-//! minutes; the build is cached, keyed by the fragment and the source version.
+//! image, see [`crate::build::image`]), a kernel built here from a recipe in
+//! `images/kernels/` (a Debian `linux-source` package configured with `make
+//! allnoconfig` plus the recipe's fragment, which keeps a build to minutes;
+//! cached, keyed by the fragment and the source version), or a kernel image
+//! given by path.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,16 +57,16 @@ pub enum KernelError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// A build step failed.
-    #[error("building the Linode-style kernel: {0}")]
+    #[error("building a kernel: {0}")]
     Build(#[from] ProcessError),
     /// The configuration does not contain what the fragment asks for.
-    #[error("building the Linode-style kernel: the configuration lacks {missing:?}; their dependencies are not met in this kernel version")]
+    #[error("building a kernel: the configuration lacks {missing:?}; their dependencies are not met in this kernel version")]
     Config {
         /// Options the fragment sets that the final configuration lacks.
         missing: Vec<String>,
     },
     /// Something else about the build went wrong.
-    #[error("building the Linode-style kernel: {0}")]
+    #[error("kernel: {0}")]
     Other(String),
     /// The cache failed.
     #[error(transparent)]
@@ -88,72 +85,117 @@ pub(crate) struct KernelManifest {
 }
 
 impl KernelRecipe {
-    /// The cache key for a source version.
-    pub(crate) fn key(&self, source_version: &str) -> String {
+    /// The cache key of flavour `name` for a source version. The name only
+    /// prefixes it, for people reading the cache.
+    pub(crate) fn key(&self, name: &str, source_version: &str) -> String {
         let hash = KeyHash::new()
             .part(KERNEL_FORMAT)
             .part(&self.source_package)
             .part(source_version)
             .part(&self.fragment)
             .finish();
-        format!("linode-{hash}")
+        format!("{name}-{hash}")
     }
 }
 
-/// The cache key of the Linode-style kernel on this host (it depends on the
-/// installed source package, which is installed first if allowed).
-pub fn key(cache: &Cache, recipe: &KernelRecipe) -> Result<String, KernelError> {
+/// The cache key of flavour `name`, built from `recipe`, on this host (it
+/// depends on the installed source package, which is installed first if
+/// allowed).
+pub fn key(cache: &Cache, name: &str, recipe: &KernelRecipe) -> Result<String, KernelError> {
     let packages: Vec<&str> = std::iter::once(recipe.source_package.as_str())
         .chain(BUILD_PACKAGES.iter().copied())
         .collect();
     host::ensure_packages(
         cache.events(),
-        "building the Linode-style kernel",
+        &format!("building kernel {name}"),
         &packages,
     )?;
     let source_version = host::package_version(&recipe.source_package)
         .ok_or_else(|| KernelError::Other(format!("{} is not installed", recipe.source_package)))?;
-    Ok(recipe.key(&source_version))
+    Ok(recipe.key(name, &source_version))
 }
 
-/// The Linode-style kernel, built into the cache if it is not there.
-pub fn linode(cache: &Cache, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
+/// Kernel flavour `name` from its recipe, built into the cache if it is
+/// not there.
+pub fn built(cache: &Cache, name: &str, recipe: &KernelRecipe) -> Result<Kernel, KernelError> {
     // The common case, once per trial: one dpkg query, one stat.
-    if let Some(kernel) = lookup_linode(cache, recipe) {
+    if let Some(kernel) = lookup_built(cache, name, recipe) {
         return Ok(kernel);
     }
-    let key = key(cache, recipe)?;
+    let key = key(cache, name, recipe)?;
     let source_version = host::package_version(&recipe.source_package).unwrap_or_default();
-    let entry = cache.get_or_build(KIND, &key, "kernel linode", |work| {
-        build(cache.events(), recipe, &source_version, work)
+    let label = format!("kernel {name}");
+    let entry = cache.get_or_build(KIND, &key, &label, |work| {
+        build(cache.events(), &label, recipe, &source_version, work)
     })?;
     Ok(Kernel {
-        flavour: KernelFlavour::Linode,
+        flavour: KernelFlavour::named(name),
         image: entry.dir.join("vmlinuz"),
         initrd: None,
         release: entry.meta.release,
     })
 }
 
-/// The cached Linode-style kernel, without building or installing anything.
-pub fn lookup_linode(cache: &Cache, recipe: &KernelRecipe) -> Option<Kernel> {
+/// Kernel flavour `name` from its recipe, if the cache has it, without
+/// building or installing anything.
+pub fn lookup_built(cache: &Cache, name: &str, recipe: &KernelRecipe) -> Option<Kernel> {
     let version = host::package_version(&recipe.source_package)?;
-    let entry = cache.lookup::<KernelManifest>(KIND, &recipe.key(&version))?;
+    let entry = cache.lookup::<KernelManifest>(KIND, &recipe.key(name, &version))?;
     Some(Kernel {
-        flavour: KernelFlavour::Linode,
+        flavour: KernelFlavour::named(name),
         image: entry.dir.join("vmlinuz"),
         initrd: None,
         release: entry.meta.release,
     })
+}
+
+/// Kernel flavour `name` given by path: its release is read from the
+/// image's own header (the boot protocol's `kernel_version` string).
+pub fn prebuilt(name: &str, image: &Path, initrd: Option<&Path>) -> Result<Kernel, KernelError> {
+    let release = bzimage_release(image)
+        .map_err(|why| KernelError::Other(format!("{}: {why}", image.display())))?;
+    Ok(Kernel {
+        flavour: KernelFlavour::named(name),
+        image: image.to_owned(),
+        initrd: initrd.map(Path::to_owned),
+        release,
+    })
+}
+
+/// The release string of an x86 bzImage: the boot protocol (2.00 and
+/// later) puts the offset of a version string, less 0x200, at 0x20E
+/// (Documentation/arch/x86/boot.rst, "kernel_version"); the string starts
+/// with `uname -r`.
+pub(crate) fn bzimage_release(image: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(image).map_err(|e| e.to_string())?;
+    if bytes.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        return Err("not an x86 kernel image (no HdrS boot header)".into());
+    }
+    let pointer = bytes
+        .get(0x20E..0x210)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize + 0x200)
+        .ok_or("the boot header is cut short")?;
+    let text = bytes
+        .get(pointer..)
+        .ok_or("its version string lies outside the file")?;
+    let release: String = text
+        .iter()
+        .take_while(|b| **b != 0 && **b != b' ')
+        .map(|b| char::from(*b))
+        .collect();
+    if release.is_empty() {
+        return Err("its version string is empty".into());
+    }
+    Ok(release)
 }
 
 fn build(
     events: &Events,
+    label: &str,
     recipe: &KernelRecipe,
     source_version: &str,
     work: &Path,
 ) -> Result<KernelManifest, KernelError> {
-    let label = "kernel linode";
     let started = Instant::now();
     let tarball = ["tar.xz", "tar.bz2", "tar.gz"]
         .iter()
@@ -197,9 +239,9 @@ fn build(
 
     events.note(
         label,
-        "configuring: allnoconfig plus images/kernels/linode.config",
+        &format!("configuring: allnoconfig plus {}", recipe.config),
     );
-    let fragment = work.join("linode.config");
+    let fragment = work.join("fragment.config");
     std::fs::write(&fragment, &recipe.fragment).map_err(|e| KernelError::Other(e.to_string()))?;
     let mut make = Command::new("make");
     make.arg("allnoconfig");
@@ -270,7 +312,7 @@ mod tests {
         // A change of the hashing itself would orphan every cached kernel
         // and every CI cache key.
         assert_eq!(
-            recipe("CONFIG_X=y\n").key("6.1.192-2"),
+            recipe("CONFIG_X=y\n").key("linode", "6.1.192-2"),
             "linode-a19aacdc18cc8711"
         );
     }
@@ -284,10 +326,13 @@ mod tests {
     #[test]
     fn the_key_follows_the_fragment_and_the_source_version() {
         let a = recipe("CONFIG_A=y\n");
-        assert_eq!(a.key("6.1.1"), a.key("6.1.1"));
-        assert_ne!(a.key("6.1.1"), a.key("6.1.2"));
-        assert_ne!(a.key("6.1.1"), recipe("CONFIG_B=y\n").key("6.1.1"));
-        assert!(a.key("6.1.1").starts_with("linode-"));
+        assert_eq!(a.key("k", "6.1.1"), a.key("k", "6.1.1"));
+        assert_ne!(a.key("k", "6.1.1"), a.key("k", "6.1.2"));
+        assert_ne!(
+            a.key("k", "6.1.1"),
+            recipe("CONFIG_B=y\n").key("k", "6.1.1")
+        );
+        assert!(a.key("small", "6.1.1").starts_with("small-"));
     }
 
     #[test]

@@ -233,14 +233,31 @@ fn apply(text: &str, normalizer: Normalizer, facts: &GuestFacts) -> String {
 }
 
 /// Replaces whole-word occurrences of `word`.
+/// Replaces `word` where it stands alone as a host name would: not as part
+/// of a longer name such as a package `hello-vmrepro` or `vmrepro2` (`\b`
+/// alone would take the `-` for a boundary).
 fn replace_word(text: &str, word: &str, with: &str) -> String {
     if word.is_empty() {
         return text.to_owned();
     }
-    match Regex::new(&format!(r"\b{}\b", regex::escape(word))) {
-        Ok(r) => r.replace_all(text, with).into_owned(),
-        Err(_) => text.to_owned(),
+    let part_of_name =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices(word) {
+        let end = at + word.len();
+        if at < copied
+            || part_of_name(text[..at].chars().last())
+            || part_of_name(text[end..].chars().next())
+        {
+            continue;
+        }
+        out.push_str(&text[copied..at]);
+        out.push_str(with);
+        copied = end;
     }
+    out.push_str(&text[copied..]);
+    out
 }
 
 #[cfg(test)]
@@ -252,6 +269,18 @@ mod tests {
             hostname: "vmrepro".into(),
             kernel_release: "6.1.0-50-cloud-amd64".into(),
         }
+    }
+
+    #[test]
+    fn the_host_name_is_replaced_only_where_it_stands_alone() {
+        assert_eq!(
+            replace_word(
+                "vmrepro systemd[1]: root@vmrepro:~ hello-vmrepro vmrepro2 /kernel/vmrepro/ x_vmrepro vmrepro",
+                "vmrepro",
+                "[H]"
+            ),
+            "[H] systemd[1]: root@[H]:~ hello-vmrepro vmrepro2 /kernel/[H]/ x_vmrepro [H]"
+        );
     }
 
     #[test]

@@ -365,9 +365,9 @@ impl Row {
                 Status::Fail,
                 format!("FAIL: {}", outcome.failures.join("; ")),
             ),
-            (true, Err(SnapshotError::New { path, .. })) => (
+            (true, Err(SnapshotError::New { name, path })) => (
                 Status::New,
-                format!("NEW: every expectation held; no committed snapshot yet ({path}.new written for review)"),
+                format!("NEW: every expectation held; no committed snapshot yet: read {path}.new, then `vmrepro accept {name}`"),
             ),
             (true, Err(e @ SnapshotError::Differs { .. })) => (Status::Fail, format!("FAIL: {e}")),
             (true, Ok(())) if !outcome.expect.lost_on_reboot.is_empty() => {
@@ -594,7 +594,10 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         Scenario::parse(
             Path::new("scenarios/s.toml"),
             SCENARIO,
-            &["bookworm".into(), "jessie".into()],
+            &crate::spec::Known {
+                releases: vec!["bookworm".into(), "jessie".into()],
+                kernels: vec!["stock".into(), "linode".into()],
+            },
         )
         .expect("valid")
     }
@@ -619,7 +622,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         let scenario = scenario();
         let cell = Cell {
             release: release.into(),
-            kernel: KernelFlavour::Linode,
+            kernel: KernelFlavour::named("linode"),
         };
         let expect = scenario.expectations_for(&cell);
         let units: BTreeMap<String, String> = units
@@ -791,7 +794,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             "s",
             &Cell {
                 release: "jessie".into(),
-                kernel: KernelFlavour::Stock,
+                kernel: KernelFlavour::stock(),
             },
             Status::Skipped,
             "a | b",

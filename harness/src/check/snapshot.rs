@@ -13,7 +13,7 @@ use crate::spec::Scenario;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// No snapshot is committed for this trial: its first run.
-    #[error("no committed snapshot {path} yet; insta wrote the captures beside it as {path}.new (unless INSTA_UPDATE=no): read it, then accept it with `cargo insta accept` (or review with `cargo insta review`) from the project directory")]
+    #[error("no committed snapshot {path} yet; the captures were written beside it as {path}.new (unless INSTA_UPDATE=no): read it, then accept it with `vmrepro accept {name}` from the project directory (or `cargo insta review` in a cargo workspace)")]
     New {
         /// The snapshot's name.
         name: String,
@@ -132,6 +132,44 @@ pub fn compare(
             SnapshotError::Differs { name, path }
         }
     })
+}
+
+/// The pending snapshots (`NAME.snap.new`) in `snapshots_dir`, by name.
+pub fn pending(snapshots_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = match std::fs::read_dir(snapshots_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".snap.new"))
+                    .map(str::to_owned)
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    Ok(names)
+}
+
+/// Accepts pending snapshots: `NAME.snap.new` becomes `NAME.snap`, as
+/// `cargo insta accept` does. `wanted` selects by scenario name or by
+/// `SCENARIO@CELL`; all pending ones when empty. Returns the names accepted.
+pub fn accept(snapshots_dir: &Path, wanted: &[String]) -> std::io::Result<Vec<String>> {
+    let mut accepted = Vec::new();
+    for name in pending(snapshots_dir)? {
+        let scenario = name.split('@').next().unwrap_or("");
+        if !wanted.is_empty() && !wanted.iter().any(|w| *w == name || *w == scenario) {
+            continue;
+        }
+        std::fs::rename(
+            snapshots_dir.join(format!("{name}.snap.new")),
+            snapshots_dir.join(format!("{name}.snap")),
+        )?;
+        accepted.push(name);
+    }
+    Ok(accepted)
 }
 
 thread_local! {

@@ -352,7 +352,7 @@ mod tests {
         VmConfig {
             base_disk: disk,
             kernel: Kernel {
-                flavour: KernelFlavour::Linode,
+                flavour: KernelFlavour::named("linode"),
                 image,
                 initrd: None,
                 release: "6.1.0-test".into(),

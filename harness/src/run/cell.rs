@@ -18,7 +18,8 @@ use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
 use crate::spec::project::Project;
-use crate::spec::{Action, Cell, Expectations, FirstBoot, KernelFlavour, Scenario, StepStatus};
+use crate::spec::recipe::KernelSource;
+use crate::spec::{Action, Cell, Expectations, FirstBoot, Scenario, StepStatus};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -273,9 +274,23 @@ fn bootable(
         }
         other => other?,
     };
-    let kernel = match cell.kernel {
-        KernelFlavour::Stock => image.stock_kernel(),
-        KernelFlavour::Linode => kernel::linode(&options.cache, &project.linode_kernel)?,
+    let kernel = if cell.kernel.is_stock() {
+        image.stock_kernel()
+    } else {
+        let name = cell.kernel.name();
+        match project.kernels.get(name) {
+            Some(KernelSource::Recipe(recipe)) => kernel::built(&options.cache, name, recipe)?,
+            Some(KernelSource::Prebuilt { image, initrd }) => {
+                kernel::prebuilt(name, image, initrd.as_deref())?
+            }
+            None => {
+                return Err(crate::spec::project::ProjectError::UnknownKernel {
+                    name: name.to_owned(),
+                    known: project.kernel_names().join(", "),
+                }
+                .into())
+            }
+        }
     };
     if artifacts.exists() {
         let _ = std::fs::remove_dir_all(artifacts);

@@ -15,7 +15,7 @@ use crate::check::verdict::Status;
 use crate::host;
 use crate::run::cell::{RunError, RunOptions};
 use crate::spec::project::Project;
-use crate::spec::{Cell, KernelFlavour, Scenario};
+use crate::spec::{Cell, Scenario};
 
 /// What a trial produced.
 pub struct Checked {
@@ -174,9 +174,7 @@ pub fn check_all<T: Send + 'static>(
     done: fn(&Scenario, &Cell, &Checked) -> T,
 ) -> std::io::Result<Vec<(Checked, T)>> {
     let jobs = jobs.max(1);
-    let built =
-        crate::build::kernel::lookup_linode(&options.cache, &project.linode_kernel).is_some();
-    let order = longest_first(&cells, built);
+    let order = longest_first(&cells, &kernels_to_build(project, &options.cache));
     crate::host::process::block_on(async {
         // A task per trial, each on a blocking thread of its own (the guest
         // is driven synchronously), at most `jobs` at once.
@@ -215,14 +213,30 @@ pub fn default_jobs(memory_mib: u32) -> usize {
     cores.min(by_memory)
 }
 
+/// The kernel flavours built from a recipe that the cache does not have yet.
+pub fn kernels_to_build(project: &Project, cache: &crate::build::cache::Cache) -> Vec<String> {
+    project
+        .kernels
+        .iter()
+        .filter_map(|(name, source)| match source {
+            crate::spec::recipe::KernelSource::Recipe(recipe) => {
+                crate::build::kernel::lookup_built(cache, name, recipe)
+                    .is_none()
+                    .then(|| name.clone())
+            }
+            crate::spec::recipe::KernelSource::Prebuilt { .. } => None,
+        })
+        .collect()
+}
+
 /// Indices of `cells` with the likely-longest trials first, so that the last
 /// guest to start is not the one that keeps every other core idle at the
-/// end: stock kernels (initrd, module loading) before the Linode-style one,
-/// newer releases (more units to start) before older ones. When the
-/// Linode-style kernel still has to be built (minutes), one of its cells
-/// goes first, so that the build overlaps the other trials instead of
-/// running alone at the end. The sort is stable.
-pub fn longest_first(cells: &[(Scenario, Cell)], linode_kernel_built: bool) -> Vec<usize> {
+/// end: stock kernels (initrd, module loading) before the others, newer
+/// releases (more units to start) before older ones. When a kernel still
+/// has to be built (minutes; `to_build`), one of its cells goes first, so
+/// that the build overlaps the other trials instead of running alone at the
+/// end. The sort is stable.
+pub fn longest_first(cells: &[(Scenario, Cell)], to_build: &[String]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..cells.len()).collect();
     order.sort_by_key(|&i| {
         let (scenario, cell) = &cells[i];
@@ -232,16 +246,10 @@ pub fn longest_first(cells: &[(Scenario, Cell)], linode_kernel_built: bool) -> V
             .iter()
             .position(|r| r == &cell.release)
             .unwrap_or(0);
-        (
-            cell.kernel != KernelFlavour::Stock,
-            std::cmp::Reverse(release),
-        )
+        (!cell.kernel.is_stock(), std::cmp::Reverse(release))
     });
-    if !linode_kernel_built {
-        if let Some(at) = order
-            .iter()
-            .position(|&i| cells[i].1.kernel == KernelFlavour::Linode)
-        {
+    for name in to_build.iter().rev() {
+        if let Some(at) = order.iter().position(|&i| cells[i].1.kernel.name() == name) {
             let first = order.remove(at);
             order.insert(0, first);
         }
@@ -252,7 +260,7 @@ pub fn longest_first(cells: &[(Scenario, Cell)], linode_kernel_built: bool) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Expectations, FirstBoot, Matrix};
+    use crate::spec::{Expectations, FirstBoot, KernelFlavour, Matrix};
 
     fn cells() -> Vec<(Scenario, Cell)> {
         let scenario = Scenario {
@@ -261,7 +269,7 @@ mod tests {
             path: "scenarios/s.toml".into(),
             matrix: Matrix {
                 releases: vec!["bullseye".into(), "bookworm".into()],
-                kernels: vec![KernelFlavour::Linode, KernelFlavour::Stock],
+                kernels: vec![KernelFlavour::named("linode"), KernelFlavour::stock()],
             },
             steps: Vec::new(),
             captures: Vec::new(),
@@ -288,7 +296,7 @@ mod tests {
     fn stock_and_newer_cells_start_first() {
         let cells = cells();
         assert_eq!(
-            names(&cells, &longest_first(&cells, true)),
+            names(&cells, &longest_first(&cells, &[])),
             [
                 "bookworm-stock",
                 "bullseye-stock",
@@ -302,7 +310,7 @@ mod tests {
     fn a_kernel_still_to_build_starts_at_once() {
         let cells = cells();
         assert_eq!(
-            names(&cells, &longest_first(&cells, false)),
+            names(&cells, &longest_first(&cells, &["linode".to_owned()])),
             [
                 "bookworm-linode",
                 "bookworm-stock",

@@ -22,6 +22,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The names a scenario may use: releases with a recipe, kernel flavours.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// Releases that have an image recipe.
+    pub releases: Vec<String>,
+    /// Kernel flavours: `stock` and the project's.
+    pub kernels: Vec<String>,
+}
+
 /// The default time one `run` step or capture may take inside the guest.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a step may be given: a day, far beyond any reboot bug.
@@ -104,7 +113,7 @@ impl Matrix {
             .flat_map(|release| {
                 self.kernels.iter().map(move |kernel| Cell {
                     release: release.clone(),
-                    kernel: *kernel,
+                    kernel: kernel.clone(),
                 })
             })
             .collect()
@@ -126,33 +135,36 @@ impl fmt::Display for Cell {
     }
 }
 
-/// Which kernel boots the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelFlavour {
-    /// The release's own kernel package, with its initrd and its module tree in
-    /// the guest.
-    Stock,
-    /// A monolithic kernel supplied from outside the disk, everything built
-    /// in, no module tree in the guest (as Linode booted its guests in 2015).
-    Linode,
-}
+/// Which kernel boots the guest: `stock` (the release's own kernel package,
+/// with its initrd and its module tree in the guest), or a flavour defined
+/// by a file in `images/kernels/` (built from a recipe, or a kernel image
+/// given by path), booted from outside the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+pub struct KernelFlavour(String);
 
 impl KernelFlavour {
-    /// Every flavour, in the order tables list them.
-    pub const ALL: &'static [KernelFlavour] = &[KernelFlavour::Linode, KernelFlavour::Stock];
+    /// The name of the release's own kernel.
+    pub const STOCK: &'static str = "stock";
 
-    /// The flavour's name as scenario files and the command line spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelFlavour::Stock => "stock",
-            KernelFlavour::Linode => "linode",
-        }
+    /// The release's own kernel.
+    pub fn stock() -> KernelFlavour {
+        KernelFlavour(Self::STOCK.to_owned())
     }
 
-    /// Parses a flavour name as the command line spells it.
-    pub fn from_name(name: &str) -> Option<KernelFlavour> {
-        Self::ALL.iter().copied().find(|k| k.name() == name)
+    /// A flavour by name (checked against the project where it is used).
+    pub fn named(name: &str) -> KernelFlavour {
+        KernelFlavour(name.to_owned())
+    }
+
+    /// Whether this is the release's own kernel.
+    pub fn is_stock(&self) -> bool {
+        self.0 == Self::STOCK
+    }
+
+    /// The flavour's name as scenario files and the command line spell it.
+    pub fn name(&self) -> &str {
+        &self.0
     }
 }
 

@@ -39,20 +39,17 @@ pub enum ScenarioError {
 impl Scenario {
     /// Reads and validates a scenario file. `known_releases` are the releases
     /// that have an image recipe; a matrix naming any other is an error.
-    pub(crate) fn load(path: &Path, known_releases: &[String]) -> Result<Scenario, ScenarioError> {
+    pub(crate) fn load(path: &Path, known: &Known) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Scenario::parse(path, &text, known_releases)
+        Scenario::parse(path, &text, known)
     }
 
     /// Parses scenario text; `path` is only used in messages and the result.
-    pub fn parse(
-        path: &Path,
-        text: &str,
-        known_releases: &[String],
-    ) -> Result<Scenario, ScenarioError> {
+    pub fn parse(path: &Path, text: &str, known_names: &Known) -> Result<Scenario, ScenarioError> {
+        let known_releases = &known_names.releases;
         let invalid = |span: Option<Range<usize>>, message: String| {
             let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
             ScenarioError::Invalid {
@@ -102,13 +99,28 @@ impl Scenario {
                 "key `matrix.releases`: name at least one release".into(),
             ));
         }
+        // A kernel flavour without a file, wherever a scenario names one.
+        let known_kernel = |key: &str, kernel: &Spanned<String>| {
+            if known_names.kernels.contains(kernel.get_ref()) {
+                Ok(KernelFlavour::named(kernel.get_ref()))
+            } else {
+                Err(invalid(
+                    Some(kernel.span()),
+                    format!(
+                        "key `{key}`: unknown kernel flavour {:?} (known: {})",
+                        kernel.get_ref(),
+                        known_names.kernels.join(", ")
+                    ),
+                ))
+            }
+        };
         let kernels: Vec<KernelFlavour> = raw
             .matrix
             .get_ref()
             .kernels
             .iter()
-            .map(|k| *k.get_ref())
-            .collect();
+            .map(|k| known_kernel("matrix.kernels", k))
+            .collect::<Result<_, _>>()?;
         if kernels.is_empty() {
             return Err(invalid(
                 Some(raw.matrix.span()),
@@ -118,15 +130,19 @@ impl Scenario {
 
         let cell_filter = |key: &str,
                            releases: &Option<Vec<Spanned<String>>>,
-                           kernels: &Option<Vec<KernelFlavour>>|
+                           kernels: &Option<Vec<Spanned<String>>>|
          -> Result<CellFilter, ScenarioError> {
-            let key = format!("{key}.releases");
+            let release_key = format!("{key}.releases");
+            let kernel_key = format!("{key}.kernels");
             Ok(CellFilter {
                 releases: releases
                     .as_ref()
-                    .map(|r| r.iter().map(|s| known(&key, s)).collect())
+                    .map(|r| r.iter().map(|s| known(&release_key, s)).collect())
                     .transpose()?,
-                kernels: kernels.clone(),
+                kernels: kernels
+                    .as_ref()
+                    .map(|k| k.iter().map(|s| known_kernel(&kernel_key, s)).collect())
+                    .transpose()?,
             })
         };
         let step_status = |index: usize, raw: &Spanned<RawStatus>| {
@@ -522,8 +538,9 @@ pub(crate) fn project_of(scenario_file: &Path) -> PathBuf {
 }
 
 /// Where a `copy` step's source is on the host: `written` relative to the
-/// scenario file, inside the scenario's own project, and (for a folder)
-/// nothing in it leading out by a symbolic link. Scenarios come from bug
+/// scenario file, inside the scenario's own project once `..` and symbolic
+/// links are resolved, and (for a folder) nothing in it leading out by a
+/// symbolic link. Scenarios come from bug
 /// reports written by strangers; running one must never carry a host file
 /// into a guest or a report.
 pub(crate) fn copy_source(scenario_file: &Path, written: &str) -> Result<PathBuf, String> {
@@ -531,14 +548,6 @@ pub(crate) fn copy_source(scenario_file: &Path, written: &str) -> Result<PathBuf
     if written.is_empty() || relative.is_absolute() {
         return Err(format!(
             "{written:?} must be a path relative to the scenario file"
-        ));
-    }
-    if relative
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(format!(
-            "{written:?} must not leave the scenario's folder with `..`"
         ));
     }
     let base = scenario_file.parent().unwrap_or(Path::new("."));
@@ -551,7 +560,7 @@ pub(crate) fn copy_source(scenario_file: &Path, written: &str) -> Result<PathBuf
         .map_err(|e| format!("{}: {e}", source.display()))?;
     if !real.starts_with(&project) {
         return Err(format!(
-            "{written:?} leads out of the project ({}) by a symbolic link",
+            "{written:?} is outside the scenario's project ({}); only files inside it can be copied",
             project.display()
         ));
     }
@@ -634,7 +643,7 @@ struct RawScenario {
 #[serde(deny_unknown_fields)]
 struct RawMatrix {
     releases: Vec<Spanned<String>>,
-    kernels: Vec<Spanned<KernelFlavour>>,
+    kernels: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -669,7 +678,7 @@ enum RawStatus {
 #[serde(deny_unknown_fields)]
 struct RawStepCell {
     releases: Option<Vec<Spanned<String>>>,
-    kernels: Option<Vec<KernelFlavour>>,
+    kernels: Option<Vec<Spanned<String>>>,
     status: Spanned<RawStatus>,
 }
 
@@ -702,7 +711,7 @@ struct RawExpect {
 #[serde(deny_unknown_fields)]
 struct RawCellExpect {
     releases: Option<Vec<Spanned<String>>>,
-    kernels: Option<Vec<KernelFlavour>>,
+    kernels: Option<Vec<Spanned<String>>>,
     survive_reboot: Option<Vec<Spanned<String>>>,
     lost_on_reboot: Option<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -720,7 +729,14 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Scenario, ScenarioError> {
-        Scenario::parse(Path::new("scenarios/x.toml"), text, &releases())
+        Scenario::parse(
+            Path::new("scenarios/x.toml"),
+            text,
+            &Known {
+                releases: releases(),
+                kernels: vec!["stock".into(), "linode".into()],
+            },
+        )
     }
 
     const GOOD: &str = r#"
@@ -912,13 +928,13 @@ units = { "netfilter-persistent.service" = "active" }
         let s = parse(&text).expect("valid");
         let bookworm = s.expectations_for(&Cell {
             release: "bookworm".into(),
-            kernel: KernelFlavour::Stock,
+            kernel: KernelFlavour::stock(),
         });
         assert_eq!(bookworm.survive_reboot, ["rules"]);
         assert!(bookworm.lost_on_reboot.is_empty());
         let trixie = s.expectations_for(&Cell {
             release: "trixie".into(),
-            kernel: KernelFlavour::Stock,
+            kernel: KernelFlavour::stock(),
         });
         assert!(trixie.survive_reboot.is_empty());
         assert_eq!(trixie.lost_on_reboot, ["rules"]);
@@ -939,22 +955,22 @@ units = { "netfilter-persistent.service" = "active" }
         };
         let step = &s.steps[0];
         assert_eq!(
-            step.status_for(&cell("bookworm", KernelFlavour::Stock)),
+            step.status_for(&cell("bookworm", KernelFlavour::stock())),
             Some(StepStatus::Exactly(0))
         );
         // Later tables win: trixie × stock expects 1, trixie × linode any.
         assert_eq!(
-            step.status_for(&cell("trixie", KernelFlavour::Stock)),
+            step.status_for(&cell("trixie", KernelFlavour::stock())),
             Some(StepStatus::Exactly(1))
         );
         assert_eq!(
-            step.status_for(&cell("trixie", KernelFlavour::Linode)),
+            step.status_for(&cell("trixie", KernelFlavour::named("linode"))),
             Some(StepStatus::Any)
         );
         assert!(StepStatus::Any.accepts(1) && StepStatus::Any.accepts(0));
         assert!(!StepStatus::Exactly(1).accepts(0));
         assert_eq!(
-            s.steps[2].status_for(&cell("trixie", KernelFlavour::Stock)),
+            s.steps[2].status_for(&cell("trixie", KernelFlavour::stock())),
             None
         );
     }

@@ -1,17 +1,18 @@
-//! A vmrepro project: the directory holding `images/`, `scenarios/` and
-//! `snapshots/`.
+//! A vmrepro project: the directory holding `scenarios/` and `snapshots/`,
+//! and optionally `images/` with its own release recipes and kernel
+//! flavours (the ones built into the binary serve otherwise).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::spec::recipe::{self, ImageRecipe, KernelRecipe, RecipeError};
-use crate::spec::{Scenario, ScenarioError};
+use crate::spec::recipe::{self, ImageRecipe, KernelSource, RecipeError};
+use crate::spec::{KernelFlavour, Known, Scenario, ScenarioError};
 
 /// Why a project could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
     /// No project directory was found.
-    #[error("no vmrepro project (a directory with images/ and scenarios/) at or above {0}; set VMREPRO_ROOT")]
+    #[error("no vmrepro project (a directory with scenarios/) at or above {0}; give --project DIR or set VMREPRO_ROOT")]
     NotFound(PathBuf),
     /// A recipe is invalid.
     #[error(transparent)]
@@ -36,6 +37,14 @@ pub enum ProjectError {
         first: PathBuf,
         /// The second.
         second: PathBuf,
+    },
+    /// A kernel flavour was asked for that has no file in `images/kernels/`.
+    #[error("unknown kernel flavour {name:?} (known: {known})")]
+    UnknownKernel {
+        /// The flavour asked for.
+        name: String,
+        /// The flavours that exist.
+        known: String,
     },
     /// No scenario has the name asked for.
     #[error("no scenario named {name:?} (known: {known})")]
@@ -62,19 +71,19 @@ pub struct Project {
     pub root: PathBuf,
     /// Release recipes by release name.
     pub recipes: BTreeMap<String, ImageRecipe>,
-    /// The Linode-style kernel's recipe (`images/kernels/linode.toml`).
-    pub linode_kernel: KernelRecipe,
+    /// Kernel flavours other than `stock`, by name (`images/kernels/`).
+    pub kernels: BTreeMap<String, KernelSource>,
 }
 
 impl Project {
     /// Opens the project at `VMREPRO_ROOT`, or the first directory at or above
-    /// `start` that has `images/` and `scenarios/`.
+    /// `start` that has `scenarios/`.
     pub fn discover(start: &Path) -> Result<Project, ProjectError> {
         let root = match std::env::var_os("VMREPRO_ROOT") {
             Some(root) => PathBuf::from(root),
             None => start
                 .ancestors()
-                .find(|d| d.join("images").is_dir() && d.join("scenarios").is_dir())
+                .find(|d| d.join("scenarios").is_dir())
                 .map(Path::to_path_buf)
                 .ok_or_else(|| ProjectError::NotFound(start.to_owned()))?,
         };
@@ -83,17 +92,45 @@ impl Project {
 
     /// Opens the project at `root`.
     pub fn open(root: &Path) -> Result<Project, ProjectError> {
-        let recipes = recipe::load_image_recipes(&root.join("images"))?;
-        let linode_kernel = KernelRecipe::load(&root.join("images/kernels/linode.toml"))?;
+        let images = root.join("images");
+        let recipes = recipe::load_image_recipes(&images)?;
+        let kernels = recipe::load_kernels(&images)?;
         Ok(Project {
             root: root.to_owned(),
             recipes,
-            linode_kernel,
+            kernels,
         })
     }
 
+    /// Every kernel flavour's name: `stock` and the files in `images/kernels/`.
+    pub fn kernel_names(&self) -> Vec<String> {
+        std::iter::once(KernelFlavour::STOCK.to_owned())
+            .chain(self.kernels.keys().cloned())
+            .collect()
+    }
+
+    /// A kernel flavour by name, or an error that lists the known ones.
+    pub fn kernel_flavour(&self, name: &str) -> Result<KernelFlavour, ProjectError> {
+        if self.kernel_names().iter().any(|k| k == name) {
+            Ok(KernelFlavour::named(name))
+        } else {
+            Err(ProjectError::UnknownKernel {
+                name: name.to_owned(),
+                known: self.kernel_names().join(", "),
+            })
+        }
+    }
+
+    /// What the names of scenario files are checked against.
+    pub(crate) fn known(&self) -> Known {
+        Known {
+            releases: self.recipes.keys().cloned().collect(),
+            kernels: self.kernel_names(),
+        }
+    }
+
     /// `snapshots/`.
-    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+    pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
 
@@ -140,10 +177,10 @@ impl Project {
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
             .collect();
         paths.sort();
-        let releases: Vec<String> = self.recipes.keys().cloned().collect();
+        let known = self.known();
         let mut scenarios = Vec::new();
         for path in paths {
-            let scenario = Scenario::load(&path, &releases)?;
+            let scenario = Scenario::load(&path, &known)?;
             // Trials, snapshots and artifacts are named after it.
             if let Some(first) = scenarios
                 .iter()
@@ -162,14 +199,14 @@ impl Project {
 
     /// Loads a scenario by name, or from a path.
     pub fn scenario(&self, name_or_path: &str) -> Result<Scenario, ProjectError> {
-        let releases: Vec<String> = self.recipes.keys().cloned().collect();
+        let known = self.known();
         let as_path = Path::new(name_or_path);
         if name_or_path.ends_with(".toml") && as_path.exists() {
-            return Ok(Scenario::load(as_path, &releases)?);
+            return Ok(Scenario::load(as_path, &known)?);
         }
         let path = self.scenarios_dir().join(format!("{name_or_path}.toml"));
         if path.exists() {
-            return Ok(Scenario::load(&path, &releases)?);
+            return Ok(Scenario::load(&path, &known)?);
         }
         // By the name inside the file, which need not be the file's.
         let scenarios = self.scenarios()?;

@@ -28,14 +28,68 @@ fn recipe_error(path: &Path, message: String) -> RecipeError {
     }
 }
 
+include!(concat!(env!("OUT_DIR"), "/built_in.rs"));
+
 /// Reads a TOML recipe, naming the line of a bad key or value.
+#[cfg(test)]
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RecipeError> {
     let text =
         fs::read_to_string(path).map_err(|e| recipe_error(path, format!("cannot read: {e}")))?;
-    toml::from_str(&text).map_err(|e| {
-        let (line, _) = line_column(&text, e.span().map(|s| s.start).unwrap_or(0));
+    parse_toml(path, &text)
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, RecipeError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, _) = line_column(text, e.span().map(|s| s.start).unwrap_or(0));
         recipe_error(path, format!("line {line}: {}", e.message().trim()))
     })
+}
+
+/// How errors name a recipe built into the binary.
+fn built_in_path(relative: &str) -> PathBuf {
+    PathBuf::from(format!("(built in) images/{relative}"))
+}
+
+/// A file of the project's `images/` folder, or else the built-in one.
+fn recipe_text(images: &Path, relative: &str) -> Option<(PathBuf, String)> {
+    let own = images.join(relative);
+    if let Ok(text) = fs::read_to_string(&own) {
+        return Some((own, text));
+    }
+    BUILT_IN
+        .iter()
+        .find(|(path, _)| *path == relative)
+        .map(|(_, text)| (built_in_path(relative), (*text).to_owned()))
+}
+
+/// The `.toml` files of one folder of recipes (`""` or `"kernels"`): the
+/// built-in ones and the project's, by file stem.
+fn recipe_names(images: &Path, folder: &str) -> Vec<String> {
+    let prefix = if folder.is_empty() {
+        String::new()
+    } else {
+        format!("{folder}/")
+    };
+    let mut names: Vec<String> = BUILT_IN
+        .iter()
+        .filter_map(|(path, _)| path.strip_prefix(prefix.as_str()))
+        .filter(|rest| !rest.contains('/'))
+        .filter_map(|rest| rest.strip_suffix(".toml"))
+        .map(str::to_owned)
+        .collect();
+    if let Ok(entries) = fs::read_dir(images.join(folder)) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    names.push(stem.to_owned());
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A release recipe: how to bootstrap one Debian release.
@@ -106,33 +160,133 @@ impl ImageRecipe {
     }
 
     /// Reads a recipe file.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path) -> Result<ImageRecipe, RecipeError> {
         read_toml(path)
     }
 }
 
-/// The recipes in a directory, by release.
-pub(crate) fn load_image_recipes(dir: &Path) -> Result<BTreeMap<String, ImageRecipe>, RecipeError> {
+/// The release recipes, by release: those built into the binary, each
+/// replaced by the project's own `images/RELEASE.toml` where it has one, and
+/// the project's others.
+pub(crate) fn load_image_recipes(
+    images: &Path,
+) -> Result<BTreeMap<String, ImageRecipe>, RecipeError> {
     let mut recipes = BTreeMap::new();
-    let entries = fs::read_dir(dir).map_err(|e| recipe_error(dir, e.to_string()))?;
-    for entry in entries {
-        let path = entry.map_err(|e| recipe_error(dir, e.to_string()))?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let recipe = ImageRecipe::load(&path)?;
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            if stem != recipe.release {
-                return Err(recipe_error(
-                    &path,
-                    format!(
-                        "key `release`: {:?} does not match the file name (expected {stem:?})",
-                        recipe.release
-                    ),
-                ));
-            }
-            recipes.insert(recipe.release.clone(), recipe);
+    for stem in recipe_names(images, "") {
+        let Some((path, text)) = recipe_text(images, &format!("{stem}.toml")) else {
+            continue;
+        };
+        let recipe: ImageRecipe = parse_toml(&path, &text)?;
+        if stem != recipe.release {
+            return Err(recipe_error(
+                &path,
+                format!(
+                    "key `release`: {:?} does not match the file name (expected {stem:?})",
+                    recipe.release
+                ),
+            ));
         }
+        recipes.insert(recipe.release.clone(), recipe);
     }
     Ok(recipes)
+}
+
+/// A kernel flavour other than `stock`: a file `images/kernels/NAME.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// Built here from a Debian kernel source package and a configuration
+    /// fragment, and cached.
+    Recipe(KernelRecipe),
+    /// A kernel image given by path, as a provider boots it, with an
+    /// optional initrd.
+    Prebuilt {
+        /// The kernel image (bzImage).
+        image: PathBuf,
+        /// Its initrd, if it needs one.
+        initrd: Option<PathBuf>,
+    },
+}
+
+/// A kernel flavour's file as written: a recipe (`source_package` and
+/// `config`) or a kernel by path (`image`, optionally `initrd`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    source_package: Option<String>,
+    config: Option<String>,
+    image: Option<String>,
+    initrd: Option<String>,
+}
+
+/// The kernel flavours, by name: the built-in ones, each replaced by the
+/// project's own `images/kernels/NAME.toml` where it has one, and the
+/// project's others.
+pub(crate) fn load_kernels(images: &Path) -> Result<BTreeMap<String, KernelSource>, RecipeError> {
+    let mut kernels = BTreeMap::new();
+    for name in recipe_names(images, "kernels") {
+        if name == crate::spec::KernelFlavour::STOCK {
+            return Err(recipe_error(
+                &images.join("kernels/stock.toml"),
+                "`stock` is the release's own kernel and cannot be redefined".into(),
+            ));
+        }
+        let Some((path, text)) = recipe_text(images, &format!("kernels/{name}.toml")) else {
+            continue;
+        };
+        let raw: RawKernel = parse_toml(&path, &text)?;
+        let beside = |file: &str| -> PathBuf { path.parent().unwrap_or(Path::new(".")).join(file) };
+        let source = match raw {
+            RawKernel {
+                source_package: Some(source_package),
+                config: Some(config),
+                image: None,
+                initrd: None,
+            } => {
+                let (fragment_path, fragment) = recipe_text(images, &format!("kernels/{config}"))
+                    .filter(|_| !config.contains('/'))
+                    .ok_or_else(|| {
+                        recipe_error(
+                            &beside(&config),
+                            "cannot read the configuration fragment (it must sit beside the recipe)"
+                                .into(),
+                        )
+                    })?;
+                let _ = fragment_path;
+                KernelSource::Recipe(KernelRecipe {
+                    source_package,
+                    config,
+                    fragment,
+                })
+            }
+            RawKernel {
+                source_package: None,
+                config: None,
+                image: Some(image),
+                initrd,
+            } => {
+                let image = beside(&image);
+                let initrd = initrd.map(|i| beside(&i));
+                for file in std::iter::once(&image).chain(initrd.iter()) {
+                    if !file.is_file() {
+                        return Err(recipe_error(
+                            &path,
+                            format!("{} does not exist", file.display()),
+                        ));
+                    }
+                }
+                KernelSource::Prebuilt { image, initrd }
+            }
+            _ => {
+                return Err(recipe_error(
+                    &path,
+                    "give either `source_package` and `config` (a kernel built here) or `image` and optionally `initrd` (a kernel by path)".into(),
+                ))
+            }
+        };
+        kernels.insert(name, source);
+    }
+    Ok(kernels)
 }
 
 /// How to build a custom kernel: `images/kernels/NAME.toml`.
@@ -150,6 +304,7 @@ pub struct KernelRecipe {
 
 impl KernelRecipe {
     /// Reads a recipe and its fragment.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path) -> Result<KernelRecipe, RecipeError> {
         let mut recipe: KernelRecipe = read_toml(path)?;
         let fragment_path = path.parent().unwrap_or(Path::new(".")).join(&recipe.config);
