@@ -66,6 +66,10 @@ fn main() -> ExitCode {
             cache_keys,
         ),
         matrix_job_trial(),
+        guest_trial(
+            "host::reusable_workflow_cell::bookworm::stock",
+            reusable_cell,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
@@ -436,6 +440,21 @@ fn cache_keys() -> Result<(), Failed> {
 }
 
 /// The matrix job of bookworm × linode, step script by step script.
+/// A trial that boots bookworm guests: listed as ignored where bookworm
+/// cannot be had (and is not required).
+fn guest_trial(name: &'static str, test: fn() -> Result<(), Failed>) -> Trial {
+    let reachable = Project::open(&root())
+        .map_err(|e| e.to_string())
+        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "bookworm"));
+    match reachable {
+        Err(why) if !trial::required("bookworm") => {
+            eprintln!("workflows: {name} skipped: {why}");
+            Trial::test(name, || Ok(())).with_ignored_flag(true)
+        }
+        _ => Trial::test(name, test),
+    }
+}
+
 fn matrix_job_trial() -> Trial {
     let name = "host::matrix_job::bookworm::linode";
     let project = Project::open(&root());
@@ -546,6 +565,94 @@ fn matrix_job() -> Result<(), Failed> {
     ))?;
     if !output.status.success() {
         return Err(format!("summary.sh: {}", text(&output)).into());
+    }
+    Ok(())
+}
+
+const CALLER: &str = r#"
+name = "callers-bug"
+description = "Another repository's scenario, run through the reusable workflow's cell script."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+run = "echo 'set by the caller' > /etc/callers-setting"
+[[step]]
+reboot = true
+[[capture]]
+name = "setting"
+run = "cat /etc/callers-setting"
+[expect]
+survive_reboot = ["setting"]
+"#;
+
+/// The reusable workflow's cell for a calling repository whose project is
+/// only `tests/reboot/scenarios/`: first run NEW with its pending snapshot
+/// in the logs, then, accepted, a pass; and the summary over its rows.
+fn reusable_cell() -> Result<(), Failed> {
+    let caller = tempfile::tempdir()?;
+    common::copy_text(
+        CALLER,
+        &caller
+            .path()
+            .join("tests/reboot/scenarios/callers-bug.toml"),
+    )?;
+    let github = tempfile::tempdir()?;
+    let cell = |out: &str| -> Result<(Output, String), Failed> {
+        let output = run(script(
+            "project-cell.sh",
+            &["tests/reboot", "bookworm", "stock", out],
+            github.path(),
+        )
+        .env("GITHUB_WORKSPACE", caller.path())
+        .env("INSTA_UPDATE", "new")
+        .env_remove("VMREPRO_ROOT")
+        .env_remove("VMREPRO_ARTIFACTS")
+        .env_remove("VMREPRO_REQUIRE_ALL")
+        .env_remove("VMREPRO_REQUIRE"))?;
+        let said = text(&output);
+        eprintln!("--- project-cell.sh {out}\n{said}");
+        Ok((output, said))
+    };
+    let (output, said) = cell("first")?;
+    let first = caller.path().join("first");
+    let rows = read(&first.join("rows/bookworm-stock.md"));
+    if output.status.code() != Some(1)
+        || !rows.contains("new")
+        || !first
+            .join("logs/callers-bug@bookworm-stock.snap.new")
+            .exists()
+    {
+        return Err(
+            format!("a first run: NEW, its pending snapshot in the logs\n{rows}\n{said}").into(),
+        );
+    }
+    let snapshots = caller.path().join("tests/reboot/snapshots");
+    std::fs::rename(
+        snapshots.join("callers-bug@bookworm-stock.snap.new"),
+        snapshots.join("callers-bug@bookworm-stock.snap"),
+    )?;
+    let (output, said) = cell("second")?;
+    let rows = read(&caller.path().join("second/rows/bookworm-stock.md"));
+    if !output.status.success() || !rows.contains("pass") {
+        return Err(format!("accepted: a pass\n{rows}\n{said}").into());
+    }
+    let rows_dir = caller
+        .path()
+        .join("second/rows")
+        .to_string_lossy()
+        .into_owned();
+    let output = run(&mut script(
+        "summary.sh",
+        &[&rows_dir, "success"],
+        github.path(),
+    ))?;
+    let summary = read(&github.path().join("summary"));
+    if !output.status.success()
+        || !summary.contains("### bookworm × stock")
+        || !summary.contains("| callers-bug")
+    {
+        return Err(format!("the summary:\n{summary}\n{}", text(&output)).into());
     }
     Ok(())
 }
