@@ -9,7 +9,10 @@
 //! - `warm`: the founding scenario on bookworm × stock: one bare cold boot,
 //!   the scenario with a cold first boot, the scenario warm, and the ratios;
 //! - `matrix`: the founding scenario's reachable cells run cold one at a
-//!   time, warm one at a time, and warm with as many guests as cores.
+//!   time, warm one at a time, and warm with as many guests as cores;
+//! - `packages`: in a cache of its own, bookworm's image built, then the
+//!   same with a scenario's package (procps) added, their ratio and sizes,
+//!   and how long a second scenario asking for that package waits for it.
 //!
 //! Everything runs in one process, side by side, so that the ratios hold on
 //! a noisy machine even where the seconds do not. `VMREPRO_BENCH_ROUNDS=N`
@@ -30,7 +33,7 @@ use vmrepro::{image, progress, snapshot, tools};
 
 const SCENARIO: &str = "netfilter-persistent-reboot";
 const RELEASE: &str = "bookworm";
-const SECTIONS: &[&str] = &["boot-path", "warm", "matrix"];
+const SECTIONS: &[&str] = &["boot-path", "warm", "matrix", "packages"];
 /// A variant that has not reached a shell by then does not boot.
 const VARIANT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -66,7 +69,7 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     let project = Project::open(&root)?;
     tools::ensure_tools(&events)?;
     let accel = vm::choose_accel()?;
-    let options = RunOptions::new(Cache::from_env().with_events(events), accel.clone());
+    let options = RunOptions::new(Cache::from_env().with_events(events.clone()), accel.clone());
     let rounds: usize = std::env::var("VMREPRO_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -95,6 +98,9 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     if wanted("matrix") {
         summary.extend(matrix(&project, &scenario, &options, cores)?);
     }
+    if wanted("packages") {
+        summary.extend(packages(&project, &events)?);
+    }
     if !summary.is_empty() {
         println!("\n== summary ==");
         for line in summary {
@@ -102,6 +108,39 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A package added by a scenario: its image against the release's own,
+/// both built from nothing, one after the other, in a cache of their own.
+fn packages(project: &Project, events: &progress::Events) -> Result<Vec<String>, Error> {
+    println!("== packages: an image with a scenario's package against its base ==");
+    let dir = tempfile::tempdir()?;
+    let cache = Cache::at(dir.path().to_owned()).with_events(events.clone());
+    let base = project.recipe(RELEASE)?;
+    let with = base.with_extra_packages(&["procps".to_owned()]);
+    let size = |image: &image::Image| -> u64 {
+        std::fs::metadata(image.dir.join("rootfs.qcow2")).map_or(0, |m| m.len())
+    };
+    let built = image::image(&cache, base)?;
+    let (base_seconds, base_bytes) = (built.manifest.build_seconds, size(&built));
+    let built = image::image(&cache, &with)?;
+    let (with_seconds, with_bytes) = (built.manifest.build_seconds, size(&built));
+    let started = Instant::now();
+    image::image(&cache, &with)?;
+    let again = started.elapsed().as_secs_f64();
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    println!(
+        "  {RELEASE}: {base_seconds:.1}s, {:.0} MiB; + procps: {with_seconds:.1}s, {:.0} MiB; ratio {:.2}; asked again: {again:.3}s",
+        mib(base_bytes),
+        mib(with_bytes),
+        with_seconds / base_seconds
+    );
+    Ok(vec![format!(
+        "image with a scenario's package: {:.2} × its base's build ({with_seconds:.1}s / {base_seconds:.1}s, {:.0} MiB / {:.0} MiB); reused in {again:.3}s",
+        with_seconds / base_seconds,
+        mib(with_bytes),
+        mib(base_bytes)
+    )])
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -56,7 +56,9 @@ pub mod recipe {
 
 /// Release images.
 pub mod image {
-    pub use crate::build::image::{image, import, key, lookup, probe_reachable, ImageError, KIND};
+    pub use crate::build::image::{
+        image, import, key, lookup, probe_reachable, Image, ImageError, Manifest, KIND,
+    };
 }
 
 /// The Linode-style kernel.

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             shell_fail_refused,
         ),
         Trial::test("copy_stays_in_the_project", copy_stays_in_the_project),
+        with_guests("a_kernel_given_by_path_boots", kernel_by_path),
         with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
@@ -774,6 +775,68 @@ fn copy_stays_in_the_project() -> Result<(), Failed> {
         {
             return Err(format!("copy = {source:?}: {:?}\n{said}", output.status).into());
         }
+    }
+    Ok(())
+}
+
+const ON_A_PROVIDERS_KERNEL: &str = r#"
+name = "on-a-providers-kernel"
+description = "A flavour that is only a file in images/kernels/: a kernel image and its initrd, by path."
+[matrix]
+releases = ["bookworm"]
+kernels = ["provider"]
+[[step]]
+run = "echo kept > /etc/kept"
+[[step]]
+reboot = true
+[[capture]]
+name = "kept"
+run = "cat /etc/kept"
+[[capture]]
+name = "kernel"
+run = "uname -r"
+[expect]
+survive_reboot = ["kept"]
+"#;
+
+/// A kernel flavour defined only by `images/kernels/provider.toml`, naming
+/// a kernel image and an initrd by path (here: the ones bookworm's image
+/// was built with, copied into the project), boots and runs a scenario;
+/// its release comes from the image's header.
+fn kernel_by_path() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[("provider.toml", ON_A_PROVIDERS_KERNEL)])?;
+    let project = dir.path();
+    let cache = Cache::from_env();
+    let p = Project::open(project).map_err(|e| e.to_string())?;
+    let image = vmrepro::image::image(&cache, p.recipe("bookworm").map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let kernels = project.join("images/kernels");
+    std::fs::create_dir_all(kernels.join("provider"))?;
+    for file in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(image.dir.join(file), kernels.join("provider").join(file))?;
+    }
+    std::fs::write(
+        kernels.join("provider.toml"),
+        "image = \"provider/vmlinuz\"\ninitrd = \"provider/initrd.img\"\n",
+    )?;
+    let output = vmrepro(project)
+        .args(["repro", "on-a-providers-kernel"])
+        .output()?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    let release = &image.manifest.stock_kernel_release;
+    if output.status.code() != Some(i32::from(EXIT_FAIL))
+        || !report.contains("**Verdict:** NEW")
+        || !report.contains(&format!("| kernel | provider (`{release}`) |"))
+    {
+        return Err(format!("{:?}\n{}", output.status, said(&output)).into());
+    }
+    // An unknown flavour is named, with the known ones.
+    std::fs::remove_file(kernels.join("provider.toml"))?;
+    let output = vmrepro(project).args(["list"]).output()?;
+    if output.status.code() != Some(2)
+        || !said(&output).contains("unknown kernel flavour \"provider\" (known: stock, linode")
+    {
+        return Err(format!("{:?}\n{}", output.status, said(&output)).into());
     }
     Ok(())
 }

@@ -107,9 +107,9 @@ impl Cache {
         &self.events
     }
 
-    /// A cache at an explicit directory.
-    #[cfg(test)]
-    pub(crate) fn at(root: impl Into<PathBuf>) -> Cache {
+    /// A cache at an explicit directory (a test's or a benchmark's own,
+    /// for builds that must really happen).
+    pub fn at(root: impl Into<PathBuf>) -> Cache {
         Cache {
             root: root.into(),
             events: Events::silent(),

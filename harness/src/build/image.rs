@@ -215,7 +215,7 @@ pub struct Manifest {
     /// `uname -r` of the stock kernel.
     pub stock_kernel_release: String,
     /// Seconds the build took.
-    pub(crate) build_seconds: f64,
+    pub build_seconds: f64,
     /// Installed packages and versions (`dpkg-query -W`), for reports.
     pub(crate) packages: BTreeMap<String, String>,
     /// Where the image came from: `mmdebstrap` or `import of FILE`.
