@@ -394,20 +394,74 @@ impl Console {
         self.run(what, &script, timeout)
     }
 
-    /// Appends bytes to a file in the guest, exactly as given.
-    pub(crate) fn append_file(
+    /// Writes bytes to a file in the guest, exactly as given, reporting
+    /// (bytes accepted, bytes in all) as the guest takes them.
+    ///
+    /// Bulk data does not go through the shell's command line: the
+    /// interactive shell reads what is typed one character at a time
+    /// (readline), a few KiB/s under emulation. Instead a `head -c` started
+    /// by a short command line reads the base64 text that follows it
+    /// straight from the terminal, a line per read; readline takes no byte
+    /// past the command line's newline, so the rest waits in the terminal's
+    /// queue for `head`. The serial port has no flow control the guest can
+    /// use (QEMU's UART ignores RTS), and the guest's terminal buffers hold
+    /// 64 KiB (the tty layer's default limit) before they drop input, so
+    /// the text goes in pieces well below that, each acknowledged by a loop
+    /// in the guest before the next is sent.
+    pub(crate) fn receive_file(
         &mut self,
         what: &str,
         path: &str,
         bytes: &[u8],
         timeout: Duration,
+        progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CommandOutput, ConsoleError> {
-        let script = format!(
-            "base64 -d >> {} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\n",
-            crate::text::shell_quote(path),
-            wrapped_base64(bytes)
-        );
-        self.run(what, &script, timeout)
+        /// Base64 text per acknowledged piece: 416 lines of 77 bytes.
+        const PIECE: usize = 416 * 77;
+        let deadline = Instant::now() + timeout;
+        if bytes.is_empty() {
+            return self.run(
+                what,
+                &format!(": > {}", crate::text::shell_quote(path)),
+                timeout,
+            );
+        }
+        let text = wrapped_base64(bytes);
+        let staging = crate::text::shell_quote(&format!("{path}.base64"));
+        let total = bytes.len() as u64;
+        let pieces: Vec<&[u8]> = text.as_bytes().chunks(PIECE).collect();
+        let id = self.fresh_id();
+        // One command line for the whole transfer: a loop in the guest that
+        // takes one piece, says so, and waits for the next.
+        let last = pieces.last().map_or(0, |p| p.len());
+        self.send(
+            what,
+            &format!(
+                ": > {staging}; i=0; while [ $i -lt {count} ]; do i=$((i+1)); n={PIECE}; [ $i -eq {count} ] && n={last}; head -c $n >> {staging} || break; printf '%s-%s-%s\\n' VMRA {id} $i; done\n",
+                count = pieces.len()
+            ),
+        )?;
+        let mut sent = 0usize;
+        for (i, piece) in pieces.iter().enumerate() {
+            // Whole lines of base64: ASCII, so the piece is valid text.
+            self.send(what, &String::from_utf8_lossy(piece))?;
+            let acked = Regex::new(&format!(r"VMRA-{id}-{}\b", i + 1))
+                .map_err(|e| self.protocol(what, e.to_string()))?;
+            if let Wait::Deadline(pending) = self.wait_for(&acked, deadline, what)? {
+                return Err(self.timeout(what, timeout, pending));
+            }
+            sent += piece.len();
+            progress((sent as u64 * total) / text.len().max(1) as u64, total);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.run(
+            what,
+            &format!(
+                "base64 -d {staging} > {} && rm -f {staging}",
+                crate::text::shell_quote(path)
+            ),
+            left.max(Duration::from_secs(1)),
+        )
     }
 
     /// Reboots the guest and waits until a shell of the new boot is ready.
@@ -670,6 +724,37 @@ mod tests {
         let out = guest
             .console
             .run("after recovery", "echo fine", Duration::from_secs(10))
+            .expect("run");
+        assert_eq!(out.stdout, "fine\n");
+    }
+
+    #[test]
+    fn bulk_bytes_arrive_exactly() {
+        let mut guest = fake_guest();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bulk");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut heard = 0;
+        let out = guest
+            .console
+            .receive_file(
+                "bulk",
+                &path.to_string_lossy(),
+                &bytes,
+                Duration::from_secs(60),
+                &mut |sent, total| {
+                    assert!(sent <= total);
+                    heard = sent;
+                },
+            )
+            .expect("receive");
+        assert_eq!(out.status, 0);
+        assert_eq!(heard, bytes.len() as u64);
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        // The shell goes on as before.
+        let out = guest
+            .console
+            .run("after", "echo fine", Duration::from_secs(10))
             .expect("run");
         assert_eq!(out.stdout, "fine\n");
     }

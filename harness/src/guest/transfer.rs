@@ -1,6 +1,6 @@
 //! Files from the host into a guest, over the control channel: a tar
-//! archive (modes kept, owned by root), sent base64-encoded in chunks, its
-//! SHA-256 checked in the guest before anything is unpacked.
+//! archive (modes kept, owned by root), sent base64-encoded, its SHA-256
+//! checked in the guest before anything is unpacked.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,10 +10,6 @@ use sha2::{Digest as _, Sha256};
 
 use crate::guest::console::{CommandOutput, Console, ConsoleError};
 use crate::text::shell_quote;
-
-/// Bytes of archive per round trip: large enough that the round trips do
-/// not dominate, small enough that progress moves.
-const CHUNK: usize = 96 * 1024;
 
 /// Copies `source` (a file or a folder) into the guest: a file becomes the
 /// file `to`, a folder's contents go into the folder `to`; both are
@@ -35,19 +31,9 @@ pub(crate) fn copy_in(
     let digest = crate::text::hex(&Sha256::digest(&archive));
     let staging = format!("/tmp/.vmrepro-copy-{}", &digest[..16]);
     let quoted = shell_quote(&staging);
-    let start = console.run(what, &format!("rm -f {quoted}"), timeout)?;
-    if start.status != 0 {
-        return Ok(start);
-    }
-    let total = archive.len() as u64;
-    let mut sent = 0u64;
-    for chunk in archive.chunks(CHUNK) {
-        let out = console.append_file(what, &staging, chunk, timeout)?;
-        if out.status != 0 {
-            return Ok(out);
-        }
-        sent += chunk.len() as u64;
-        progress(sent, total);
+    let sent = console.receive_file(what, &staging, &archive, timeout, progress)?;
+    if sent.status != 0 {
+        return Ok(sent);
     }
     let target = shell_quote(to);
     let unpack = if source.is_dir() {
