@@ -243,7 +243,7 @@ pub(crate) fn load_kernels(images: &Path) -> Result<BTreeMap<String, KernelSourc
                 image: None,
                 initrd: None,
             } => {
-                let (fragment_path, fragment) = recipe_text(images, &format!("kernels/{config}"))
+                let (_, fragment) = recipe_text(images, &format!("kernels/{config}"))
                     .filter(|_| !config.contains('/'))
                     .ok_or_else(|| {
                         recipe_error(
@@ -252,7 +252,6 @@ pub(crate) fn load_kernels(images: &Path) -> Result<BTreeMap<String, KernelSourc
                                 .into(),
                         )
                     })?;
-                let _ = fragment_path;
                 KernelSource::Recipe(KernelRecipe {
                     source_package,
                     config,
