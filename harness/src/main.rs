@@ -543,11 +543,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             kernel,
             after,
         } => {
-            let scenario = after.map(|name| project.scenario(&name)).transpose()?;
-            let cell = Cell {
-                release: project.recipe(&release)?.release.clone(),
-                kernel: parse_kernel(&project, &kernel)?,
-            };
+            let (scenario, cell) = guest_of(&project, &release, &kernel, after.as_deref())?;
             let options = run_options(cold, &outputs)?;
             let terminal = outputs.terminal.clone();
             trial::shell(&project, scenario.as_ref(), &cell, &options, |stream| {
@@ -592,11 +588,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             timeout,
             command,
         } => {
-            let scenario = after.map(|name| project.scenario(&name)).transpose()?;
-            let cell = Cell {
-                release: project.recipe(&release)?.release.clone(),
-                kernel: parse_kernel(&project, &kernel)?,
-            };
+            let (scenario, cell) = guest_of(&project, &release, &kernel, after.as_deref())?;
             let options = run_options(cold, &outputs)?;
             let out = trial::exec(
                 &project,
@@ -741,6 +733,22 @@ fn run_options(cold: bool, outputs: &Outputs) -> Result<RunOptions> {
         options.first_boot = FirstBoot::Cold;
     }
     Ok(options)
+}
+
+/// The cell (and the scenario whose steps run first) that `shell` and
+/// `exec` boot.
+fn guest_of(
+    project: &Project,
+    release: &str,
+    kernel: &str,
+    after: Option<&str>,
+) -> Result<(Option<Scenario>, Cell)> {
+    let scenario = after.map(|name| project.scenario(name)).transpose()?;
+    let cell = Cell {
+        release: project.recipe(release)?.release.clone(),
+        kernel: parse_kernel(project, kernel)?,
+    };
+    Ok((scenario, cell))
 }
 
 fn parse_kernel(project: &Project, name: &str) -> Result<KernelFlavour> {

@@ -456,19 +456,7 @@ fn guest_trial(name: &'static str, test: fn() -> Result<(), Failed>) -> Trial {
 }
 
 fn matrix_job_trial() -> Trial {
-    let name = "host::matrix_job::bookworm::linode";
-    let project = Project::open(&root());
-    let reachable = project
-        .as_ref()
-        .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(p, &Cache::from_env(), "bookworm"));
-    match reachable {
-        Err(why) if !trial::required("bookworm") => {
-            eprintln!("workflows: {name} skipped: {why}");
-            Trial::test(name, || Ok(())).with_ignored_flag(true)
-        }
-        _ => Trial::test(name, matrix_job),
-    }
+    guest_trial("host::matrix_job::bookworm::linode", matrix_job)
 }
 
 fn matrix_job() -> Result<(), Failed> {
