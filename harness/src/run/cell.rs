@@ -864,26 +864,11 @@ pub fn exec(
             .collect::<Vec<_>>()
             .join(" "),
     };
-    crate::run::reachable(project, &options.cache, &cell.release).map_err(|reason| {
-        ImageError::Unreachable {
-            release: cell.release.clone(),
-            reason,
-        }
-    })?;
-    let name = scenario.map(|s| s.name.as_str()).unwrap_or("exec");
-    let label = format!("{name} {cell}");
-    let artifacts = project.artifacts_dir(&format!("exec-{name}"), &cell.to_string());
-    let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
-    let ran = (|| {
-        if let Some(scenario) = scenario {
-            run_steps(&mut guest, scenario, cell, &label)?;
-        }
-        guest.events.note(&label, "running the command");
-        Ok(guest.console.run("the command", &command, timeout)?)
-    })();
-    let out = match ran {
+    let (mut guest, label) = boot_after(project, scenario, cell, options, "exec")?;
+    guest.events.note(&label, "running the command");
+    let out = match guest.console.run("the command", &command, timeout) {
         Ok(out) => out,
-        Err(e) => return Err(guest.explain(e)),
+        Err(e) => return Err(guest.explain(e.into())),
     };
     guest.vm.stop();
     options.cache.events().finish(&label, "done");
@@ -904,24 +889,37 @@ pub fn shell(
     options: &RunOptions,
     interact: impl FnOnce(std::os::unix::net::UnixStream) -> std::io::Result<()>,
 ) -> Result<(), RunError> {
-    // As a trial does: a release that cannot be fetched is said at once,
-    // not after a bootstrap that cannot succeed.
+    let (guest, _) = boot_after(project, scenario, cell, options, "shell")?;
+    interactive_shell(guest, cell, interact)
+}
+
+/// Boots a cell for a person (`shell`, `exec`; `kind` names the artifacts
+/// folder) and runs a scenario's steps first if one is given. As a trial
+/// does, a release that cannot be fetched is said at once, not after a
+/// bootstrap that cannot succeed. Returns the guest and its progress label.
+fn boot_after(
+    project: &Project,
+    scenario: Option<&Scenario>,
+    cell: &Cell,
+    options: &RunOptions,
+    kind: &str,
+) -> Result<(Guest, String), RunError> {
     crate::run::reachable(project, &options.cache, &cell.release).map_err(|reason| {
         ImageError::Unreachable {
             release: cell.release.clone(),
             reason,
         }
     })?;
-    let name = scenario.map(|s| s.name.as_str()).unwrap_or("shell");
+    let name = scenario.map(|s| s.name.as_str()).unwrap_or(kind);
     let label = format!("{name} {cell}");
-    let artifacts = project.artifacts_dir(&format!("shell-{name}"), &cell.to_string());
+    let artifacts = project.artifacts_dir(&format!("{kind}-{name}"), &cell.to_string());
     let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
     if let Some(scenario) = scenario {
         if let Err(e) = run_steps(&mut guest, scenario, cell, &label) {
             return Err(guest.explain(e));
         }
     }
-    interactive_shell(guest, cell, interact)
+    Ok((guest, label))
 }
 
 /// Turns a guest's control shell into an interactive one for `interact`,
