@@ -228,15 +228,8 @@ Examples:
   vmrepro exec --release trixie --kernel linode --after netfilter-persistent-reboot -- 'iptables-save | head'"
     )]
     Exec {
-        /// Release to boot.
-        #[arg(long)]
-        release: String,
-        /// Kernel flavour.
-        #[arg(long, default_value = "stock")]
-        kernel: String,
-        /// Run this scenario's steps first.
-        #[arg(long)]
-        after: Option<String>,
+        #[command(flatten)]
+        guest: GuestArgs,
         /// Seconds the command may run before it is stopped inside the guest.
         #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
@@ -280,21 +273,14 @@ Examples:
         after_help = "Examples:\n  vmrepro shell --release bookworm --kernel linode\n  vmrepro shell --release trixie --kernel stock --after netfilter-persistent-reboot"
     )]
     Shell {
-        /// Release to boot.
-        #[arg(long)]
-        release: String,
-        /// Kernel flavour.
-        #[arg(long, default_value = "stock")]
-        kernel: String,
-        /// Run this scenario's steps first.
-        #[arg(long)]
-        after: Option<String>,
+        #[command(flatten)]
+        guest: GuestArgs,
     },
     /// Accept pending snapshots (snapshots/NAME.snap.new, written by a first run
     /// or a changed one) after reading them: all, or those of the scenarios or
     /// SCENARIO@CELL names given.
     #[command(
-        after_help = "Examples:\n  vmrepro accept --list\n  vmrepro accept sysctl-after-reboot\n  vmrepro accept sysctl-after-reboot@bookworm-stock"
+        after_help = "Examples:\n  vmrepro accept --list\n  vmrepro accept sysctl-of-a-late-module\n  vmrepro accept sysctl-of-a-late-module@bookworm-stock"
     )]
     Accept {
         /// Scenarios or SCENARIO@CELL names; every pending snapshot when none.
@@ -311,6 +297,20 @@ Examples:
         /// The scenario's name (letters, digits, `-` and `_`).
         name: String,
     },
+}
+
+/// Which guest `shell` and `exec` boot.
+#[derive(clap::Args)]
+struct GuestArgs {
+    /// Release to boot.
+    #[arg(long)]
+    release: String,
+    /// Kernel flavour.
+    #[arg(long, default_value = "stock")]
+    kernel: String,
+    /// Run this scenario's steps first.
+    #[arg(long)]
+    after: Option<String>,
 }
 
 /// Output formats of `list`, `images list` and `doctor`.
@@ -538,12 +538,8 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         Command::Setup | Command::Doctor { .. } => unreachable!("answered above"),
-        Command::Shell {
-            release,
-            kernel,
-            after,
-        } => {
-            let (scenario, cell) = guest_of(&project, &release, &kernel, after.as_deref())?;
+        Command::Shell { guest } => {
+            let (scenario, cell) = guest_of(&project, &guest)?;
             let options = run_options(cold, &outputs)?;
             let terminal = outputs.terminal.clone();
             trial::shell(&project, scenario.as_ref(), &cell, &options, |stream| {
@@ -582,13 +578,11 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             Ok(EXIT_PASS)
         }
         Command::Exec {
-            release,
-            kernel,
-            after,
+            guest,
             timeout,
             command,
         } => {
-            let (scenario, cell) = guest_of(&project, &release, &kernel, after.as_deref())?;
+            let (scenario, cell) = guest_of(&project, &guest)?;
             let options = run_options(cold, &outputs)?;
             let out = trial::exec(
                 &project,
@@ -737,16 +731,15 @@ fn run_options(cold: bool, outputs: &Outputs) -> Result<RunOptions> {
 
 /// The cell (and the scenario whose steps run first) that `shell` and
 /// `exec` boot.
-fn guest_of(
-    project: &Project,
-    release: &str,
-    kernel: &str,
-    after: Option<&str>,
-) -> Result<(Option<Scenario>, Cell)> {
-    let scenario = after.map(|name| project.scenario(name)).transpose()?;
+fn guest_of(project: &Project, guest: &GuestArgs) -> Result<(Option<Scenario>, Cell)> {
+    let scenario = guest
+        .after
+        .as_deref()
+        .map(|name| project.scenario(name))
+        .transpose()?;
     let cell = Cell {
-        release: project.recipe(release)?.release.clone(),
-        kernel: parse_kernel(project, kernel)?,
+        release: project.recipe(&guest.release)?.release.clone(),
+        kernel: parse_kernel(project, &guest.kernel)?,
     };
     Ok((scenario, cell))
 }
