@@ -1,18 +1,33 @@
 //! Boot and trial timings, printed, never asserted.
 //!
-//! `cargo bench` runs every section; `cargo bench -- warm matrix` runs the
-//! ones named:
+//! `cargo bench` runs the sections that give the performance targets (`warm`,
+//! `suite`, `kernel`, `first-run`) and prints them together at the end;
+//! `cargo bench -- warm matrix` runs the ones named:
 //!
-//! - `boot-path`: bare cold boots of bookworm with both kernels under each
-//!   machine type, firmware, CPU model, memory size and command line tried,
-//!   one setting changed at a time from a reference;
 //! - `warm`: the founding scenario on bookworm × stock: one bare cold boot,
-//!   the scenario with a cold first boot, the scenario warm, and the ratios;
-//! - `matrix`: the founding scenario's reachable cells run cold one at a
-//!   time, warm one at a time, and warm with as many guests as cores;
-//! - `packages`: in a cache of its own, bookworm's image built, then the
-//!   same with a scenario's package (procps) added, their ratio and sizes,
-//!   and how long a second scenario asking for that package waits for it.
+//!   the scenario with a cold first boot, the scenario warm, the ratios and
+//!   where the warm trial's time went;
+//! - `suite`: every scenario on every reachable cell, warm, with as many
+//!   guests as cores: each trial's time phase by phase, the harness's own
+//!   time per trial, and the suite's wall time against the sum of its
+//!   reboots (from asking to settled) shared among the cores;
+//! - `kernel`: the Linode-style kernel built from nothing, in a cache of its
+//!   own;
+//! - `first-run`: the README's first command as on a fresh machine: vmrepro
+//!   compiled into an empty target directory, then the founding bug
+//!   reproduced with an empty cache (image and kernel built at the same
+//!   time, then the trial). The host's packages are already installed here;
+//!   that part of a fresh machine's first run is not in the figure;
+//! - `boot-path` (only when named): bare cold boots of bookworm with both
+//!   kernels under each machine type, firmware, CPU model, memory size and
+//!   command line tried, one setting changed at a time from a reference;
+//! - `matrix` (only when named): the founding scenario's reachable cells
+//!   run cold one at a time, warm one at a time, and warm with as many
+//!   guests as cores;
+//! - `packages` (only when named): in a cache of its own, bookworm's image
+//!   built, then the same with a scenario's package (procps) added, their
+//!   ratio and sizes, and how long a second scenario asking for that
+//!   package waits for it.
 //!
 //! Everything runs in one process, side by side, so that the ratios hold on
 //! a noisy machine even where the seconds do not. `VMREPRO_BENCH_ROUNDS=N`
@@ -33,7 +48,26 @@ use vmrepro::{image, progress, snapshot, tools};
 
 const SCENARIO: &str = "netfilter-persistent-reboot";
 const RELEASE: &str = "bookworm";
-const SECTIONS: &[&str] = &["boot-path", "warm", "matrix", "packages"];
+const SECTIONS: &[&str] = &[
+    "warm",
+    "suite",
+    "kernel",
+    "first-run",
+    "boot-path",
+    "matrix",
+    "packages",
+];
+/// What `cargo bench` runs when no section is named.
+const DEFAULT_SECTIONS: &[&str] = &["warm", "suite", "kernel", "first-run"];
+/// The README's first command, as its arguments to vmrepro.
+const FIRST_COMMAND: &[&str] = &[
+    "repro",
+    "jessie-chain-emulated",
+    "--release",
+    "bookworm",
+    "--kernel",
+    "linode",
+];
 /// A variant that has not reached a shell by then does not boot.
 const VARIANT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -46,7 +80,13 @@ fn main() -> ExitCode {
         eprintln!("unknown section {bad:?}; sections: {}", SECTIONS.join(", "));
         return ExitCode::from(2);
     }
-    let wanted = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
+    let wanted = |section: &str| {
+        if named.is_empty() {
+            DEFAULT_SECTIONS.contains(&section)
+        } else {
+            named.iter().any(|n| n == section)
+        }
+    };
     match bench(wanted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -94,6 +134,15 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     }
     if wanted("warm") {
         summary.extend(warm_vs_cold(&project, &scenario, &options, rounds)?);
+    }
+    if wanted("suite") {
+        summary.extend(suite(&project, &options, cores)?);
+    }
+    if wanted("kernel") {
+        summary.extend(kernel_build(&project, &events)?);
+    }
+    if wanted("first-run") {
+        summary.extend(first_run(&root)?);
     }
     if wanted("matrix") {
         summary.extend(matrix(&project, &scenario, &options, cores)?);
@@ -290,7 +339,7 @@ fn phase_seconds(outcome: &Outcome) -> (f64, f64) {
         .filter(|s| s.output.is_none())
         .map(|s| s.seconds)
         .sum();
-    (outcome.first_boot_seconds, reboot)
+    (outcome.timings.start, reboot)
 }
 
 /// The warm section: bare boot, scenario cold, scenario warm, ratios.
@@ -339,7 +388,7 @@ fn warm_vs_cold(
     }
     let bare_shell = median(bare.iter().map(|t| t.shell_seconds).collect());
     let bare_settled = median(bare.iter().map(|t| t.settled_seconds).collect());
-    let total = |list: &[Outcome]| median(list.iter().map(|o| o.total_seconds).collect());
+    let total = |list: &[Outcome]| median(list.iter().map(|o| o.timings.total).collect());
     let first = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).0).collect());
     let reboot = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).1).collect());
     let (cold_total, warm_total) = (total(&cold), total(&warm));
@@ -354,9 +403,13 @@ fn warm_vs_cold(
         first(&warm),
         reboot(&warm)
     );
+    if let Some(last) = warm.last() {
+        println!("  the warm trial, phase by phase:");
+        print_phases(last);
+    }
     let ratios = vec![
         format!(
-            "{cell}: warm scenario / bare cold boot (settled) = {:.2} (target ≤ 1.3)",
+            "{cell}: warm founding scenario {warm_total:.1}s / bare cold boot (settled) {bare_settled:.1}s = {:.2} (target ≤ 1.10)",
             warm_total / bare_settled
         ),
         format!(
@@ -378,6 +431,178 @@ fn warm_vs_cold(
     }
     println!();
     Ok(ratios)
+}
+
+/// A trial's phases, one line each.
+fn print_phases(outcome: &Outcome) {
+    let resumed = matches!(outcome.start, Start::Warm { .. });
+    for (phase, seconds) in outcome.timings.phases(resumed) {
+        println!("    {phase:<40} {seconds:6.1}s");
+    }
+    println!("    {:<40} {:6.1}s", "whole trial", outcome.timings.total);
+}
+
+/// The suite section: every scenario on every reachable cell, warm, at
+/// -j cores.
+fn suite(project: &Project, options: &RunOptions, cores: usize) -> Result<Vec<String>, Error> {
+    let scenarios = project.scenarios()?;
+    let cells: Vec<(Scenario, Cell)> = vmrepro::scenario::trials_of(&scenarios)
+        .into_iter()
+        .filter(|(_, c)| trial::reachable(project, &options.cache, &c.release).is_ok())
+        .collect();
+    println!(
+        "== suite: {} trials on the reachable releases, warm, -j {cores} ==",
+        cells.len()
+    );
+    // The saved states first, so that the suite's time is that of a warm
+    // cache.
+    let started = Instant::now();
+    eprintln!("suite: one untimed pass to have every saved state");
+    let mut warm_options = options.clone();
+    warm_options.first_boot = FirstBoot::Warm;
+    trial::check_all(project, cells.clone(), &warm_options, cores, |_, _, _| ())?;
+    println!(
+        "  saved states ready ({:.0}s spent here getting them)",
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("suite: the timed pass");
+    let started = Instant::now();
+    let results = trial::check_all(project, cells.clone(), &warm_options, cores, |_, _, _| ())?;
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "\n  {:<48} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "trial", "start", "steps", "reboot", "settle", "capt.", "own", "total"
+    );
+    let (mut reboots, mut own, mut worst, mut count, mut passed) = (0.0, 0.0, 0.0f64, 0, true);
+    let mut failed = Vec::new();
+    for ((checked, ()), (scenario, cell)) in results.iter().zip(&cells) {
+        let name = format!("{} {cell}", scenario.name);
+        if !checked.passed() {
+            passed = false;
+            failed.push(name.clone());
+        }
+        let Ok(outcome) = &checked.outcome else {
+            println!("  {name:<48} (did not run to the end)");
+            continue;
+        };
+        let t = &outcome.timings;
+        reboots += t.reboot_to_shell + t.reboot_settle;
+        own += t.harness();
+        worst = worst.max(t.harness());
+        count += 1;
+        println!(
+            "  {name:<48} {:>5.1}s {:>5.1}s {:>5.1}s {:>5.1}s {:>5.1}s {:>5.1}s {:>6.1}s",
+            t.prepare + t.start + t.start_settle,
+            t.steps,
+            t.reboot_to_shell,
+            t.reboot_settle,
+            t.captures_before + t.captures_after,
+            t.harness(),
+            t.total
+        );
+    }
+    let floor = reboots / cores as f64;
+    let mean_own = own / f64::from(count.max(1));
+    println!(
+        "  (start: preparing and resuming; own: the harness's own time, preparing, stopping and between phases)"
+    );
+    println!(
+        "  suite wall time {wall:.0}s; its reboots, asking to settled, {reboots:.0}s in all, {floor:.0}s shared among {cores} cores"
+    );
+    Ok(vec![
+        format!(
+            "harness's own time per trial: {mean_own:.2}s on average, {worst:.2}s at most, over {count} trials (target ≤ 1.5s)"
+        ),
+        format!(
+            "warm-cache suite at -j {cores}: {wall:.0}s / (sum of its reboots {reboots:.0}s ÷ {cores}) = {:.2} (target ≤ 1.25)",
+            wall / floor.max(f64::MIN_POSITIVE)
+        ),
+        format!(
+            "suite trials passed: {}{}",
+            yes(passed),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (not: {})", failed.join(", "))
+            }
+        ),
+    ])
+}
+
+/// The kernel section: each kernel flavour built from a recipe, from
+/// nothing, in a cache of its own.
+fn kernel_build(project: &Project, events: &progress::Events) -> Result<Vec<String>, Error> {
+    println!("== kernel: the kernels built from recipes, from nothing ==");
+    let mut lines = Vec::new();
+    for (name, source) in &project.kernels {
+        let vmrepro::recipe::KernelSource::Recipe(recipe) = source else {
+            continue;
+        };
+        let dir = tempfile::tempdir()?;
+        let cache = Cache::at(dir.path().to_owned()).with_events(events.clone());
+        let started = Instant::now();
+        let built = vmrepro::kernel::built(&cache, name, recipe)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let size = std::fs::metadata(&built.image).map_or(0, |m| m.len());
+        println!(
+            "  {name}: {} in {seconds:.0}s ({:.1} min), {:.1} MiB",
+            built.release,
+            seconds / 60.0,
+            size as f64 / 1048576.0
+        );
+        lines.push(format!(
+            "kernel {name} cold build on {} cores: {:.1} min ({seconds:.0}s; target ≤ 6 min)",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            seconds / 60.0
+        ));
+    }
+    Ok(lines)
+}
+
+/// The first-run section: the README's first command with nothing built.
+fn first_run(root: &Path) -> Result<Vec<String>, Error> {
+    println!("== first run: the README's first command with nothing compiled or cached ==");
+    let target = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("first run: compiling vmrepro into an empty target directory");
+    let started = Instant::now();
+    let status = std::process::Command::new(&cargo)
+        .args(["build", "--bin", "vmrepro"])
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", target.path())
+        .status()?;
+    let compile = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("cargo build: {status}").into());
+    }
+    eprintln!("first run: {}", FIRST_COMMAND.join(" "));
+    let started = Instant::now();
+    let output = std::process::Command::new(target.path().join("debug/vmrepro"))
+        .args(FIRST_COMMAND)
+        .current_dir(root)
+        .env("VMREPRO_CACHE", cache.path())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let repro = started.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&output.stdout);
+    let verdict = report
+        .lines()
+        .find(|l| l.contains("**Verdict"))
+        .unwrap_or("(no verdict line)")
+        .trim()
+        .to_owned();
+    let total = compile + repro;
+    println!(
+        "  cargo build: {compile:.0}s; vmrepro repro: {repro:.0}s (exit {:?}); {verdict}",
+        output.status.code()
+    );
+    println!("  in all {total:.0}s ({:.1} min)", total / 60.0);
+    Ok(vec![format!(
+        "README's first command, nothing compiled or cached: {:.1} min (cargo build {compile:.0}s + repro {repro:.0}s, exit {:?}; host packages already installed; target ≤ 10 min)",
+        total / 60.0,
+        output.status.code()
+    )])
 }
 
 fn yes(b: bool) -> &'static str {
@@ -447,7 +672,7 @@ fn matrix(
                 let seconds = checked
                     .outcome
                     .as_ref()
-                    .map_or(f64::NAN, |o| o.total_seconds);
+                    .map_or(f64::NAN, |o| o.timings.total);
                 (
                     format!("{}-{}", checked.row.release, checked.row.kernel),
                     seconds,

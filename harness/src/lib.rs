@@ -81,7 +81,7 @@ pub mod vm {
 /// Trials: one scenario on one cell, checked; many at once; the pieces the
 /// benchmark times on their own.
 pub mod trial {
-    pub use crate::check::outcome::Outcome;
+    pub use crate::check::outcome::{Outcome, Timings};
     pub use crate::guest::warm::Start;
     pub use crate::run::cell::{
         bare_boot, exec, run_cell, shell, warm_state, BootTimes, ExecOutput, KeptGuest, RunError,

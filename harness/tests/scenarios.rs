@@ -227,14 +227,20 @@ fn run_trial(
             )))
         }
     };
+    let t = &outcome.timings;
     eprintln!(
-        "vmrepro: {} on {}: {} (first boot {} {:.1}s, trial {:.1}s, {})",
+        "vmrepro: {} on {}: {} ({} in {:.1}s; trial {:.1}s: reboots {:.1}s to a shell + {:.1}s settling, captures {:.1}s, steps {:.1}s, the harness's own {:.1}s; {})",
         scenario.name,
         cell,
         status,
         outcome.start.describe(),
-        outcome.first_boot_seconds,
-        outcome.total_seconds,
+        t.start + t.start_settle,
+        t.total,
+        t.reboot_to_shell,
+        t.reboot_settle,
+        t.captures_before + t.captures_after,
+        t.steps,
+        t.harness(),
         outcome.accel.accel.name(),
     );
     match status {

@@ -35,6 +35,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "libelf-dev",
     "libssl-dev",
     "xz-utils",
+    // The image's compressor (`CONFIG_KERNEL_LZ4`).
+    "lz4",
 ];
 
 /// A kernel ready for direct boot.

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use std::collections::BTreeMap;
-
 use crate::guest::console::{CommandOutput, Console, ConsoleError};
 use crate::guest::net;
+use crate::guest::vm::Vm;
 use crate::spec::{CaptureKind, CaptureSpec, Normalizer};
 
 /// How long one capture command may take.
@@ -58,40 +57,90 @@ pub(crate) struct GuestFacts {
 }
 
 impl GuestFacts {
-    /// Reads the facts from the guest.
-    pub(crate) fn read(console: &mut Console) -> Result<GuestFacts, ConsoleError> {
-        let out = console.run(
-            "reading host name and kernel release",
-            "hostname; uname -r",
-            CAPTURE_TIMEOUT,
-        )?;
+    /// The script that prints them, a line each.
+    const SCRIPT: &'static str = "hostname; uname -r";
+
+    fn parse(out: &CommandOutput) -> GuestFacts {
         let mut lines = out.stdout.lines();
-        Ok(GuestFacts {
+        GuestFacts {
             hostname: lines.next().unwrap_or_default().trim().to_owned(),
             kernel_release: lines.next().unwrap_or_default().trim().to_owned(),
-        })
+        }
     }
 }
 
+/// What one round of captures found.
+#[derive(Debug, Clone)]
+pub(crate) struct Taken {
+    /// The captures, normalised, in the scenario's order.
+    pub(crate) captures: Vec<Capture>,
+    /// The facts they were normalised with, read in the same round trip.
+    pub(crate) facts: GuestFacts,
+    /// What the extra commands printed, in their order.
+    pub(crate) extra: Vec<CommandOutput>,
+}
+
 /// Runs every capture command (and probes every port) and normalises the
-/// output. `forwarded` maps the guest ports the scenario probes to the host
-/// ports that reach them.
+/// output. One round trip to the guest runs the commands, reads the facts
+/// the normalisers need, brings the network card up when a port is probed
+/// and runs the `extra` commands (name, script) after them; the probes
+/// follow, from the host, through the guest's forwarded ports.
 pub(crate) fn take(
     console: &mut Console,
+    vm: &mut Vm,
     specs: &[CaptureSpec],
-    facts: &GuestFacts,
-    forwarded: &BTreeMap<u16, u16>,
     when: &str,
-) -> Result<Vec<Capture>, ConsoleError> {
-    specs
+    extra: &[(String, String)],
+) -> Result<Taken, ConsoleError> {
+    let names: Vec<String> = specs
         .iter()
-        .map(|spec| {
-            let what = format!("capture {:?} ({when})", spec.name);
+        .map(|spec| format!("capture {:?} ({when})", spec.name))
+        .collect();
+    let facts_what = format!("reading host name and kernel release ({when})");
+    let up_what = format!("bringing the network card up ({when})");
+    let up_script = net::bring_up_script();
+    let probes = specs
+        .iter()
+        .any(|spec| matches!(spec.what, CaptureKind::ProbeTcp(_)));
+    let mut scripts: Vec<(&str, &str)> = vec![(&facts_what, GuestFacts::SCRIPT)];
+    scripts.extend(
+        specs
+            .iter()
+            .zip(&names)
+            .filter_map(|(spec, what)| match &spec.what {
+                CaptureKind::Run(command) => Some((what.as_str(), command.as_str())),
+                CaptureKind::ProbeTcp(_) => None,
+            }),
+    );
+    if probes {
+        scripts.push((&up_what, &up_script));
+    }
+    scripts.extend(
+        extra
+            .iter()
+            .map(|(what, script)| (what.as_str(), script.as_str())),
+    );
+    let mut outputs = console.run_all(&scripts, CAPTURE_TIMEOUT)?;
+    let extra_outputs = outputs.split_off(outputs.len().saturating_sub(extra.len()));
+    let mut outputs = outputs.into_iter();
+    let facts = outputs
+        .next()
+        .map(|out| GuestFacts::parse(&out))
+        .unwrap_or_default();
+    let up = if probes { outputs.next_back() } else { None };
+    let captures = specs
+        .iter()
+        .zip(&names)
+        .map(|(spec, what)| {
             let (out, probe) = match &spec.what {
-                CaptureKind::Run(command) => (console.run(&what, command, CAPTURE_TIMEOUT)?, None),
-                CaptureKind::ProbeTcp(port) => {
-                    (probe(console, &what, *port, forwarded)?, Some(*port))
-                }
+                CaptureKind::Run(_) => (
+                    outputs.next().ok_or_else(|| ConsoleError::Protocol {
+                        what: what.clone(),
+                        message: "no result".into(),
+                    })?,
+                    None,
+                ),
+                CaptureKind::ProbeTcp(port) => (probe(up.as_ref(), vm, what, *port)?, Some(*port)),
             };
             let mut raw = out.stdout.clone();
             if !out.stderr.trim().is_empty() {
@@ -110,40 +159,48 @@ pub(crate) fn take(
                 name: spec.name.clone(),
                 command: spec.command_text(),
                 status: out.status,
-                text: normalize(&raw, &normalizers, facts),
+                text: normalize(&raw, &normalizers, &facts),
                 raw,
                 probe,
                 normalize: spec.normalize.clone(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ConsoleError>>()?;
+    Ok(Taken {
+        captures,
+        facts,
+        extra: extra_outputs,
+    })
 }
 
-/// Brings the guest's network card up, then connects from the host. The
-/// text is the port's state; a guest that cannot bring its card up gives
-/// that error instead (non-zero status), never a made-up state.
+/// Connects from the host to a guest port, once the guest's network card is
+/// up (`up`: how bringing it up went). The text is the port's state; a
+/// guest that could not bring its card up gives that error instead
+/// (non-zero status), never a made-up state.
 fn probe(
-    console: &mut Console,
+    up: Option<&CommandOutput>,
+    vm: &mut Vm,
     what: &str,
     port: u16,
-    forwarded: &BTreeMap<u16, u16>,
 ) -> Result<CommandOutput, ConsoleError> {
-    let up = console.run(
-        &format!("{what}: bringing the network card up"),
-        &net::bring_up_script(),
-        CAPTURE_TIMEOUT,
-    )?;
-    if up.status != 0 {
-        return Ok(up);
-    }
     let io = |message: String| ConsoleError::Io {
         what: what.to_owned(),
         message,
     };
-    let host_port = forwarded
+    let up = up.ok_or_else(|| io("the network card was not brought up".into()))?;
+    if up.status != 0 {
+        return Ok(up.clone());
+    }
+    let host_port = *vm
+        .forwarded()
         .get(&port)
         .ok_or_else(|| io(format!("tcp/{port} is not forwarded to the guest")))?;
-    let state = net::probe_tcp(*host_port, net::PROBE_WAIT).map_err(|e| {
+    // A monitor that does not answer leaves only the bytes to go by.
+    let mut accepted = || {
+        vm.usernet()
+            .is_ok_and(|table| net::accepted_in_usernet(&table, host_port, port))
+    };
+    let state = net::probe_tcp(host_port, net::PROBE_WAIT, &mut accepted).map_err(|e| {
         io(format!(
             "connecting to 127.0.0.1:{host_port} (the guest's tcp/{port}): {e}"
         ))

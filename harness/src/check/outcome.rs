@@ -71,12 +71,93 @@ pub struct Outcome {
     pub failures: Vec<String>,
     /// How the guest reached its first shell.
     pub start: Start,
-    /// Seconds from QEMU start to the first ready shell (booted or resumed).
-    pub first_boot_seconds: f64,
-    /// Seconds for the whole trial, image lookup included.
-    pub total_seconds: f64,
+    /// Where the trial's time went.
+    pub timings: Timings,
     /// Where console log and captures were written.
     pub(crate) artifacts: PathBuf,
+}
+
+/// Where a trial's time went, in seconds, phase by phase. The guest's
+/// phases are what the flow itself costs; the rest is the harness's own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    /// Finding (or building) what the cell boots, its saved state included,
+    /// and starting QEMU's disk overlay: the harness's own.
+    pub prepare: f64,
+    /// From starting QEMU to a ready shell: the saved state resumed, or a
+    /// boot from power-on.
+    pub start: f64,
+    /// After a boot from power-on, from the shell to systemd settled (none
+    /// after a resume: the state was saved settled).
+    pub start_settle: f64,
+    /// The steps other than reboots, together (each step's own time is in
+    /// its record).
+    pub steps: f64,
+    /// The captures taken just before the last reboot.
+    pub captures_before: f64,
+    /// From asking for each reboot to a shell of the new boot.
+    pub reboot_to_shell: f64,
+    /// From that shell to systemd settled.
+    pub reboot_settle: f64,
+    /// The captures at the end (and the states of the units the
+    /// expectations name).
+    pub captures_after: f64,
+    /// Stopping QEMU: the harness's own.
+    pub stop: f64,
+    /// The whole trial, from looking for its image to its guest stopped.
+    pub total: f64,
+}
+
+impl Timings {
+    /// The time the guest was working: starting, the steps, the reboots
+    /// until settled, the captures.
+    pub fn guest(&self) -> f64 {
+        self.start
+            + self.start_settle
+            + self.steps
+            + self.captures_before
+            + self.reboot_to_shell
+            + self.reboot_settle
+            + self.captures_after
+    }
+
+    /// The harness's own time: the whole trial less the guest's work.
+    pub fn harness(&self) -> f64 {
+        (self.total - self.guest()).max(0.0)
+    }
+
+    /// The harness's own time between the phases, beyond preparing and
+    /// stopping.
+    pub fn between(&self) -> f64 {
+        (self.harness() - self.prepare - self.stop).max(0.0)
+    }
+
+    /// The phases in order, named, for a report or a benchmark. Phases that
+    /// did not happen (no reboot, no settling after a resume) are left out.
+    pub fn phases(&self, resumed: bool) -> Vec<(&'static str, f64)> {
+        let mut phases = vec![("preparing (image, kernel, saved state)", self.prepare)];
+        phases.push((
+            if resumed {
+                "resuming to a shell"
+            } else {
+                "booting to a shell"
+            },
+            self.start,
+        ));
+        if !resumed {
+            phases.push(("settling after the boot", self.start_settle));
+        }
+        phases.push(("steps", self.steps));
+        if self.reboot_to_shell > 0.0 {
+            phases.push(("captures before the reboot", self.captures_before));
+            phases.push(("reboot to a shell", self.reboot_to_shell));
+            phases.push(("settling after the reboot", self.reboot_settle));
+        }
+        phases.push(("captures after", self.captures_after));
+        phases.push(("stopping QEMU", self.stop));
+        phases.push(("harness, between phases", self.between()));
+        phases
+    }
 }
 
 impl Outcome {

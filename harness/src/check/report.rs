@@ -73,10 +73,13 @@ pub(crate) fn markdown(
         outcome.setup.kernel_cmdline
     );
     let _ = writeln!(md, "| first boot | {} |", outcome.start.describe());
+    let t = &outcome.timings;
     let _ = writeln!(
         md,
-        "| timings | first shell after {:.1}s, whole trial {:.1}s |\n",
-        outcome.first_boot_seconds, outcome.total_seconds
+        "| time | whole trial {:.1}s: the guest's work {:.1}s, the harness's own {:.1}s (see [Time](#time)) |\n",
+        t.total,
+        t.guest(),
+        t.harness()
     );
 
     // To start the same guest without vmrepro (its disk overlay and sockets
@@ -187,12 +190,31 @@ pub(crate) fn markdown(
 
     let _ = writeln!(md, "\n## Captures after the flow\n");
     write_captures(&mut md, &outcome.captures);
+    write_timings(&mut md, outcome);
     let _ = writeln!(
         md,
         "Artifacts (console log, captures): `{}`",
         outcome.artifacts.display()
     );
     md
+}
+
+/// The trial's time, phase by phase.
+fn write_timings(md: &mut String, outcome: &Outcome) {
+    let t = &outcome.timings;
+    let resumed = matches!(outcome.start, crate::guest::warm::Start::Warm { .. });
+    let _ = writeln!(md, "\n## Time\n");
+    let _ = writeln!(md, "| phase | seconds |\n|---|---:|");
+    for (phase, seconds) in t.phases(resumed) {
+        let _ = writeln!(md, "| {phase} | {seconds:.1} |");
+    }
+    let _ = writeln!(md, "| **whole trial** | **{:.1}** |", t.total);
+    let _ = writeln!(
+        md,
+        "\nThe guest worked {:.1}s of it; the harness's own time (preparing, stopping and between phases) was {:.1}s.\n",
+        t.guest(),
+        t.harness()
+    );
 }
 
 /// Renders a trial that could not run to the end, with its verdict and,
@@ -654,10 +676,41 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             units,
             expect,
             start: Start::Cold,
-            first_boot_seconds: 1.0,
-            total_seconds: 2.0,
+            timings: run::Timings {
+                prepare: 0.2,
+                start: 1.0,
+                start_settle: 0.5,
+                steps: 0.3,
+                captures_before: 0.4,
+                reboot_to_shell: 10.0,
+                reboot_settle: 0.6,
+                captures_after: 0.5,
+                stop: 0.1,
+                total: 14.0,
+            },
             artifacts: "target/vmrepro/s/x".into(),
         }
+    }
+
+    #[test]
+    fn the_report_says_where_the_time_went() {
+        let o = outcome("bookworm", "", &[]);
+        let md = markdown(&scenario(), &o, &Row::of(&o, &Ok(())), "QEMU 10");
+        let time = &md[md.find("## Time").expect("a Time section")..];
+        for line in [
+            "| booting to a shell | 1.0 |",
+            "| settling after the boot | 0.5 |",
+            "| reboot to a shell | 10.0 |",
+            "| settling after the reboot | 0.6 |",
+            "| captures after | 0.5 |",
+            "| stopping QEMU | 0.1 |",
+            "| harness, between phases | 0.4 |",
+            "| **whole trial** | **14.0** |",
+            "The guest worked 13.3s of it; the harness's own time (preparing, stopping and between phases) was 0.7s.",
+        ] {
+            assert!(time.contains(line), "{line:?} not in\n{time}");
+        }
+        assert!(md.contains("whole trial 14.0s: the guest's work 13.3s, the harness's own 0.7s"));
     }
 
     #[test]

@@ -7,22 +7,40 @@
 //! that carry a per-command id. The markers are assembled by `printf` in the
 //! guest, so the echo of the command line itself can never match them, and
 //! terminal escapes, banners or a stray kernel line cannot corrupt a result.
+//!
+//! The port is read by a thread of its own into an [`Inbox`], and a wait
+//! wakes the moment new text arrives: an answer is seen as soon as its last
+//! byte is in, not on the next tick of a poll (an expect loop that sleeps
+//! between looks, as rexpect's reader does for 100 ms at `reader.rs:196`,
+//! adds that much to every one of a trial's round trips).
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use regex::Regex;
-use rexpect::session::StreamSession;
 
 use crate::guest::vm;
 
-/// How long one low-level read waits before the loop checks its deadline.
-const POLL: u64 = 500;
+/// How often the reader thread looks up from a quiet port to see whether it
+/// has been told to stop.
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long one write to the port may block (the guest reads what it is
+/// sent at serial speed) before it is an error.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pending text longer than this is searched again only when a line ends
+/// (every marker the harness waits for ends one) or the port goes quiet:
+/// a long answer arrives a few bytes at a time, and searching all of it at
+/// each arrival would cost time quadratic in its length.
+const SEARCH_ALWAYS_BELOW: usize = 16 * 1024;
+/// How long the port must be quiet before long pending text is searched
+/// even without a line end.
+const QUIET: Duration = Duration::from_millis(50);
 /// How long to wait for a shell prompt before the first readiness probe.
 const PROMPT_HINT: Duration = Duration::from_secs(5);
 /// What the end of a shell prompt looks like, allowing for the terminal
@@ -106,10 +124,42 @@ pub enum ConsoleError {
     },
 }
 
+/// What the reader thread has taken from the port and no wait has consumed
+/// yet, and whether the port has ended.
+#[derive(Default)]
+struct Inbox {
+    /// The text, one `char` per byte (Latin-1): every marker is ASCII, and
+    /// anything else is carried in base64.
+    text: String,
+    /// Why the port ended (end of file, or a read error), once it has.
+    ended: Option<Ended>,
+}
+
+#[derive(Clone)]
+enum Ended {
+    Closed,
+    Failed(String),
+}
+
+/// The inbox and the signal that it changed.
+#[derive(Default)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // A reader that panicked left the text as it was: still usable.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A root shell in the guest.
 pub(crate) struct Console {
-    session: StreamSession<UnixStream>,
     stream: UnixStream,
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
     detached: Arc<AtomicBool>,
     kernel_log: Option<PathBuf>,
     login_banner: Option<Regex>,
@@ -135,20 +185,23 @@ impl Console {
             message: e.to_string(),
         };
         // A read timeout lets the reader thread notice a detach (for an
-        // interactive shell) instead of blocking forever on the socket.
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .map_err(io)?;
+        // interactive shell, or the console dropped) instead of blocking
+        // forever on the socket.
+        stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
         let detached = Arc::new(AtomicBool::new(false));
-        let reader = DetachableReader {
-            stream: stream.try_clone().map_err(io)?,
-            detached: detached.clone(),
+        let shared = Arc::new(Shared::default());
+        let reader = {
+            let (mut stream, detached, shared) = (
+                stream.try_clone().map_err(io)?,
+                detached.clone(),
+                shared.clone(),
+            );
+            std::thread::Builder::new()
+                .name("control port".into())
+                .spawn(move || read_port(&mut stream, &detached, &shared))
+                .map_err(io)?
         };
-        let session = rexpect::session::StreamSession::new(
-            reader,
-            stream.try_clone().map_err(io)?,
-            rexpect::reader::Options::default().timeout_ms(Some(POLL)),
-        );
         let nonce = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -157,8 +210,9 @@ impl Console {
                 .unwrap_or(0)
         );
         Ok(Console {
-            session,
             stream,
+            shared,
+            reader: Some(reader),
             detached,
             kernel_log,
             login_banner: None,
@@ -268,8 +322,8 @@ impl Console {
                 "stty -echo 2>/dev/null; export PS1= PS2= PROMPT_COMMAND= TERM=dumb LC_ALL=C SYSTEMD_PAGER= PAGER=cat SYSTEMD_COLORS=0; bind 'set enable-bracketed-paste off' 2>/dev/null; printf '%s-%s\\n' VMRS {id}\n"
             ),
         )?;
-        let marker =
-            Regex::new(&format!("VMRS-{id}")).map_err(|e| self.protocol(what, e.to_string()))?;
+        let marker = Regex::new(&format!(r"VMRS-{id}\r?\n"))
+            .map_err(|e| self.protocol(what, e.to_string()))?;
         let started = Instant::now();
         match self.wait_for(&marker, deadline, what)? {
             Wait::Matched(_) => Ok(()),
@@ -279,28 +333,44 @@ impl Console {
 
     /// Waits until systemd has finished starting up (`is-system-running`
     /// leaves `initializing`/`starting`) and returns the state it reached.
-    /// Polls rather than using `--wait`, which old systemd lacks.
+    ///
+    /// One command in the guest does the waiting. `systemctl
+    /// is-system-running --wait` returns the moment the manager announces
+    /// the end of start-up (it waits for the `StartupFinished` signal:
+    /// systemctl-is-system-running.c, `match_startup_finished`). A systemctl
+    /// too old for that either rejects the option (nothing on standard
+    /// output) or ignores it (still `starting`), and the guest then asks
+    /// every tenth of a second. A wait that runs out of time shows the jobs
+    /// still queued.
     pub(crate) fn wait_settled(
         &mut self,
         what: &str,
         timeout: Duration,
     ) -> Result<String, ConsoleError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let out = self.run(what, "systemctl is-system-running", remaining)?;
-            let state = out.stdout.trim().to_owned();
-            if !matches!(state.as_str(), "initializing" | "starting" | "") {
-                return Ok(state);
+        const SCRIPT: &str = "state=$(systemctl is-system-running --wait 2>/dev/null)
+while :; do
+  case \"$state\" in
+    initializing|starting|'') sleep 0.1; state=$(systemctl is-system-running 2>/dev/null) ;;
+    *) break ;;
+  esac
+done
+echo \"$state\"
+";
+        let started = Instant::now();
+        match self.run(what, SCRIPT, timeout) {
+            Ok(out) => Ok(out.stdout.trim().to_owned()),
+            Err(ConsoleError::GuestTimeout { .. }) => {
+                let pending = self
+                    .run(
+                        &format!("{what}: what is still starting"),
+                        "systemctl is-system-running; systemctl list-jobs --no-pager 2>&1 | head -n 20",
+                        Duration::from_secs(30),
+                    )
+                    .map(|out| out.stdout)
+                    .unwrap_or_default();
+                Err(self.timeout(what, started.elapsed(), pending))
             }
-            if Instant::now() >= deadline {
-                return Err(self.timeout(
-                    what,
-                    timeout,
-                    format!("systemctl is-system-running still says {state:?}"),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(500));
+            Err(other) => Err(other),
         }
     }
 
@@ -311,6 +381,30 @@ impl Console {
         script: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, ConsoleError> {
+        let mut outputs = self.run_all(&[(what, script)], timeout)?;
+        outputs
+            .pop()
+            .ok_or_else(|| self.protocol(what, "no result".into()))
+    }
+
+    /// Runs bash scripts as root one after the other, each named by its
+    /// `what` and limited to `each`, in one round trip: everything is typed
+    /// at once and every result comes back in one frame. A script still
+    /// running after its time is stopped, and is an error that names it
+    /// (the others still run).
+    pub(crate) fn run_all(
+        &mut self,
+        scripts: &[(&str, &str)],
+        each: Duration,
+    ) -> Result<Vec<CommandOutput>, ConsoleError> {
+        let what = scripts
+            .iter()
+            .map(|(what, _)| *what)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Some(last) = scripts.len().checked_sub(1) else {
+            return Ok(Vec::new());
+        };
         // The limit is enforced in the guest by coreutils' timeout(1), which
         // puts the command in a process group of its own and, when the time
         // is up, signals that whole group (TERM, then KILL): whatever the
@@ -318,63 +412,81 @@ impl Console {
         // command (timeout.c, "Ensure we're in our own group so all
         // subprocesses can be killed"). It exits 124 when it sent TERM and
         // 137 when it had to KILL; both have existed since coreutils 8.0,
-        // older than any release here (jessie has 8.23). The harness waits
-        // a little longer, for a guest whose shell no longer answers.
+        // older than any release here (jessie has 8.23). Whether a 124 was
+        // timeout(1) speaking or the command is told by the guest's own
+        // clock: bash's SECONDS, whole seconds, which cannot read less than
+        // the limit once the limit has passed. The harness waits a little
+        // longer than all the limits, for a guest whose shell no longer
+        // answers.
         let started = Instant::now();
-        let limit_secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
-        let deadline = started + Duration::from_secs(limit_secs + KILL_AFTER_SECS) + GUEST_SLACK;
+        let limit_secs = each.as_secs_f64().ceil().max(1.0) as u64;
+        let deadline = started
+            + Duration::from_secs((limit_secs + KILL_AFTER_SECS) * scripts.len() as u64)
+            + GUEST_SLACK;
         let id = self.fresh_id();
         // Per-console file names: two consoles may share one /tmp (the fake
-        // guest of the unit tests does).
+        // guest of the unit tests does). The loop needs only what bash has
+        // had since long before jessie's 4.3: `{0..N}` (3.0) and SECONDS.
         let tmp = format!("/tmp/.vmrepro-{}", self.nonce);
-        let mut text = format!("base64 -d > {tmp}-cmd <<'VMREPRO_EOF'\n");
-        text.push_str(&wrapped_base64(script.as_bytes()));
-        text.push_str("VMREPRO_EOF\n");
-        text.push_str(&format!(
-            "timeout -k {KILL_AFTER_SECS} {limit_secs} bash {tmp}-cmd </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s-%s\\n%s\\n%s\\n%s-%s-%s\\n' VMRB {id} \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" VMRE {id} \"$__vmrepro\"\n"
-        ));
-        self.send(what, &text)?;
-        let frame = Regex::new(&format!(
-            r"VMRB-{id}\r?\n([A-Za-z0-9+/=]*)\r?\n([A-Za-z0-9+/=]*)\r?\nVMRE-{id}-(\d+)"
-        ))
-        .map_err(|e| self.protocol(what, e.to_string()))?;
-        match self.wait_for(&frame, deadline, what)? {
-            Wait::Deadline(pending) => Err(self.timeout(what, started.elapsed(), pending)),
-            Wait::Matched(text) => {
-                let caps = frame
-                    .captures(&text)
-                    .ok_or_else(|| self.protocol(what, "frame did not parse".into()))?;
-                let decode = |i: usize| -> Result<String, ConsoleError> {
-                    let field = caps.get(i).map(|m| m.as_str()).unwrap_or("");
-                    base64::engine::general_purpose::STANDARD
-                        .decode(field)
-                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                        .map_err(|e| self.protocol(what, format!("bad base64: {e}")))
-                };
-                let status: i32 = caps
-                    .get(3)
-                    .and_then(|m| m.as_str().parse().ok())
-                    .ok_or_else(|| self.protocol(what, "no exit status".into()))?;
-                let (stdout, stderr) = (decode(1)?, decode(2)?);
-                // 124 or 137 from a command that ran its whole time is
-                // timeout(1) speaking, not the command.
-                if matches!(status, 124 | 137)
-                    && started.elapsed() >= Duration::from_secs(limit_secs)
-                {
-                    return Err(ConsoleError::GuestTimeout {
-                        what: what.to_owned(),
-                        waited: Duration::from_secs(limit_secs),
-                        stdout_tail: last_lines(&stdout, OUTPUT_TAIL_LINES),
-                        stderr_tail: last_lines(&stderr, OUTPUT_TAIL_LINES),
-                    });
-                }
-                Ok(CommandOutput {
-                    stdout,
-                    stderr,
-                    status,
-                })
-            }
+        let mut text = String::new();
+        for (i, (_, script)) in scripts.iter().enumerate() {
+            text.push_str(&format!("base64 -d > {tmp}-cmd{i} <<'VMREPRO_EOF'\n"));
+            text.push_str(&wrapped_base64(script.as_bytes()));
+            text.push_str("VMREPRO_EOF\n");
         }
+        text.push_str(&format!(
+            "printf '%s-%s\\n' VMRB {id}; for __vmrepro_i in {{0..{last}}}; do __vmrepro_t=$SECONDS; timeout -k {KILL_AFTER_SECS} {limit_secs} bash {tmp}-cmd$__vmrepro_i </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s\\n%s\\n%s %s\\n' \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" $__vmrepro $((SECONDS - __vmrepro_t)); done; printf '%s-%s\\n' VMRE {id}\n"
+        ));
+        self.send(&what, &text)?;
+        let frame = Regex::new(&format!(
+            r"VMRB-{id}\r?\n((?:[A-Za-z0-9+/=]*\r?\n[A-Za-z0-9+/=]*\r?\n\d+ \d+\r?\n)*)VMRE-{id}\r?\n"
+        ))
+        .map_err(|e| self.protocol(&what, e.to_string()))?;
+        let body = match self.wait_for(&frame, deadline, &what)? {
+            Wait::Deadline(pending) => return Err(self.timeout(&what, started.elapsed(), pending)),
+            Wait::Matched(text) => frame
+                .captures(&text)
+                .and_then(|c| c.get(1))
+                .map(|m| m.as_str().to_owned())
+                .ok_or_else(|| self.protocol(&what, "frame did not parse".into()))?,
+        };
+        let lines: Vec<&str> = body.lines().map(|l| l.trim_end_matches('\r')).collect();
+        if lines.len() != 3 * scripts.len() {
+            return Err(self.protocol(
+                &what,
+                format!("{} results for {} commands", lines.len() / 3, scripts.len()),
+            ));
+        }
+        let decode = |field: &str| -> Result<String, ConsoleError> {
+            base64::engine::general_purpose::STANDARD
+                .decode(field)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .map_err(|e| self.protocol(&what, format!("bad base64: {e}")))
+        };
+        let mut outputs = Vec::with_capacity(scripts.len());
+        for ((what, _), result) in scripts.iter().zip(lines.chunks(3)) {
+            let (stdout, stderr) = (decode(result[0])?, decode(result[1])?);
+            let mut numbers = result[2].split(' ').map(str::parse::<u64>);
+            let (Some(Ok(status)), Some(Ok(seconds))) = (numbers.next(), numbers.next()) else {
+                return Err(self.protocol(what, format!("bad status line {:?}", result[2])));
+            };
+            // 124 or 137 from a command that ran its whole time is
+            // timeout(1) speaking, not the command.
+            if matches!(status, 124 | 137) && seconds >= limit_secs {
+                return Err(ConsoleError::GuestTimeout {
+                    what: (*what).to_owned(),
+                    waited: Duration::from_secs(limit_secs),
+                    stdout_tail: last_lines(&stdout, OUTPUT_TAIL_LINES),
+                    stderr_tail: last_lines(&stderr, OUTPUT_TAIL_LINES),
+                });
+            }
+            outputs.push(CommandOutput {
+                stdout,
+                stderr,
+                status: status as i32,
+            });
+        }
+        Ok(outputs)
     }
 
     /// Writes a file in the guest (creating its directory) with a mode.
@@ -445,7 +557,7 @@ impl Console {
         for (i, piece) in pieces.iter().enumerate() {
             // Whole lines of base64: ASCII, so the piece is valid text.
             self.send(what, &String::from_utf8_lossy(piece))?;
-            let acked = Regex::new(&format!(r"VMRA-{id}-{}\b", i + 1))
+            let acked = Regex::new(&format!(r"VMRA-{id}-{}\r?\n", i + 1))
                 .map_err(|e| self.protocol(what, e.to_string()))?;
             if let Wait::Deadline(pending) = self.wait_for(&acked, deadline, what)? {
                 return Err(self.timeout(what, timeout, pending));
@@ -491,19 +603,22 @@ impl Console {
                 crate::text::shell_quote(prompt)
             ),
         )?;
+        // The reader thread sees the flag within one read timeout and ends;
+        // from then on the port is the interactive session's alone. What
+        // it read before that is the setup command's echo, left behind on
+        // purpose.
+        self.stop_reader();
+        self.stream.try_clone().map_err(|e| ConsoleError::Io {
+            what: what.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn stop_reader(&mut self) {
         self.detached.store(true, Ordering::SeqCst);
-        // The reader thread sees the flag within one socket timeout and
-        // ends with an end of file; until it has, it could take bytes meant
-        // for the interactive session. What it read before that is the
-        // setup command's echo, left behind on purpose.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.session.exp_eof() {
-                Err(rexpect::error::Error::Timeout { .. }) if Instant::now() < deadline => {}
-                _ => break,
-            }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
-        Ok(self.stream)
     }
 
     fn fresh_id(&mut self) -> String {
@@ -512,46 +627,83 @@ impl Console {
     }
 
     fn send(&mut self, what: &str, text: &str) -> Result<(), ConsoleError> {
-        self.session
-            .send(text)
-            .and_then(|_| self.session.flush())
-            .map(|_| ())
+        (&self.stream)
+            .write_all(text.as_bytes())
+            .and_then(|_| (&self.stream).flush())
             .map_err(|e| ConsoleError::Io {
                 what: what.to_owned(),
                 message: e.to_string(),
             })
     }
 
+    /// Waits until `regex` matches the text read so far, or `deadline`.
+    /// A match consumes the text up to its end; a deadline consumes nothing
+    /// and returns what is pending.
     fn wait_for(
         &mut self,
         regex: &Regex,
         deadline: Instant,
         what: &str,
     ) -> Result<Wait, ConsoleError> {
+        let shared = self.shared.clone();
+        let mut inbox = shared.lock();
+        // How much of the text has been searched without a match, and when
+        // it last grew.
+        let mut searched: Option<usize> = None;
+        let mut grew = Instant::now();
         loop {
-            // The compiled regex, not its text: nothing to compile per poll.
-            match self
-                .session
-                .exp_any(vec![rexpect::ReadUntil::Regex(regex.clone())])
-            {
-                Ok((_, matched)) => return Ok(Wait::Matched(matched)),
-                Err(rexpect::error::Error::Timeout { got, .. }) => {
-                    if Instant::now() >= deadline {
-                        return Ok(Wait::Deadline(got));
-                    }
+            let len = inbox.text.len();
+            let fresh = searched.map_or(0, |n| n.min(len));
+            let worth_it = searched.is_none()
+                || (len > fresh
+                    && (len <= SEARCH_ALWAYS_BELOW
+                        || inbox.text[fresh..].contains('\n')
+                        || grew.elapsed() >= QUIET));
+            if worth_it {
+                if let Some((start, end)) = regex.find(&inbox.text).map(|m| (m.start(), m.end())) {
+                    let matched = inbox.text[start..end].to_owned();
+                    inbox.text.drain(..end);
+                    return Ok(Wait::Matched(matched));
                 }
-                Err(rexpect::error::Error::EOF { .. }) => {
+                searched = Some(len);
+            }
+            match inbox.ended.clone() {
+                Some(Ended::Closed) => {
                     return Err(ConsoleError::Closed {
                         what: what.to_owned(),
                         console_tail: self.console_tail(),
                     })
                 }
-                Err(e) => {
+                Some(Ended::Failed(message)) => {
                     return Err(ConsoleError::Io {
                         what: what.to_owned(),
-                        message: e.to_string(),
+                        message,
                     })
                 }
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Wait::Deadline(inbox.text.clone()));
+            }
+            // Long text not yet searched is searched once the port has
+            // been quiet for a moment; otherwise sleep until something
+            // arrives.
+            let mut wait = deadline - now;
+            if searched.is_some_and(|n| n < len) {
+                wait = wait.min(
+                    QUIET
+                        .saturating_sub(grew.elapsed())
+                        .max(Duration::from_millis(1)),
+                );
+            }
+            let (next, _) = shared
+                .arrived
+                .wait_timeout(inbox, wait)
+                .unwrap_or_else(|p| p.into_inner());
+            inbox = next;
+            if inbox.text.len() != len {
+                grew = Instant::now();
             }
         }
     }
@@ -582,26 +734,39 @@ impl Console {
     }
 }
 
-/// Reads the control port until detached; then reports end of file, which
-/// ends rexpect's reader thread.
-struct DetachableReader {
-    stream: UnixStream,
-    detached: Arc<AtomicBool>,
+impl Drop for Console {
+    fn drop(&mut self) {
+        // The reader thread ends within one read timeout; nothing waits
+        // for it.
+        self.detached.store(true, Ordering::SeqCst);
+    }
 }
 
-impl Read for DetachableReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.detached.load(Ordering::SeqCst) {
-                return Ok(0);
-            }
-            match self.stream.read(buf) {
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    continue
-                }
-                other => return other,
-            }
+/// The reader thread: moves what the port says into the inbox, waking any
+/// wait, until the port ends or the console lets go of it.
+fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
+    let mut buf = [0u8; 8192];
+    loop {
+        if detached.load(Ordering::SeqCst) {
+            return;
         }
+        let ended = match stream.read(&mut buf) {
+            Ok(0) => Some(Ended::Closed),
+            Ok(n) => {
+                let mut inbox = shared.lock();
+                inbox.text.extend(buf[..n].iter().map(|&b| char::from(b)));
+                None
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => Some(Ended::Failed(e.to_string())),
+        };
+        if let Some(ended) = ended {
+            shared.lock().ended = Some(ended);
+            shared.arrived.notify_all();
+            return;
+        }
+        shared.arrived.notify_all();
     }
 }
 
@@ -821,6 +986,50 @@ mod tests {
             )
             .expect("the shell answers");
         assert_eq!(out.stdout, "still here\n");
+    }
+
+    #[test]
+    fn several_commands_share_one_round_trip_and_keep_their_own_results() {
+        let mut guest = fake_guest();
+        let t = Duration::from_secs(10);
+        let outs = guest
+            .console
+            .run_all(
+                &[
+                    ("first", "echo one; exit 3"),
+                    ("second", "echo two >&2"),
+                    ("third", "printf 'no newline'; exit 124"),
+                ],
+                t,
+            )
+            .expect("run");
+        let got: Vec<(&str, &str, i32)> = outs
+            .iter()
+            .map(|o| (o.stdout.as_str(), o.stderr.as_str(), o.status))
+            .collect();
+        assert_eq!(
+            got,
+            [("one\n", "", 3), ("", "two\n", 0), ("no newline", "", 124)]
+        );
+        // A command that runs out of time is named; the shell goes on.
+        let err = guest
+            .console
+            .run_all(
+                &[
+                    ("quick", "true"),
+                    ("slow one", "sleep 600"),
+                    ("never", "true"),
+                ],
+                Duration::from_secs(1),
+            )
+            .expect_err("must time out");
+        assert!(
+            matches!(&err, ConsoleError::GuestTimeout { what, .. } if what == "slow one"),
+            "{err}"
+        );
+        assert!(guest.console.run_all(&[], t).expect("nothing").is_empty());
+        let out = guest.console.run("after", "echo fine", t).expect("run");
+        assert_eq!(out.stdout, "fine\n");
     }
 
     #[test]

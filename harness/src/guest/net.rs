@@ -2,10 +2,21 @@
 //! port answers a connection that comes from outside the guest, through the
 //! firewall, as a client's would.
 //!
-//! QEMU's user-mode network accepts the host side of a forwarded connection
-//! at once, before the guest has seen a packet, and closes it when the
-//! guest resets it. So `connect()` succeeding proves nothing: a port is
-//! `open` only when bytes from the guest arrive.
+//! QEMU's user-mode network (libslirp) accepts the host side of a forwarded
+//! connection at once, before the guest has seen a packet, and sends the
+//! guest a SYN of its own. So `connect()` succeeding proves nothing. What
+//! tells is the guest's answer to that SYN, which libslirp's connection
+//! table shows (QEMU's `info usernet`): the guest-side connection stays
+//! `SYN_SENT` until the guest answers, and becomes `ESTABLISHED` when it
+//! accepts (libslirp tcp_input.c: `soisfconnected(so); tp->t_state =
+//! TCPS_ESTABLISHED`). A reset closes the host side at once (`tcp_drop` →
+//! `tcp_close` → `closesocket`), which the host reads as end of file. An
+//! ICMP error is ignored by libslirp (ip_icmp.c), so a firewall that
+//! REJECTs with one reads like one that DROPs: `no answer`.
+//!
+//! A port is therefore `open` once the guest has accepted the connection
+//! (whether or not the service says anything first: a web server waits for
+//! its request), or once bytes from it arrive.
 
 use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -21,7 +32,7 @@ pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(6);
 /// What a connection to a guest port found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PortState {
-    /// The guest sent bytes.
+    /// The guest accepted the connection, or sent bytes.
     Open,
     /// The connection was closed or reset without a byte: nothing listens,
     /// or a firewall rejects it.
@@ -56,9 +67,18 @@ ip -4 addr show dev "$dev" | grep -q 'inet {GUEST_ADDRESS}/' || ip addr add {GUE
     )
 }
 
+/// How often a probe looks at the connection while it waits.
+const PROBE_TICK: Duration = Duration::from_millis(20);
+
 /// Connects to 127.0.0.1:`host_port` (forwarded to the guest) and waits up
-/// to `wait` for the guest's first byte.
-pub(crate) fn probe_tcp(host_port: u16, wait: Duration) -> std::io::Result<PortState> {
+/// to `wait` for the guest to accept, refuse or say something.
+/// `accepted` says whether the guest has accepted the connection yet (see
+/// [`accepted_in_usernet`]); it is asked between looks at the socket.
+pub(crate) fn probe_tcp(
+    host_port: u16,
+    wait: Duration,
+    accepted: &mut dyn FnMut() -> bool,
+) -> std::io::Result<PortState> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
     let deadline = Instant::now() + wait;
     // QEMU accepts for the guest; a refused connect means QEMU is not
@@ -70,25 +90,60 @@ pub(crate) fn probe_tcp(host_port: u16, wait: Duration) -> std::io::Result<PortS
         if left.is_zero() {
             return Ok(PortState::NoAnswer);
         }
-        stream.set_read_timeout(Some(left))?;
-        return match stream.read(&mut byte) {
-            Ok(0) => Ok(PortState::Refused),
-            Ok(_) => Ok(PortState::Open),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                Ok(PortState::NoAnswer)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+        stream.set_read_timeout(Some(left.min(PROBE_TICK)))?;
+        match stream.read(&mut byte) {
+            Ok(0) => return Ok(PortState::Refused),
+            Ok(_) => return Ok(PortState::Open),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
                 ) =>
             {
-                Ok(PortState::Refused)
+                return Ok(PortState::Refused)
             }
-            Err(e) => Err(e),
-        };
+            Err(e) => return Err(e),
+        }
+        if accepted() {
+            return Ok(PortState::Open);
+        }
     }
+}
+
+/// Whether QEMU's `info usernet` text shows a connection from host port
+/// `host_port` to guest port `guest_port` that the guest has accepted: a
+/// TCP state past the handshake. The listening forward itself reads
+/// `HOST_FORWARD`, a connection the guest has not answered `SYN_SENT`
+/// (libslirp misc.c, `slirp_connection_info`: a line per socket,
+/// `TCP[STATE] FD SRC-ADDRESS SRC-PORT DST-ADDRESS DST-PORT RECVQ SENDQ`,
+/// where an incoming connection's source is the forward's host address and
+/// port).
+pub(crate) fn accepted_in_usernet(text: &str, host_port: u16, guest_port: u16) -> bool {
+    const ACCEPTED: &[&str] = &[
+        "ESTABLISHED",
+        "CLOSE_WAIT",
+        "FIN_WAIT_1",
+        "CLOSING",
+        "LAST_ACK",
+        "FIN_WAIT_2",
+        "TIME_WAIT",
+    ];
+    text.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(state) = words
+            .first()
+            .and_then(|w| w.strip_prefix("TCP["))
+            .and_then(|w| w.strip_suffix(']'))
+        else {
+            return false;
+        };
+        ACCEPTED.contains(&state)
+            && words.get(3) == Some(&host_port.to_string().as_str())
+            && words.get(4) == Some(&GUEST_ADDRESS)
+            && words.get(5) == Some(&guest_port.to_string().as_str())
+    })
 }
 
 #[cfg(test)]
@@ -107,29 +162,64 @@ mod tests {
 
     #[test]
     fn bytes_mean_open_a_close_means_refused_silence_means_no_answer() {
+        let never = &mut || false;
         let (l, port) = listener();
         let server = std::thread::spawn(move || {
             let (mut c, _) = l.accept().expect("accept");
             c.write_all(b"hello\n").expect("write");
         });
-        assert_eq!(probe_tcp(port, PROBE_WAIT).expect("probe"), PortState::Open);
+        assert_eq!(
+            probe_tcp(port, PROBE_WAIT, never).expect("probe"),
+            PortState::Open
+        );
         server.join().expect("server");
 
         let (l, port) = listener();
         let server = std::thread::spawn(move || drop(l.accept().expect("accept")));
         assert_eq!(
-            probe_tcp(port, PROBE_WAIT).expect("probe"),
+            probe_tcp(port, PROBE_WAIT, never).expect("probe"),
             PortState::Refused
         );
         server.join().expect("server");
 
         // Accepted (by the backlog) and never answered.
         let (_l, port) = listener();
-        let started = Instant::now();
         assert_eq!(
-            probe_tcp(port, Duration::from_millis(500)).expect("probe"),
+            probe_tcp(port, Duration::from_millis(500), never).expect("probe"),
             PortState::NoAnswer
         );
-        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_silent_service_the_guest_accepted_for_is_open() {
+        // A listener that accepts and says nothing, as a web server does;
+        // the connection table says the guest accepted.
+        let (_l, port) = listener();
+        let mut asked = 0;
+        let state = probe_tcp(port, PROBE_WAIT, &mut || {
+            asked += 1;
+            asked >= 3
+        })
+        .expect("probe");
+        assert_eq!(state, PortState::Open);
+        assert_eq!(asked, 3);
+    }
+
+    #[test]
+    fn the_connection_table_tells_an_accepted_connection_from_a_waiting_one() {
+        // As QEMU 10 with libslirp 4.7 prints it.
+        let table = "Hub -1 (net0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[SYN_SENT]      15       127.0.0.1 40001       10.0.2.15  8080     0     0
+  TCP[ESTABLISHED]   16       127.0.0.1 40002       10.0.2.15    22     0     0
+  TCP[HOST_FORWARD]  12       127.0.0.1 40001       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]  13       127.0.0.1 40002       10.0.2.15    22     0     0
+";
+        assert!(!accepted_in_usernet(table, 40001, 8080));
+        assert!(accepted_in_usernet(table, 40002, 22));
+        assert!(!accepted_in_usernet(table, 40002, 8080));
+        assert!(!accepted_in_usernet("", 40001, 8080));
+        let later = table.replace("TCP[SYN_SENT]   ", "TCP[CLOSE_WAIT] ");
+        assert!(accepted_in_usernet(&later, 40001, 8080));
     }
 }

@@ -530,6 +530,16 @@ impl Vm {
         &self.forwarded
     }
 
+    /// QEMU's table of the user-mode network's connections (`info usernet`,
+    /// which QMP has only through the human monitor in QEMU 10).
+    pub(crate) fn usernet(&mut self) -> Result<String, VmError> {
+        let answer = self.qmp.execute(
+            "human-monitor-command",
+            Some(serde_json::json!({ "command-line": "info usernet" })),
+        )?;
+        Ok(answer.as_str().unwrap_or_default().to_owned())
+    }
+
     /// How this QEMU was started.
     pub(crate) fn setup(&self) -> &VmSetup {
         &self.setup

@@ -297,6 +297,10 @@ pub(crate) fn ensure_packages(
     purpose: &str,
     packages: &[&str],
 ) -> Result<(), HostError> {
+    // One apt at a time: a kernel build and an image build (or two trials)
+    // may ask at once, and a second apt-get would fail on dpkg's lock.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT.lock().unwrap_or_else(|p| p.into_inner());
     let missing: Vec<&str> = packages
         .iter()
         .copied()

@@ -10,7 +10,7 @@ use crate::build::image::{self, ImageError};
 use crate::build::kernel::{self, KernelError};
 use crate::check::capture::{self, Capture, GuestFacts};
 use crate::check::outcome::{
-    check_expectations, persistence_diff, write_artifacts, Outcome, StepRecord,
+    check_expectations, persistence_diff, write_artifacts, Outcome, StepRecord, Timings,
 };
 use crate::check::verdict::Status;
 use crate::guest::console::{Console, ConsoleError};
@@ -236,9 +236,10 @@ struct Guest {
     /// Where driving the guest reports progress.
     events: Events,
     console: Console,
-    facts: GuestFacts,
     start: Start,
-    first_boot_seconds: f64,
+    /// How long preparing and starting it took (the other phases are
+    /// filled in as the flow goes).
+    timings: Timings,
     packages: BTreeMap<String, String>,
     image_origin: String,
 }
@@ -263,7 +264,28 @@ fn bootable(
         Some(s) if !s.packages.is_empty() => base.with_extra_packages(&s.packages),
         _ => base.clone(),
     };
-    let image = match image::image(&options.cache, &recipe) {
+    // A kernel built from a recipe does not depend on the image: when both
+    // are missing they are built at the same time, the kernel (the longer)
+    // started first.
+    let (image, kernel) = std::thread::scope(|scope| {
+        let name = cell.kernel.name();
+        let building = match project.kernels.get(name) {
+            Some(KernelSource::Recipe(recipe)) if !cell.kernel.is_stock() => {
+                Some(scope.spawn(move || kernel::built(&options.cache, name, recipe)))
+            }
+            _ => None,
+        };
+        let image = image::image(&options.cache, &recipe);
+        let built = building.map(|thread| {
+            thread.join().unwrap_or_else(|_| {
+                Err(KernelError::Other(
+                    "the kernel build stopped unexpectedly".into(),
+                ))
+            })
+        });
+        (image, built)
+    });
+    let image = match image {
         Err(ImageError::UnknownPackages { release, packages }) => {
             return Err(RunError::UnknownPackages {
                 file: scenario.map(|s| s.path.clone()).unwrap_or_default(),
@@ -274,21 +296,22 @@ fn bootable(
         }
         other => other?,
     };
-    let kernel = if cell.kernel.is_stock() {
-        image.stock_kernel()
-    } else {
-        let name = cell.kernel.name();
-        match project.kernels.get(name) {
-            Some(KernelSource::Recipe(recipe)) => kernel::built(&options.cache, name, recipe)?,
-            Some(KernelSource::Prebuilt { image, initrd }) => {
-                kernel::prebuilt(name, image, initrd.as_deref())?
-            }
-            None => {
-                return Err(crate::spec::project::ProjectError::UnknownKernel {
-                    name: name.to_owned(),
-                    known: project.kernel_names().join(", "),
+    let kernel = match kernel {
+        Some(built) => built?,
+        None if cell.kernel.is_stock() => image.stock_kernel(),
+        None => {
+            let name = cell.kernel.name();
+            match project.kernels.get(name) {
+                Some(KernelSource::Prebuilt { image, initrd }) => {
+                    kernel::prebuilt(name, image, initrd.as_deref())?
                 }
-                .into())
+                _ => {
+                    return Err(crate::spec::project::ProjectError::UnknownKernel {
+                        name: name.to_owned(),
+                        known: project.kernel_names().join(", "),
+                    }
+                    .into())
+                }
             }
         }
     };
@@ -410,6 +433,7 @@ fn boot(
     label: &str,
     artifacts: &std::path::Path,
 ) -> Result<Guest, RunError> {
+    let began = Instant::now();
     let first_boot = scenario.map(|s| s.first_boot).unwrap_or_default();
     let Bootable {
         config,
@@ -417,6 +441,7 @@ fn boot(
         image_origin,
     } = bootable(project, cell, options, artifacts, scenario)?;
     let mut start = Start::Cold;
+    let mut starting: Option<Instant> = None;
     if first_boot == FirstBoot::Warm && options.first_boot == FirstBoot::Warm {
         // Said in the name too, for people reading the cache; the key
         // covers the disk and the network card either way.
@@ -431,21 +456,24 @@ fn boot(
         config
             .events
             .note(label, &format!("resuming the saved state {}", saved.key));
+        let resuming = Instant::now();
+        starting = Some(resuming);
         match warm::resume(&saved, &config, BOOT_TIMEOUT) {
             Ok(resumed) => {
-                let mut console = resumed.console;
                 config.events.note(
                     label,
                     &format!("shell after {:.1}s (resumed)", resumed.seconds),
                 );
-                let facts = GuestFacts::read(&mut console)?;
                 return Ok(Guest {
                     vm: resumed.vm,
                     events: config.events.clone(),
-                    console,
-                    facts,
+                    console: resumed.console,
                     start: Start::Warm { key: saved.key },
-                    first_boot_seconds: resumed.seconds,
+                    timings: Timings {
+                        prepare: (resuming - began).as_secs_f64(),
+                        start: resuming.elapsed().as_secs_f64(),
+                        ..Timings::default()
+                    },
                     packages,
                     image_origin,
                 });
@@ -468,16 +496,21 @@ fn boot(
             }
         }
     }
-    let (vm, mut console, times) =
-        cold_boot(&config, label, options.accel.accel.name(), BOOT_TIMEOUT)?;
-    let facts = GuestFacts::read(&mut console)?;
+    // A saved state that would not resume counts as starting time.
+    let starting = starting.unwrap_or_else(Instant::now);
+    let (vm, console, times) = cold_boot(&config, label, options.accel.accel.name(), BOOT_TIMEOUT)?;
+    let settle = times.settled_seconds - times.shell_seconds;
     Ok(Guest {
         vm,
         events: config.events.clone(),
         console,
-        facts,
         start,
-        first_boot_seconds: times.shell_seconds,
+        timings: Timings {
+            prepare: (starting - began).as_secs_f64(),
+            start: starting.elapsed().as_secs_f64() - settle,
+            start_settle: settle,
+            ..Timings::default()
+        },
         packages,
         image_origin,
     })
@@ -494,6 +527,7 @@ fn run_steps(
     cell: &Cell,
     label: &str,
 ) -> Result<(Vec<StepRecord>, Vec<Capture>), RunError> {
+    let timings = &mut guest.timings;
     let last_reboot = scenario
         .steps
         .iter()
@@ -508,13 +542,16 @@ fn run_steps(
             guest
                 .events
                 .note(label, "capturing state before the reboot");
+            let capturing = Instant::now();
             before_reboot = capture::take(
                 &mut guest.console,
+                &mut guest.vm,
                 &scenario.captures,
-                &guest.facts,
-                guest.vm.forwarded(),
                 "before the reboot",
-            )?;
+                &[],
+            )?
+            .captures;
+            timings.captures_before += capturing.elapsed().as_secs_f64();
         }
         guest.events.note(label, &what);
         let step_started = Instant::now();
@@ -566,18 +603,18 @@ fn run_steps(
             Action::Reboot => {
                 let timeout = step.timeout.max(BOOT_TIMEOUT);
                 guest.console.reboot(&what, timeout)?;
+                let shell = step_started.elapsed().as_secs_f64();
                 let state = guest.console.wait_settled(
                     &format!("{what}: systemd to finish booting"),
                     SETTLE_TIMEOUT,
                 )?;
+                let seconds = step_started.elapsed().as_secs_f64();
+                timings.reboot_to_shell += shell;
+                timings.reboot_settle += seconds - shell;
                 guest.events.note(
                     label,
-                    &format!(
-                        "back after {:.1}s, system {state}",
-                        step_started.elapsed().as_secs_f64()
-                    ),
+                    &format!("shell after {shell:.1}s, system {state} after {seconds:.1}s"),
                 );
-                guest.facts = GuestFacts::read(&mut guest.console)?;
                 steps.push(StepRecord {
                     title: step.title.clone(),
                     action: step.action.clone(),
@@ -594,6 +631,7 @@ fn run_steps(
         let problem = match ran {
             Ok(out) if must.accepts(out.status) => {
                 let seconds = step_started.elapsed().as_secs_f64();
+                timings.steps += seconds;
                 if step.action.is_wait() {
                     guest.events.note(label, &format!("waited {seconds:.1}s"));
                 }
@@ -630,11 +668,12 @@ fn run_steps(
         );
         let captures = capture::take(
             &mut guest.console,
+            &mut guest.vm,
             &scenario.captures,
-            &guest.facts,
-            guest.vm.forwarded(),
             "after the failed step",
+            &[],
         )
+        .map(|taken| taken.captures)
         .map_err(|e| e.to_string());
         return Err(RunError::Step(Box::new(StepFailure {
             index,
@@ -681,12 +720,13 @@ done
 }
 
 /// What [`drive`] found out.
-type Driven = (
-    Vec<StepRecord>,
-    Vec<Capture>,
-    Vec<Capture>,
-    BTreeMap<String, String>,
-);
+struct Driven {
+    steps: Vec<StepRecord>,
+    before_reboot: Vec<Capture>,
+    captures: Vec<Capture>,
+    units: BTreeMap<String, String>,
+    facts: GuestFacts,
+}
 
 /// The flow on a booted guest: the steps, the captures at the end and the
 /// states of the units the cell's expectations name.
@@ -699,23 +739,39 @@ fn drive(
 ) -> Result<Driven, RunError> {
     let (steps, before_reboot) = run_steps(guest, scenario, cell, label)?;
     guest.events.note(label, "capturing state");
-    let captures = capture::take(
+    let capturing = Instant::now();
+    // The units' states are read in the same round trip as the captures.
+    let unit_scripts: Vec<(String, String)> = expect
+        .units
+        .keys()
+        .map(|unit| {
+            (
+                format!("reading the state of {unit}"),
+                format!("systemctl is-active {}", crate::text::shell_quote(unit)),
+            )
+        })
+        .collect();
+    let taken = capture::take(
         &mut guest.console,
+        &mut guest.vm,
         &scenario.captures,
-        &guest.facts,
-        guest.vm.forwarded(),
         "at the end",
+        &unit_scripts,
     )?;
-    let mut units = BTreeMap::new();
-    for unit in expect.units.keys() {
-        let out = guest.console.run(
-            &format!("reading the state of {unit}"),
-            &format!("systemctl is-active {}", crate::text::shell_quote(unit)),
-            Duration::from_secs(30),
-        )?;
-        units.insert(unit.clone(), out.stdout.trim().to_owned());
-    }
-    Ok((steps, before_reboot, captures, units))
+    guest.timings.captures_after = capturing.elapsed().as_secs_f64();
+    let units = expect
+        .units
+        .keys()
+        .zip(&taken.extra)
+        .map(|(unit, out)| (unit.clone(), out.stdout.trim().to_owned()))
+        .collect();
+    Ok(Driven {
+        steps,
+        before_reboot,
+        captures: taken.captures,
+        units,
+        facts: taken.facts,
+    })
 }
 
 impl Guest {
@@ -790,7 +846,13 @@ pub(crate) fn run_cell_keeping(
             cell: cell.clone(),
         })
     };
-    let (steps, before_reboot, captures, units) = match driven {
+    let Driven {
+        steps,
+        before_reboot,
+        captures,
+        units,
+        facts,
+    } = match driven {
         Ok(driven) => driven,
         Err(e) => {
             let e = guest.explain(e);
@@ -806,7 +868,7 @@ pub(crate) fn run_cell_keeping(
             scenario: scenario.name.clone(),
             cell: cell.clone(),
             accel: options.accel.clone(),
-            guest_kernel: guest.facts.kernel_release.clone(),
+            guest_kernel: facts.kernel_release.clone(),
             setup,
             packages: guest.packages.clone(),
             image_origin: guest.image_origin.clone(),
@@ -818,16 +880,23 @@ pub(crate) fn run_cell_keeping(
             expect: expect.clone(),
             failures,
             start: guest.start.clone(),
-            first_boot_seconds: guest.first_boot_seconds,
-            total_seconds: started.elapsed().as_secs_f64(),
+            timings: guest.timings.clone(),
             artifacts: artifacts.clone(),
         }
     };
-    let outcome = outcome_of(&guest);
+    let mut outcome = outcome_of(&guest);
+    // Stopping the guest (unless it is kept) is the trial's last phase.
+    let stopping = Instant::now();
     let kept = kept(guest);
+    outcome.timings.stop = stopping.elapsed().as_secs_f64();
+    outcome.timings.total = started.elapsed().as_secs_f64();
     options.cache.events().finish(
         &label,
-        &format!("done in {:.1}s", started.elapsed().as_secs_f64()),
+        &format!(
+            "done in {:.1}s ({:.1}s of it the harness's own)",
+            outcome.timings.total,
+            outcome.timings.harness()
+        ),
     );
     (Ok(outcome), kept)
 }
