@@ -352,7 +352,7 @@ fn warm_vs_cold(
     let cell = cell(KernelFlavour::stock());
     println!("== warm start: {} on {cell} ==", scenario.name);
     let started = Instant::now();
-    let state = trial::warm_state(project, &cell, options)?;
+    let state = trial::warm_state(project, Some(scenario), &cell, options)?;
     println!(
         "  saved state {}: {:.0} MiB; the boot that saved it reached a shell after {:.1}s, saving took {:.1}s (this run spent {:.1}s getting it)",
         state.key,
@@ -457,10 +457,11 @@ fn suite(project: &Project, options: &RunOptions, cores: usize) -> Result<Vec<St
     // The saved states first, so that the suite's time is that of a warm
     // cache.
     let started = Instant::now();
-    eprintln!("suite: one untimed pass to have every saved state");
     let mut warm_options = options.clone();
     warm_options.first_boot = FirstBoot::Warm;
-    trial::check_all(project, cells.clone(), &warm_options, cores, |_, _, _| ())?;
+    for (scenario, cell) in &cells {
+        trial::warm_state(project, Some(scenario), cell, &warm_options)?;
+    }
     println!(
         "  saved states ready ({:.0}s spent here getting them)",
         started.elapsed().as_secs_f64()
@@ -643,7 +644,7 @@ fn matrix(
     );
     let started = Instant::now();
     for cell in &cells {
-        trial::warm_state(project, cell, options)?;
+        trial::warm_state(project, Some(scenario), cell, options)?;
     }
     println!(
         "  saved states ready ({:.1}s spent here getting them)",

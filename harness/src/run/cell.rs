@@ -404,22 +404,38 @@ pub fn bare_boot(
     Ok(times)
 }
 
-/// The saved state a warm start of `cell` resumes, booted and saved first
-/// if the cache has none.
+/// The saved state a warm start of `cell` resumes (for `scenario`, whose
+/// packages and probed ports give it an image and a network card of its
+/// own), booted and saved first if the cache has none.
 pub fn warm_state(
     project: &Project,
+    scenario: Option<&Scenario>,
     cell: &Cell,
     options: &RunOptions,
 ) -> Result<warm::WarmState, RunError> {
     let artifacts = project.artifacts_dir("warm-state", &cell.to_string());
-    let bootable = bootable(project, cell, options, &artifacts, None)?;
+    let bootable = bootable(project, cell, options, &artifacts, scenario)?;
     Ok(warm::get_or_save(
         &options.cache,
-        &cell.to_string(),
+        &warm_name(cell, scenario, &bootable.config),
         &bootable.config,
         BOOT_TIMEOUT,
         &format!("warm state {cell}"),
     )?)
+}
+
+/// The name a saved state goes by in the cache. The key covers the disk and
+/// the network card either way; the name says so too, for people reading
+/// the cache.
+fn warm_name(cell: &Cell, scenario: Option<&Scenario>, config: &VmConfig) -> String {
+    let mut name = cell.to_string();
+    if scenario.is_some_and(|s| !s.packages.is_empty()) {
+        name.push_str("+packages");
+    }
+    if !config.forward_tcp.is_empty() {
+        name.push_str("-net");
+    }
+    name
 }
 
 /// Builds or finds what the cell boots, then starts the guest: resumed from
@@ -443,15 +459,7 @@ fn boot(
     let mut start = Start::Cold;
     let mut starting: Option<Instant> = None;
     if first_boot == FirstBoot::Warm && options.first_boot == FirstBoot::Warm {
-        // Said in the name too, for people reading the cache; the key
-        // covers the disk and the network card either way.
-        let mut name = cell.to_string();
-        if scenario.is_some_and(|s| !s.packages.is_empty()) {
-            name.push_str("+packages");
-        }
-        if !config.forward_tcp.is_empty() {
-            name.push_str("-net");
-        }
+        let name = warm_name(cell, scenario, &config);
         let saved = warm::get_or_save(&options.cache, &name, &config, BOOT_TIMEOUT, label)?;
         config
             .events
