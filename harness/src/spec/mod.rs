@@ -352,7 +352,7 @@ impl CaptureSpec {
         match &self.what {
             CaptureKind::Run(command) => command.clone(),
             CaptureKind::ProbeTcp(port) => {
-                format!("connect from the host to the guest's tcp/{port} and wait for a byte")
+                format!("connect from the host to the guest's tcp/{port} and see whether the guest accepts")
             }
         }
     }
