@@ -687,6 +687,14 @@ impl Vm {
         }
     }
 
+    /// Like [`Vm::check_running`], but gives a QEMU that is going away up
+    /// to `grace` to end: its sockets close as it dies, a moment before its
+    /// exit can be collected.
+    pub(crate) fn check_running_within(&mut self, grace: Duration) -> Result<(), VmError> {
+        let _ = process::block_on(tokio::time::timeout(grace, self.child.wait()));
+        self.check_running()
+    }
+
     /// Stops QEMU; the guest's disk is thrown away with the overlay.
     pub(crate) fn stop(mut self) {
         self.kill();

@@ -790,7 +790,12 @@ impl Guest {
         let RunError::Console(console) = error else {
             return error;
         };
-        match self.vm.check_running() {
+        // A closed control port is QEMU going away, or gone.
+        let grace = match console {
+            ConsoleError::Closed { .. } | ConsoleError::Io { .. } => Duration::from_secs(2),
+            _ => Duration::ZERO,
+        };
+        match self.vm.check_running_within(grace) {
             Err(exit @ VmError::Exited { .. }) => RunError::QemuEnded {
                 during: console.to_string().lines().next().unwrap_or("").to_owned(),
                 source: exit,
