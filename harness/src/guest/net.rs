@@ -71,8 +71,9 @@ ip link set "$dev" up
 ip -4 addr show dev "$dev" | grep -q 'inet {GUEST_ADDRESS}/' || ip addr add {GUEST_ADDRESS}/24 dev "$dev"
 # One datagram toward QEMU's side of the network (which restrict=on drops)
 # makes the guest ask for that address by ARP, and QEMU learns the guest's
-# hardware address from the question: the probe's SYN then goes out at once
-# instead of after an ARP exchange of QEMU's own.
+# hardware address from the question (libslirp slirp.c, arp_input: the
+# asker goes into its table before the answer): the probe's SYN then goes
+# out at once instead of after an ARP exchange of QEMU's own.
 echo 2>/dev/null > /dev/udp/{GATEWAY}/9 || true
 "#
     )
