@@ -332,16 +332,6 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
     Ok(())
 }
 
-fn phase_seconds(outcome: &Outcome) -> (f64, f64) {
-    let reboot: f64 = outcome
-        .steps
-        .iter()
-        .filter(|s| s.output.is_none())
-        .map(|s| s.seconds)
-        .sum();
-    (outcome.timings.start, reboot)
-}
-
 /// The warm section: bare boot, scenario cold, scenario warm, ratios.
 fn warm_vs_cold(
     project: &Project,
@@ -389,8 +379,14 @@ fn warm_vs_cold(
     let bare_shell = median(bare.iter().map(|t| t.shell_seconds).collect());
     let bare_settled = median(bare.iter().map(|t| t.settled_seconds).collect());
     let total = |list: &[Outcome]| median(list.iter().map(|o| o.timings.total).collect());
-    let first = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).0).collect());
-    let reboot = |list: &[Outcome]| median(list.iter().map(|o| phase_seconds(o).1).collect());
+    let first = |list: &[Outcome]| median(list.iter().map(|o| o.timings.start).collect());
+    let reboot = |list: &[Outcome]| {
+        median(
+            list.iter()
+                .map(|o| o.timings.reboot_to_shell + o.timings.reboot_settle)
+                .collect(),
+        )
+    };
     let (cold_total, warm_total) = (total(&cold), total(&warm));
     println!("  bare cold boot:  shell after {bare_shell:.1}s, settled after {bare_settled:.1}s");
     println!(
