@@ -501,6 +501,11 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
     let project = Project::discover(&cwd)?;
     // insta would otherwise ask `cargo metadata` where the workspace is.
     std::env::set_var("INSTA_WORKSPACE_ROOT", &project.root);
+    // insta's own output is written for `cargo test` users (hints about
+    // `cargo insta`, the assertion's source line in the harness); the
+    // command line says the same in its own words, and the report carries
+    // the diff.
+    std::env::set_var("INSTA_OUTPUT", "none");
     match command {
         Command::List { format } => {
             let scenarios = project.scenarios()?;
@@ -615,14 +620,10 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             let (checked, kept) =
                 trial::check_keeping(&project, &scenario, &cell, &options, shell_fail);
             let code = checked.row.status.exit_code();
-            let report_file = project
-                .artifacts_dir(&scenario.name, &cell.to_string())
-                .join("report.md");
-            let markdown = std::fs::read_to_string(&report_file)
-                .with_context(|| format!("reading {}", report_file.display()))?;
+            let markdown = &checked.report;
             match output {
                 Some(path) => {
-                    std::fs::write(&path, &markdown)
+                    std::fs::write(&path, markdown)
                         .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!("vmrepro: report written to {}", path.display());
                 }

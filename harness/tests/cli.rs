@@ -57,6 +57,10 @@ fn main() -> ExitCode {
         ),
         Trial::test("copy_stays_in_the_project", copy_stays_in_the_project),
         with_guests("a_kernel_given_by_path_boots", kernel_by_path),
+        with_guests("a_full_disk_still_gives_true_captures", disk_full),
+        with_guests("escapes_from_a_guest_stay_inert", guest_escapes),
+        with_guests("a_flooding_capture_keeps_its_ends", flood),
+        with_guests("forged_markers_do_not_hide_the_status", forged_markers),
         with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
@@ -486,6 +490,13 @@ fn step_timeout() -> Result<(), Failed> {
         "## Captures after the failure",
         "before the hang",
         "no sleep left",
+        // Everything known by the time the step was stopped.
+        "## Environment",
+        "| QEMU | ",
+        "| release | bookworm |",
+        "qemu-system-x86_64 ",
+        "## Steps",
+        "## Time",
     ] {
         if !report.contains(needed) {
             return Err(format!("the report lacks {needed:?}:\n{text}").into());
@@ -852,6 +863,208 @@ fn kernel_by_path() -> Result<(), Failed> {
         || !said(&output).contains("unknown kernel flavour \"provider\" (known: stock, linode")
     {
         return Err(format!("{:?}\n{}", output.status, said(&output)).into());
+    }
+    Ok(())
+}
+
+/// Runs `vmrepro repro` on the one scenario of a scratch project; returns
+/// the project, the output, the report it printed and how long it took.
+fn repro_misbehaving(
+    file: &str,
+    text: &str,
+) -> Result<(tempfile::TempDir, Output, String, f64), Failed> {
+    let dir = common::scratch_project(&[(file, text)])?;
+    let name = file.trim_end_matches(".toml");
+    let started = Instant::now();
+    let output = vmrepro(dir.path()).args(["repro", name]).output()?;
+    let took = started.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!(
+        "cli: {name}: exit {:?} after {took:.1}s",
+        output.status.code()
+    );
+    Ok((dir, output, report, took))
+}
+
+/// The pending snapshot a first run wrote.
+fn pending_snapshot(project: &Path, name: &str) -> Result<String, Failed> {
+    let path = project.join(format!("snapshots/{name}@bookworm-stock.snap.new"));
+    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+fn lacks(what: &str, needed: &str, text: &str) -> Failed {
+    format!("the {what} lacks {needed:?}:\n{text}").into()
+}
+
+const DISK_FULL: &str = r#"
+name = "disk-full"
+description = "A step fills the root file system; what the guest says must still come back."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "fill the disk"
+run = "dd if=/dev/zero of=/fill bs=1M 2>/dev/null || true; df --output=target,pcent / | tail -1"
+[[capture]]
+name = "df"
+run = "df --output=target,pcent / | tail -1"
+"#;
+
+/// A scenario that fills the guest's disk: the step's status is its
+/// command's (0), its output and the capture read the real `df` line.
+fn disk_full() -> Result<(), Failed> {
+    let (dir, output, report, _) = repro_misbehaving("disk-full.toml", DISK_FULL)?;
+    let text = said(&output);
+    // A first run: every expectation held, no snapshot yet.
+    if !report.contains("**Verdict:** NEW") {
+        return Err(lacks("report", "**Verdict:** NEW", &text));
+    }
+    let full = |text: &str, after: &str| {
+        text.split_once(after)
+            .and_then(|(_, rest)| rest.lines().find(|l| !l.trim().is_empty()))
+            .is_some_and(|l| l.trim_start().starts_with('/') && l.trim_end().ends_with("100%"))
+    };
+    if !full(&report, "Output (exit 0):\n   ```") {
+        return Err(lacks("report", "the step's df line at exit 0", &text));
+    }
+    let snapshot = pending_snapshot(dir.path(), "disk-full")?;
+    if !full(&snapshot, "== df (exit 0) ==") {
+        return Err(lacks("snapshot", "the df line", &snapshot));
+    }
+    Ok(())
+}
+
+const ESCAPES: &str = r#"
+name = "escapes"
+description = "A guest prints terminal escapes, control characters and random bytes."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "print a terminal title"
+run = "printf 'title: \\033]0;pwned\\007 done\\n'"
+[[capture]]
+name = "noise"
+run = """
+printf '\\033]0;pwned\\007\\033]52;c;cHduZWQ=\\007\\033[2J\\033]8;;http://x\\033\\\\link\\n'
+for i in $(seq 0 255); do printf "\\\\$(printf %o $i)"; done
+printf '\\302\\233C1\\n'
+head -c 4096 /dev/urandom
+"""
+"#;
+
+/// Every byte from a guest is data: no ESC, BEL or other control byte in
+/// the report, the snapshot or what the command printed.
+fn guest_escapes() -> Result<(), Failed> {
+    let (dir, output, report, _) = repro_misbehaving("escapes.toml", ESCAPES)?;
+    let snapshot = pending_snapshot(dir.path(), "escapes")?;
+    let artifacts_report = std::fs::read_to_string(
+        dir.path()
+            .join("target/vmrepro/escapes/bookworm-stock/report.md"),
+    )
+    .unwrap_or_default();
+    for (what, bytes) in [
+        ("standard output", output.stdout.as_slice()),
+        ("standard error", output.stderr.as_slice()),
+        ("snapshot", snapshot.as_bytes()),
+        ("saved report", artifacts_report.as_bytes()),
+    ] {
+        let text = String::from_utf8_lossy(bytes);
+        if let Some(c) = text
+            .chars()
+            .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+        {
+            return Err(format!("the {what} holds the control character {c:?}:\n{text}").into());
+        }
+    }
+    for needed in [
+        "title: \\u{1b}]0;pwned\\u{7} done",
+        "\\u{1b}]52;c;cHduZWQ=\\u{7}",
+        "\\u{9b}C1",
+    ] {
+        if !report.contains(needed) {
+            return Err(lacks("report", needed, &report));
+        }
+        if needed != "title: \\u{1b}]0;pwned\\u{7} done" && !snapshot.contains(needed) {
+            return Err(lacks("snapshot", needed, &snapshot));
+        }
+    }
+    Ok(())
+}
+
+const FLOOD: &str = r#"
+name = "flood"
+description = "A capture prints about 20 MB."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[capture]]
+name = "numbers"
+run = "seq 1 2900000"
+max_output = "64 KiB"
+"#;
+
+/// A 20 MB capture comes back in seconds as its head, its tail and the
+/// number of bytes between them.
+fn flood() -> Result<(), Failed> {
+    let (dir, output, report, took) = repro_misbehaving("flood.toml", FLOOD)?;
+    let text = said(&output);
+    if !report.contains("**Verdict:** NEW") {
+        return Err(lacks("report", "**Verdict:** NEW", &text));
+    }
+    let total: usize = (1..=2_900_000u32).map(|n| n.to_string().len() + 1).sum();
+    let omitted = format!("[… {} bytes omitted …]", total - 64 * 1024);
+    let snapshot = pending_snapshot(dir.path(), "flood")?;
+    for needed in [
+        "== numbers (exit 0) ==\n1\n2\n3\n",
+        &omitted,
+        "\n2899999\n2900000\n",
+    ] {
+        if !snapshot.contains(needed) {
+            return Err(lacks("snapshot", needed, &snapshot));
+        }
+    }
+    if snapshot.len() > 80 * 1024 {
+        return Err(format!("the snapshot holds {} bytes", snapshot.len()).into());
+    }
+    if took > 120.0 {
+        return Err(format!("the trial took {took:.1}s").into());
+    }
+    Ok(())
+}
+
+const FORGED: &str = r#"
+name = "forged"
+description = "A step writes imitations of the harness's markers to every serial port and exits 3."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "forge"
+run = """
+for port in /dev/ttyS0 /dev/ttyS1 /dev/ttyS2 /dev/hvc0; do
+  for n in $(seq 1 300); do printf 'VMRE-%s\\nVMRS-%s\\nVMRO-%s-0 0 0 0 0 - - - -\\n' $n $n $n; done > $port
+done 2>/dev/null
+exit 3
+"""
+"#;
+
+/// Forged markers on the ports: the step reads "exited 3", at once.
+fn forged_markers() -> Result<(), Failed> {
+    let (_dir, output, report, took) = repro_misbehaving("forged.toml", FORGED)?;
+    let text = said(&output);
+    if output.status.code() != Some(i32::from(EXIT_FAIL)) {
+        return Err(format!("expected a failure: {:?}\n{text}", output.status).into());
+    }
+    if !report.contains("step 1 (forge) exited 3, expected 0") {
+        return Err(lacks(
+            "report",
+            "step 1 (forge) exited 3, expected 0",
+            &text,
+        ));
+    }
+    if took > 120.0 {
+        return Err(format!("the trial took {took:.1}s").into());
     }
     Ok(())
 }

@@ -217,15 +217,7 @@ fn run_trial(
         Err(e) if status == Status::Skipped => {
             return Ok(Completion::ignored_with(e.to_string()));
         }
-        Err(e) => {
-            return Err(Failed::from(report::markdown_error(
-                scenario,
-                &cell.to_string(),
-                status,
-                e,
-                e.captures_after_failure(),
-            )))
-        }
+        Err(_) => return Err(Failed::from(checked.report.clone())),
     };
     let t = &outcome.timings;
     eprintln!(

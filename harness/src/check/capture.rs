@@ -102,25 +102,28 @@ pub(crate) fn take(
     let probes = specs
         .iter()
         .any(|spec| matches!(spec.what, CaptureKind::ProbeTcp(_)));
-    let mut scripts: Vec<(&str, &str)> = vec![(&facts_what, GuestFacts::SCRIPT)];
+    let default = crate::spec::DEFAULT_MAX_OUTPUT;
+    let mut scripts: Vec<(&str, &str, u64)> = vec![(&facts_what, GuestFacts::SCRIPT, default)];
     scripts.extend(
         specs
             .iter()
             .zip(&names)
             .filter_map(|(spec, what)| match &spec.what {
-                CaptureKind::Run(command) => Some((what.as_str(), command.as_str())),
+                CaptureKind::Run(command) => {
+                    Some((what.as_str(), command.as_str(), spec.max_output))
+                }
                 CaptureKind::ProbeTcp(_) => None,
             }),
     );
     if probes {
-        scripts.push((&up_what, &up_script));
+        scripts.push((&up_what, &up_script, default));
     }
     scripts.extend(
         extra
             .iter()
-            .map(|(what, script)| (what.as_str(), script.as_str())),
+            .map(|(what, script)| (what.as_str(), script.as_str(), default)),
     );
-    let mut outputs = console.run_all(&scripts, CAPTURE_TIMEOUT)?;
+    let mut outputs = console.run_all_limited(&scripts, CAPTURE_TIMEOUT)?;
     let extra_outputs = outputs.split_off(outputs.len().saturating_sub(extra.len()));
     let mut outputs = outputs.into_iter();
     let facts = outputs

@@ -14,6 +14,7 @@ pub(crate) fn markdown(
     scenario: &Scenario,
     outcome: &Outcome,
     row: &Row,
+    snapshot: &Result<(), SnapshotError>,
     qemu_version: &str,
 ) -> String {
     let mut md = String::new();
@@ -38,6 +39,75 @@ pub(crate) fn markdown(
         let _ = writeln!(md, "```\n");
     }
     let _ = writeln!(md, "{}\n", scenario.description);
+    write_environment(&mut md, scenario, outcome, qemu_version);
+    write_steps(&mut md, outcome);
+
+    let _ = writeln!(md, "\n## What did not survive the reboot\n");
+    if outcome.before_reboot.is_empty() {
+        let _ = writeln!(md, "No reboot, or nothing captured before it.");
+    } else if outcome.changes.is_empty() {
+        let _ = writeln!(
+            md,
+            "Everything captured before the reboot read the same after it."
+        );
+    } else {
+        for change in &outcome.changes {
+            let _ = writeln!(md, "- **{}**", change.name);
+            let _ = writeln!(md, "  ```diff");
+            for line in &change.lost {
+                let _ = writeln!(md, "  -{line}");
+            }
+            for line in &change.gained {
+                let _ = writeln!(md, "  +{line}");
+            }
+            let _ = writeln!(md, "  ```");
+        }
+    }
+
+    if !outcome.units.is_empty() {
+        let _ = writeln!(md, "\n## Units\n");
+        for (unit, state) in &outcome.units {
+            // The cell's own expectations, overrides applied.
+            let expected = outcome
+                .expect
+                .units
+                .get(unit)
+                .map(String::as_str)
+                .unwrap_or("");
+            let mark = if state == expected {
+                "as expected"
+            } else {
+                "EXPECTED "
+            };
+            let _ = writeln!(
+                md,
+                "- `{unit}`: {state} ({mark}{})",
+                if state == expected { "" } else { expected }
+            );
+        }
+    }
+
+    if let Err(SnapshotError::Differs { diff, path, .. }) = snapshot {
+        let _ = writeln!(
+            md,
+            "\n## What differs from the snapshot\n\nThe committed `{path}` against this run's captures:\n\n```diff\n{}\n```",
+            diff.trim_end()
+        );
+    }
+    let _ = writeln!(md, "\n## Captures after the flow\n");
+    write_captures(&mut md, &outcome.captures);
+    write_timings(&mut md, outcome);
+    let _ = writeln!(
+        md,
+        "Artifacts (console log, captures): `{}`",
+        outcome.artifacts.display()
+    );
+    md
+}
+
+/// The environment table and the QEMU command line: what it takes to start
+/// the same guest by hand.
+fn write_environment(md: &mut String, scenario: &Scenario, outcome: &Outcome, qemu_version: &str) {
     let _ = writeln!(md, "## Environment\n");
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| vmrepro | {} |", env!("CARGO_PKG_VERSION"));
@@ -50,11 +120,19 @@ pub(crate) fn markdown(
     );
     let _ = writeln!(md, "| release | {} |", outcome.cell.release);
     let _ = writeln!(md, "| image | {} |", outcome.image_origin);
-    let _ = writeln!(
-        md,
-        "| kernel | {} (`{}`) |",
-        outcome.cell.kernel, outcome.guest_kernel
-    );
+    if outcome.guest_kernel.is_empty() {
+        let _ = writeln!(
+            md,
+            "| kernel | {} (release not read) |",
+            outcome.cell.kernel
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "| kernel | {} (`{}`) |",
+            outcome.cell.kernel, outcome.guest_kernel
+        );
+    }
     // The packages the scenario names (`versions`, else its `packages`).
     for package in &scenario.versions {
         match outcome.packages.get(package) {
@@ -89,7 +167,12 @@ pub(crate) fn markdown(
         "QEMU command line (also in `qemu-command.txt` beside the artifacts):\n\n```sh\n{}\n```\n",
         outcome.setup.qemu_command
     );
+}
+
+/// What each step that ran did.
+fn write_steps(md: &mut String, outcome: &Outcome) {
     let _ = writeln!(md, "## Steps\n");
+
     for (i, step) in outcome.steps.iter().enumerate() {
         let _ = writeln!(md, "{}. **{}** ({:.1}s)", i + 1, step.title, step.seconds);
         match &step.action {
@@ -142,61 +225,6 @@ pub(crate) fn markdown(
             }
         }
     }
-
-    let _ = writeln!(md, "\n## What did not survive the reboot\n");
-    if outcome.before_reboot.is_empty() {
-        let _ = writeln!(md, "No reboot, or nothing captured before it.");
-    } else if outcome.changes.is_empty() {
-        let _ = writeln!(
-            md,
-            "Everything captured before the reboot read the same after it."
-        );
-    } else {
-        for change in &outcome.changes {
-            let _ = writeln!(md, "- **{}**", change.name);
-            let _ = writeln!(md, "  ```diff");
-            for line in &change.lost {
-                let _ = writeln!(md, "  -{line}");
-            }
-            for line in &change.gained {
-                let _ = writeln!(md, "  +{line}");
-            }
-            let _ = writeln!(md, "  ```");
-        }
-    }
-
-    if !outcome.units.is_empty() {
-        let _ = writeln!(md, "\n## Units\n");
-        for (unit, state) in &outcome.units {
-            // The cell's own expectations, overrides applied.
-            let expected = outcome
-                .expect
-                .units
-                .get(unit)
-                .map(String::as_str)
-                .unwrap_or("");
-            let mark = if state == expected {
-                "as expected"
-            } else {
-                "EXPECTED "
-            };
-            let _ = writeln!(
-                md,
-                "- `{unit}`: {state} ({mark}{})",
-                if state == expected { "" } else { expected }
-            );
-        }
-    }
-
-    let _ = writeln!(md, "\n## Captures after the flow\n");
-    write_captures(&mut md, &outcome.captures);
-    write_timings(&mut md, outcome);
-    let _ = writeln!(
-        md,
-        "Artifacts (console log, captures): `{}`",
-        outcome.artifacts.display()
-    );
-    md
 }
 
 /// The trial's time, phase by phase.
@@ -217,14 +245,18 @@ fn write_timings(md: &mut String, outcome: &Outcome) {
     );
 }
 
-/// Renders a trial that could not run to the end, with its verdict and,
-/// where the guest could still be read after the failure, its captures.
+/// Renders a trial that could not run to the end, with its verdict, what
+/// was known of it by then (`known`: environment, command lines, the steps
+/// that ran, the time) and, where the guest could still be read after the
+/// failure, its captures.
 pub fn markdown_error(
     scenario: &Scenario,
     cell: &str,
     status: Status,
     error: &dyn std::fmt::Display,
     captures_after: Option<&Result<Vec<Capture>, String>>,
+    known: Option<&Outcome>,
+    qemu_version: &str,
 ) -> String {
     let why = match status {
         Status::Skipped => "SKIPPED: the release cannot be fetched here",
@@ -235,6 +267,24 @@ pub fn markdown_error(
         "# vmrepro: {} on {cell}\n\n**Verdict:** {why}\n\n```\n{error}\n```\n",
         scenario.name
     );
+    if let Some(known) = known {
+        let _ = writeln!(md, "\n{}\n", scenario.description);
+        write_environment(&mut md, scenario, known, qemu_version);
+        if known.steps.is_empty() {
+            let _ = writeln!(
+                md,
+                "## Steps\n\nNone finished: the error above says where the flow stopped."
+            );
+        } else {
+            write_steps(&mut md, known);
+            let _ = writeln!(
+                md,
+                "\nSteps that finished: {} of {}; the error above says where the flow stopped.",
+                known.steps.len(),
+                scenario.steps.len()
+            );
+        }
+    }
     match captures_after {
         None => {}
         Some(Err(why)) => {
@@ -248,6 +298,14 @@ pub fn markdown_error(
             let _ = writeln!(md, "From the same guest, as the failed step left it.\n");
             write_captures(&mut md, captures);
         }
+    }
+    if let Some(known) = known {
+        write_timings(&mut md, known);
+        let _ = writeln!(
+            md,
+            "Artifacts (console log, QEMU command line): `{}`",
+            known.artifacts.display()
+        );
     }
     md
 }
@@ -695,7 +753,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
     #[test]
     fn the_report_says_where_the_time_went() {
         let o = outcome("bookworm", "", &[]);
-        let md = markdown(&scenario(), &o, &Row::of(&o, &Ok(())), "QEMU 10");
+        let md = markdown(&scenario(), &o, &Row::of(&o, &Ok(())), &Ok(()), "QEMU 10");
         let time = &md[md.find("## Time").expect("a Time section")..];
         for line in [
             "| booting to a shell | 1.0 |",
@@ -714,6 +772,80 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
     }
 
     #[test]
+    fn a_stopped_trial_reports_what_was_known_by_then() {
+        let mut known = outcome("bookworm", "", &[]);
+        known.guest_kernel = String::new();
+        known.steps = vec![crate::check::outcome::StepRecord {
+            title: "fill the disk".into(),
+            action: Action::Run {
+                command: "dd if=/dev/zero of=/fill".into(),
+                status: StepStatus::Exactly(0),
+            },
+            output: Some(crate::guest::console::CommandOutput {
+                stdout: "No space left\n".into(),
+                stderr: String::new(),
+                status: 0,
+            }),
+            expected: None,
+            seconds: 2.0,
+        }];
+        let md = markdown_error(
+            &scenario(),
+            "bookworm-linode",
+            Status::Fail,
+            &"step 2/2 (x): timed out after 300s",
+            Some(&Ok(vec![capture("after")])),
+            Some(&known),
+            "QEMU 10",
+        );
+        for part in [
+            "**Verdict:** FAIL",
+            "step 2/2 (x): timed out after 300s",
+            "| QEMU | QEMU 10 |",
+            "| release | bookworm |",
+            "| kernel | linode (release not read) |",
+            "qemu-system-x86_64 -nodefaults -kernel vmlinuz",
+            "console=ttyS0 root=/dev/vda rw",
+            "1. **fill the disk** (2.0s)",
+            "No space left",
+            "## Captures after the failure",
+            "## Time",
+            "| **whole trial** | **14.0** |",
+        ] {
+            assert!(md.contains(part), "{part:?} not in\n{md}");
+        }
+        // Without what was known (a trial that never booted), only the
+        // verdict and the error.
+        let bare = markdown_error(
+            &scenario(),
+            "c",
+            Status::Error,
+            &"no QEMU",
+            None,
+            None,
+            "QEMU 10",
+        );
+        assert!(!bare.contains("## Environment") && bare.contains("no QEMU"));
+    }
+
+    #[test]
+    fn the_report_shows_what_differs_from_the_snapshot() {
+        let o = outcome("bookworm", "", &[]);
+        let differs = Err(SnapshotError::Differs {
+            name: "s@bookworm-linode".into(),
+            path: "snapshots/s@bookworm-linode.snap".into(),
+            diff: "--- committed\n+++ this run\n@@ -1 +1 @@\n-old\n+new\n".into(),
+        });
+        let md = markdown(&scenario(), &o, &Row::of(&o, &differs), &differs, "QEMU 10");
+        assert!(md.contains("## What differs from the snapshot"), "{md}");
+        assert!(
+            md.contains("```diff\n--- committed\n+++ this run\n@@ -1 +1 @@\n-old\n+new\n```"),
+            "{md}"
+        );
+        assert!(!md.contains("cargo insta"), "{md}");
+    }
+
+    #[test]
     fn the_units_section_uses_the_cells_own_expectations() {
         let jessie = outcome(
             "jessie",
@@ -725,7 +857,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         );
         assert!(jessie.passed(), "{:?}", jessie.failures);
         let row = Row::of(&jessie, &Ok(()));
-        let md = markdown(&scenario(), &jessie, &row, "QEMU 10");
+        let md = markdown(&scenario(), &jessie, &row, &Ok(()), "QEMU 10");
         assert!(!md.contains("EXPECTED"), "{md}");
         assert!(
             md.contains("`netfilter-persistent.service`: inactive (as expected)"),
@@ -800,6 +932,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         let differs = Row::of(
             &pass,
             &Err(SnapshotError::Differs {
+                diff: String::new(),
                 name: "s@bookworm-linode".into(),
                 path: "snapshots/s@bookworm-linode.snap".into(),
             }),

@@ -21,14 +21,14 @@ pub enum SnapshotError {
         path: String,
     },
     /// The captures differ from the committed snapshot.
-    #[error(
-        "snapshot {name} does not match {path} (diff above; review with `cargo insta review`)"
-    )]
+    #[error("snapshot {name} does not match {path}: the report shows the difference; if the new captures are right, accept them with `vmrepro accept {name}`")]
     Differs {
         /// The snapshot's name.
         name: String,
         /// The committed file.
         path: String,
+        /// The difference, as a unified diff of lines (committed, then new).
+        diff: String,
     },
 }
 
@@ -124,14 +124,39 @@ pub fn compare(
         COMPARING.with(|c| c.set(false));
         result
     });
+    let committed = if new {
+        String::new()
+    } else {
+        std::fs::read_to_string(&path).unwrap_or_default()
+    };
     let (name, path) = (name.to_owned(), path.display().to_string());
     result.map_err(|_| {
         if new {
             SnapshotError::New { name, path }
         } else {
-            SnapshotError::Differs { name, path }
+            SnapshotError::Differs {
+                diff: diff(snapshot_body(&committed), content),
+                name,
+                path,
+            }
         }
     })
+}
+
+/// The contents of a snapshot file: what follows its header.
+fn snapshot_body(file: &str) -> &str {
+    file.strip_prefix("---\n")
+        .and_then(|rest| rest.split_once("\n---\n"))
+        .map_or(file, |(_, body)| body)
+}
+
+/// A unified diff of lines, `old` to `new`, with three lines of context.
+fn diff(old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old.trim_end(), new.trim_end())
+        .unified_diff()
+        .context_radius(3)
+        .header("committed", "this run")
+        .to_string()
 }
 
 /// The pending snapshots (`NAME.snap.new`) in `snapshots_dir`, by name.

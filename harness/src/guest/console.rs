@@ -1,12 +1,16 @@
-//! The control channel: a root shell on the guest's second serial port, driven
-//! with `rexpect`.
+//! The control channel: a root shell on the guest's second serial port.
 //!
 //! Nothing here matches a shell prompt. Every command travels base64-encoded
-//! into a file, runs with its output redirected, and its standard output,
-//! standard error and exit status come back base64-encoded between markers
-//! that carry a per-command id. The markers are assembled by `printf` in the
-//! guest, so the echo of the command line itself can never match them, and
-//! terminal escapes, banners or a stray kernel line cannot corrupt a result.
+//! into a file on a memory file system of the harness's own in the guest,
+//! and a runner script there (`runner.sh`, installed at every boot) runs it
+//! with its output streams kept in bounded pieces (the first and last bytes
+//! of each, the middle counted), then prints its result as one line tagged
+//! with a per-round-trip secret: standard output, standard error and exit
+//! status base64-encoded. The secret reaches the runner only through a pipe
+//! from the shell's built-in `printf`, so no command can print a marker the
+//! harness would take for a result, and whatever else appears on the port
+//! (terminal escapes, banners, kernel lines, a command writing to the port
+//! itself) is passed over.
 //!
 //! The port is read by a thread of its own into an [`Inbox`], and a wait
 //! wakes the moment new text arrives: an answer is seen as soon as its last
@@ -14,6 +18,7 @@
 //! between looks, as rexpect's reader does for 100 ms at `reader.rs:196`,
 //! adds that much to every one of a trial's round trips).
 
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use regex::Regex;
+use sha2::Digest as _;
 
 use crate::guest::vm;
 
@@ -58,13 +64,24 @@ const KILL_AFTER_SECS: u64 = 3;
 const GUEST_SLACK: Duration = Duration::from_secs(20);
 /// How many lines of a stopped command's output its error carries.
 const OUTPUT_TAIL_LINES: usize = 15;
+/// How much of each output stream of a command is brought back when no
+/// limit is given.
+pub(crate) use crate::spec::DEFAULT_MAX_OUTPUT;
+/// The most text the reader thread holds before it drops the oldest: only
+/// a guest that writes to the control port itself, bypassing the runner's
+/// limits, can send that much between two results.
+const INBOX_LIMIT: usize = 64 << 20;
+/// The guest side of every round trip (see the file).
+const RUNNER: &str = include_str!("runner.sh");
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutput {
-    /// Standard output, lossily decoded as UTF-8.
+    /// Standard output, made inert ([`crate::text::inert`]); beyond its
+    /// limit, the first and last bytes with a line saying how many were
+    /// omitted between them.
     pub(crate) stdout: String,
-    /// Standard error, lossily decoded as UTF-8.
+    /// Standard error, the same way.
     pub(crate) stderr: String,
     /// Exit status.
     pub(crate) status: i32,
@@ -113,6 +130,16 @@ pub enum ConsoleError {
         what: String,
         /// The error.
         message: String,
+    },
+    /// The guest could not store a command or record what it printed (the
+    /// harness's own memory file system in the guest is full or gone): no
+    /// output and no status can be told.
+    #[error("{what}: the guest could not {detail}")]
+    Unrecorded {
+        /// The command (names the step or capture).
+        what: String,
+        /// What could not be done, and the likely reason.
+        detail: String,
     },
     /// The guest answered something that is not a framed result.
     #[error("malformed answer while {what}: {message}")]
@@ -166,6 +193,9 @@ pub(crate) struct Console {
     next_id: u64,
     nonce: String,
     boot_id: Option<String>,
+    /// Where the runner and the commands' files live in the guest, once the
+    /// shell of this boot has been prepared.
+    dir: Option<String>,
 }
 
 enum Wait {
@@ -219,6 +249,7 @@ impl Console {
             next_id: 0,
             nonce,
             boot_id: None,
+            dir: None,
         })
     }
 
@@ -313,20 +344,86 @@ impl Console {
     }
 
     fn prepare(&mut self, what: &str, deadline: Instant) -> Result<(), ConsoleError> {
+        self.dir = None;
         let id = self.fresh_id();
-        // Quiet the terminal so that nothing but results comes back, then
-        // confirm with a marker so any queued probe answers are drained.
+        // Quiet the terminal so that nothing but results comes back, keep
+        // the harness's lines out of root's shell history (bash writes it
+        // to the guest's disk when it ends), then confirm with a marker so
+        // any queued probe answers are drained.
         self.send(
             what,
             &format!(
-                "stty -echo 2>/dev/null; export PS1= PS2= PROMPT_COMMAND= TERM=dumb LC_ALL=C SYSTEMD_PAGER= PAGER=cat SYSTEMD_COLORS=0; bind 'set enable-bracketed-paste off' 2>/dev/null; printf '%s-%s\\n' VMRS {id}\n"
+                "stty -echo 2>/dev/null; set +o history; export PS1= PS2= PROMPT_COMMAND= TERM=dumb LC_ALL=C SYSTEMD_PAGER= PAGER=cat SYSTEMD_COLORS=0; bind 'set enable-bracketed-paste off' 2>/dev/null; printf '%s-%s\\n' VMRS {id}\n"
             ),
         )?;
-        let marker = Regex::new(&format!(r"VMRS-{id}\r?\n"))
-            .map_err(|e| self.protocol(what, e.to_string()))?;
+        self.expect_marker(what, &format!(r"VMRS-{id}\r?\n"), deadline)?;
+        // The runner's directory: on a memory file system where there is
+        // one (systemd mounts /run as tmpfs from jessie's 215 on:
+        // mount-setup.c), so that a full or broken disk cannot take it.
+        // A runner already there (a resumed guest saved with it) is not
+        // sent again: typing costs time on the serial port.
+        let runner = compact_runner();
+        let name = format!(
+            "run-{}.sh",
+            &crate::text::hex(&sha2::Sha256::digest(runner.as_bytes()))[..12]
+        );
+        let id = self.fresh_id();
+        self.send(
+            what,
+            &format!(
+                "__vmrepro_d=; for __vmrepro_b in /run /dev/shm /tmp; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
+            ),
+        )?;
+        let answer = self.expect_marker(
+            what,
+            &format!(r"VMRI-{id} (have|need) ([^\r\n]*)\r?\n"),
+            deadline,
+        )?;
+        let (have, dir) = answer
+            .split_once(' ')
+            .and_then(|(_, rest)| rest.split_once(' '))
+            .map(|(have, dir)| (have == "have", dir.trim_end().to_owned()))
+            .unwrap_or_default();
+        if dir.is_empty() {
+            return Err(ConsoleError::Unrecorded {
+                what: what.to_owned(),
+                detail: "make a directory for the harness's files: /run, /dev/shm and /tmp are all read-only or full".into(),
+            });
+        }
+        if !have {
+            let id = self.fresh_id();
+            let path = crate::text::shell_quote(&format!("{dir}/{name}"));
+            self.send(
+                what,
+                &format!(
+                    "printf %s '{}' | base64 -d > {path}.$$ && mv -f {path}.$$ {path} && printf '%s-%s ok\\n' VMRI {id} || printf '%s-%s failed\\n' VMRI {id}\n",
+                    wrapped_base64(runner.as_bytes())
+                ),
+            )?;
+            let answer =
+                self.expect_marker(what, &format!(r"VMRI-{id} (ok|failed)\r?\n"), deadline)?;
+            if !answer.contains(" ok") {
+                return Err(ConsoleError::Unrecorded {
+                    what: what.to_owned(),
+                    detail: format!("install its command runner in {dir} (full?)"),
+                });
+            }
+        }
+        self.dir = Some(format!("{dir}/{name}"));
+        Ok(())
+    }
+
+    /// Waits for a marker line (a regex) and returns the line.
+    fn expect_marker(
+        &mut self,
+        what: &str,
+        pattern: &str,
+        deadline: Instant,
+    ) -> Result<String, ConsoleError> {
+        let marker = Regex::new(pattern).map_err(|e| self.protocol(what, e.to_string()))?;
         let started = Instant::now();
         match self.wait_for(&marker, deadline, what)? {
-            Wait::Matched(_) => Ok(()),
+            Wait::Matched(line) => Ok(line),
             Wait::Deadline(pending) => Err(self.timeout(what, started.elapsed(), pending)),
         }
     }
@@ -391,19 +488,38 @@ echo \"$state\"
     /// `what` and limited to `each`, in one round trip: everything is typed
     /// at once and every result comes back in one frame. A script still
     /// running after its time is stopped, and is an error that names it
-    /// (the others still run).
+    /// (the others still run). Each output stream brings back at most
+    /// [`DEFAULT_MAX_OUTPUT`] bytes.
     pub(crate) fn run_all(
         &mut self,
         scripts: &[(&str, &str)],
         each: Duration,
     ) -> Result<Vec<CommandOutput>, ConsoleError> {
+        let limited: Vec<(&str, &str, u64)> = scripts
+            .iter()
+            .map(|&(what, script)| (what, script, DEFAULT_MAX_OUTPUT))
+            .collect();
+        self.run_all_limited(&limited, each)
+    }
+
+    /// [`Console::run_all`] with a limit of its own for each script: how
+    /// many bytes of each of its output streams come back (the first half
+    /// and the last half; the runner in the guest counts the rest).
+    pub(crate) fn run_all_limited(
+        &mut self,
+        scripts: &[(&str, &str, u64)],
+        each: Duration,
+    ) -> Result<Vec<CommandOutput>, ConsoleError> {
         let what = scripts
             .iter()
-            .map(|(what, _)| *what)
+            .map(|(what, _, _)| *what)
             .collect::<Vec<_>>()
             .join(", ");
-        let Some(last) = scripts.len().checked_sub(1) else {
+        if scripts.is_empty() {
             return Ok(Vec::new());
+        }
+        let Some(runner) = self.dir.clone() else {
+            return Err(self.protocol(&what, "a command before the shell was ready".into()));
         };
         // The limit is enforced in the guest by coreutils' timeout(1), which
         // puts the command in a process group of its own and, when the time
@@ -416,32 +532,40 @@ echo \"$state\"
         // timeout(1) speaking or the command is told by the guest's own
         // clock: bash's SECONDS, whole seconds, which cannot read less than
         // the limit once the limit has passed. The harness waits a little
-        // longer than all the limits, for a guest whose shell no longer
+        // longer than all the limits (and the runner's 2 s for output
+        // streams a command left open), for a guest whose shell no longer
         // answers.
         let started = Instant::now();
         let limit_secs = each.as_secs_f64().ceil().max(1.0) as u64;
         let deadline = started
-            + Duration::from_secs((limit_secs + KILL_AFTER_SECS) * scripts.len() as u64)
+            + Duration::from_secs((limit_secs + KILL_AFTER_SECS + 2) * scripts.len() as u64)
             + GUEST_SLACK;
         let id = self.fresh_id();
-        // Per-console file names: two consoles may share one /tmp (the fake
-        // guest of the unit tests does). The loop needs only what bash has
-        // had since long before jessie's 4.3: `{0..N}` (3.0) and SECONDS.
-        let tmp = format!("/tmp/.vmrepro-{}", self.nonce);
+        let dir = runner.rsplit_once('/').map_or("", |(dir, _)| dir);
+        // Each command goes into a file through a pipe from the built-in
+        // printf (a here-document would need a temporary file in /tmp, on
+        // the disk a scenario may have filled), and the status of writing
+        // it goes to the runner with the secret: an interactive shell's
+        // variables are not in any file or command line a command can read.
         let mut text = String::new();
-        for (i, (_, script)) in scripts.iter().enumerate() {
-            text.push_str(&format!("base64 -d > {tmp}-cmd{i} <<'VMREPRO_EOF'\n"));
-            text.push_str(&wrapped_base64(script.as_bytes()));
-            text.push_str("VMREPRO_EOF\n");
+        let mut lines = format!("'{id} {limit_secs} {KILL_AFTER_SECS} {}'", self.nonce);
+        for (i, (_, script, max)) in scripts.iter().enumerate() {
+            let file = crate::text::shell_quote(&format!("{dir}/cmd-{}-{i}", self.nonce));
+            text.push_str(&format!(
+                "printf %s '{}' | base64 -d > {file}; __vmrepro_{i}=$?\n",
+                wrapped_base64(script.as_bytes())
+            ));
+            let head = (max / 2).max(1);
+            let tail = max.saturating_sub(head).max(1);
+            lines.push_str(&format!(" \"$__vmrepro_{i} {head} {tail}\""));
         }
         text.push_str(&format!(
-            "printf '%s-%s\\n' VMRB {id}; for __vmrepro_i in {{0..{last}}}; do __vmrepro_t=$SECONDS; timeout -k {KILL_AFTER_SECS} {limit_secs} bash {tmp}-cmd$__vmrepro_i </dev/null >{tmp}-out 2>{tmp}-err; __vmrepro=$?; printf '%s\\n%s\\n%s %s\\n' \"$(base64 -w0 <{tmp}-out)\" \"$(base64 -w0 <{tmp}-err)\" $__vmrepro $((SECONDS - __vmrepro_t)); done; printf '%s-%s\\n' VMRE {id}\n"
+            "printf '%s\\n' {lines} | bash {}\n",
+            crate::text::shell_quote(&runner),
         ));
         self.send(&what, &text)?;
-        let frame = Regex::new(&format!(
-            r"VMRB-{id}\r?\n((?:[A-Za-z0-9+/=]*\r?\n[A-Za-z0-9+/=]*\r?\n\d+ \d+\r?\n)*)VMRE-{id}\r?\n"
-        ))
-        .map_err(|e| self.protocol(&what, e.to_string()))?;
+        let frame = Regex::new(&format!(r"(?s)VMRB-{id}\r?\n(.*?)VMRE-{id}\r?\n"))
+            .map_err(|e| self.protocol(&what, e.to_string()))?;
         let body = match self.wait_for(&frame, deadline, &what)? {
             Wait::Deadline(pending) => return Err(self.timeout(&what, started.elapsed(), pending)),
             Wait::Matched(text) => frame
@@ -450,25 +574,56 @@ echo \"$state\"
                 .map(|m| m.as_str().to_owned())
                 .ok_or_else(|| self.protocol(&what, "frame did not parse".into()))?,
         };
-        let lines: Vec<&str> = body.lines().map(|l| l.trim_end_matches('\r')).collect();
-        if lines.len() != 3 * scripts.len() {
-            return Err(self.protocol(
-                &what,
-                format!("{} results for {} commands", lines.len() / 3, scripts.len()),
-            ));
+        // Each result is a line of its own, found wherever it is among
+        // whatever else the guest wrote to the port meanwhile.
+        const B64: &str = r"([A-Za-z0-9+/=]+|-)";
+        let result = Regex::new(&format!(
+            r"VMRO-{id}-(\d+) (\d+|unsent) (\d+) (\d+|open|lost) (\d+|open|lost) {B64} {B64} {B64} {B64}\r?\n"
+        ))
+        .map_err(|e| self.protocol(&what, e.to_string()))?;
+        let mut found: BTreeMap<usize, regex::Captures> = BTreeMap::new();
+        for caps in result.captures_iter(&body) {
+            if let Some(i) = caps.get(1).and_then(|m| m.as_str().parse().ok()) {
+                found.insert(i, caps);
+            }
         }
-        let decode = |field: &str| -> Result<String, ConsoleError> {
-            base64::engine::general_purpose::STANDARD
-                .decode(field)
-                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                .map_err(|e| self.protocol(&what, format!("bad base64: {e}")))
-        };
         let mut outputs = Vec::with_capacity(scripts.len());
-        for ((what, _), result) in scripts.iter().zip(lines.chunks(3)) {
-            let (stdout, stderr) = (decode(result[0])?, decode(result[1])?);
-            let mut numbers = result[2].split(' ').map(str::parse::<u64>);
-            let (Some(Ok(status)), Some(Ok(seconds))) = (numbers.next(), numbers.next()) else {
-                return Err(self.protocol(what, format!("bad status line {:?}", result[2])));
+        for (i, (what, _, max)) in scripts.iter().enumerate() {
+            let Some(caps) = found.get(&i) else {
+                return Err(self.protocol(
+                    what,
+                    "its result line was garbled by other output on the control port".into(),
+                ));
+            };
+            let field = |n: usize| caps.get(n).map_or("", |m| m.as_str());
+            if field(2) == "unsent" {
+                return Err(ConsoleError::Unrecorded {
+                    what: (*what).to_owned(),
+                    detail: format!("store the command in {dir} (full?)"),
+                });
+            }
+            let keep_tail = max.saturating_sub((max / 2).max(1)).max(1);
+            let stream = |size: usize, head: usize, tail: usize| {
+                StreamResult {
+                    size: field(size),
+                    head: field(head),
+                    tail: field(tail),
+                }
+                .text(keep_tail)
+                .map_err(|message| self.protocol(what, message))
+            };
+            let (stdout, stderr) = match (stream(4, 6, 7)?, stream(5, 8, 9)?) {
+                (Some(stdout), Some(stderr)) => (stdout, stderr),
+                _ => {
+                    return Err(ConsoleError::Unrecorded {
+                        what: (*what).to_owned(),
+                        detail: format!("record what the command printed in {dir} (full?)"),
+                    })
+                }
+            };
+            let (Ok(status), Ok(seconds)) = (field(2).parse::<u64>(), field(3).parse::<u64>())
+            else {
+                return Err(self.protocol(what, format!("bad status {:?}", field(2))));
             };
             // 124 or 137 from a command that ran its whole time is
             // timeout(1) speaking, not the command.
@@ -499,8 +654,11 @@ echo \"$state\"
         timeout: Duration,
     ) -> Result<CommandOutput, ConsoleError> {
         let quoted = crate::text::shell_quote(path);
+        // Through a pipe from the built-in printf, not a here-document,
+        // which bash keeps in a temporary file in /tmp: a full disk must
+        // fail the write itself, not its staging.
         let script = format!(
-            "set -e\nmkdir -p \"$(dirname {quoted})\"\nbase64 -d > {quoted} <<'VMREPRO_FILE'\n{}VMREPRO_FILE\nchmod {mode:o} {quoted}\n",
+            "set -e\nmkdir -p \"$(dirname {quoted})\"\nprintf %s '{}' | base64 -d > {quoted}\nchmod {mode:o} {quoted}\n",
             wrapped_base64(content.as_bytes())
         );
         self.run(what, &script, timeout)
@@ -716,12 +874,10 @@ echo \"$state\"
     }
 
     fn timeout(&self, what: &str, waited: Duration, pending: String) -> ConsoleError {
-        let clean = crate::text::strip_escapes(&pending);
-        let lines: Vec<&str> = clean.lines().collect();
         ConsoleError::Timeout {
             what: what.to_owned(),
             waited,
-            control_tail: lines[lines.len().saturating_sub(10)..].join("\n"),
+            control_tail: crate::text::last_lines(&latin1_bytes(&pending), 10),
             console_tail: self.console_tail(),
         }
     }
@@ -755,6 +911,14 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
             Ok(n) => {
                 let mut inbox = shared.lock();
                 inbox.text.extend(buf[..n].iter().map(|&b| char::from(b)));
+                if inbox.text.len() > INBOX_LIMIT {
+                    // A char boundary: every char here is one or two bytes.
+                    let mut cut = inbox.text.len() - INBOX_LIMIT / 2;
+                    while !inbox.text.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    inbox.text.drain(..cut);
+                }
                 None
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
@@ -770,11 +934,78 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
     }
 }
 
-/// The last `n` lines of `text`, escapes removed.
+/// The last `n` lines of a command's (already inert) output.
 fn last_lines(text: &str, n: usize) -> String {
-    let clean = crate::text::strip_escapes(text);
-    let lines: Vec<&str> = clean.lines().collect();
+    let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Text read from the port (one `char` per byte) as the bytes it was.
+fn latin1_bytes(text: &str) -> Vec<u8> {
+    text.chars().map(|c| c as u32 as u8).collect()
+}
+
+/// The runner as it is sent: without its comments and indentation, which
+/// would only cost typing time on the serial port.
+fn compact_runner() -> String {
+    RUNNER
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .fold(String::new(), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
+}
+
+/// One output stream's result as the runner printed it: its size (or
+/// `open`, `lost`) and its kept head and tail, base64-encoded or `-`.
+struct StreamResult<'a> {
+    size: &'a str,
+    head: &'a str,
+    tail: &'a str,
+}
+
+impl StreamResult<'_> {
+    /// The stream as text, with a line in place of what was omitted; `None`
+    /// when the guest could not record it.
+    fn text(&self, keep_tail: u64) -> Result<Option<String>, String> {
+        let decode = |field: &str| -> Result<Vec<u8>, String> {
+            if field == "-" {
+                return Ok(Vec::new());
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(field)
+                .map_err(|e| format!("bad base64: {e}"))
+        };
+        let (head, tail) = (decode(self.head)?, decode(self.tail)?);
+        let mut text = crate::text::inert(&head);
+        let gap = |text: &mut String, line: &str| {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(line);
+        };
+        match self.size {
+            "lost" => return Ok(None),
+            "open" => gap(
+                &mut text,
+                "[… the output was still held open by a process the command left running; only its first bytes are shown …]\n",
+            ),
+            size => {
+                let size: u64 = size.parse().map_err(|_| format!("bad size {size:?}"))?;
+                let kept = head.len() as u64 + tail.len() as u64;
+                if size > kept {
+                    gap(&mut text, &format!("[… {} bytes omitted …]\n", size - kept));
+                } else if tail.len() as u64 > keep_tail {
+                    return Err(format!("{} tail bytes, more than the {keep_tail} asked for", tail.len()));
+                }
+                text.push_str(&crate::text::inert(&tail));
+            }
+        }
+        Ok(Some(text))
+    }
 }
 
 /// Base64 in 76-column lines, each ending in a newline: short enough for any
@@ -803,12 +1034,9 @@ mod tests {
 
     impl Drop for FakeGuest {
         fn drop(&mut self) {
+            // The runner removes each command's files itself.
             let _ = self.child.kill();
             let _ = self.child.wait();
-            for suffix in ["cmd", "out", "err"] {
-                let _ =
-                    std::fs::remove_file(format!("/tmp/.vmrepro-{}-{suffix}", self.console.nonce));
-            }
         }
     }
 
@@ -855,7 +1083,7 @@ mod tests {
         // Output that looks like our markers or has escapes stays data.
         let tricky = "printf 'VMRE-1-0\\n\\033[31mred\\033[0m\\n'; printf 'no newline'";
         let out = c.run("tricky", tricky, t).expect("run");
-        assert_eq!(out.stdout, "VMRE-1-0\n\u{1b}[31mred\u{1b}[0m\nno newline");
+        assert_eq!(out.stdout, "VMRE-1-0\n\\u{1b}[31mred\\u{1b}[0m\nno newline");
         assert_eq!(out.status, 0);
         let script =
             "for i in $(seq 1 3000); do echo \"line $i with 'quotes' and \\\"more\\\"\"; done";
@@ -1040,5 +1268,141 @@ mod tests {
             .run("exit 124", "exit 124", Duration::from_secs(30))
             .expect("an ordinary status");
         assert_eq!(out.status, 124);
+    }
+
+    #[test]
+    fn a_flood_keeps_its_head_and_tail_and_counts_the_rest() {
+        let mut guest = fake_guest();
+        let started = Instant::now();
+        // 3 MB on standard output and 1 MB on standard error, numbered
+        // lines so that the kept ends can be checked.
+        let script = "seq 1 400000 | sed 's/$/ out/'; seq 1 150000 | sed 's/$/ err/' >&2; exit 4";
+        let outs = guest
+            .console
+            .run_all_limited(&[("flood", script, 4000)], Duration::from_secs(60))
+            .expect("run");
+        let out = &outs[0];
+        assert_eq!(out.status, 4);
+        let total_out: usize = (1..=400000).map(|n: u32| format!("{n} out\n").len()).sum();
+        let expected_gap = format!("[… {} bytes omitted …]", total_out - 4000);
+        assert!(
+            out.stdout.starts_with("1 out\n2 out\n"),
+            "{}",
+            &out.stdout[..100]
+        );
+        assert!(out.stdout.ends_with("399999 out\n400000 out\n"));
+        assert!(out.stdout.contains(&expected_gap), "{expected_gap}");
+        assert!(out.stdout.len() < 4000 + 200, "{}", out.stdout.len());
+        assert!(out.stderr.ends_with("150000 err\n"));
+        assert!(out.stderr.contains(" bytes omitted …]"));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // Exactly at the limit: nothing omitted, nothing doubled.
+        let outs = guest
+            .console
+            .run_all_limited(
+                &[("exact", "head -c 4000 /dev/zero | tr '\\0' x", 4000)],
+                Duration::from_secs(10),
+            )
+            .expect("run");
+        assert_eq!(outs[0].stdout, "x".repeat(4000));
+    }
+
+    #[test]
+    fn forged_markers_on_the_port_leave_the_real_result_readable() {
+        let mut guest = fake_guest();
+        // Imitations of every marker, written straight to the terminal the
+        // control channel reads, some without a line end.
+        let script = "for n in $(seq 1 300); do printf 'VMRE-%s\\nVMRB-%s\\nVMRO-%s-0 0 0 0 0 - - - -\\nVMRS-%s\\n' $n $n $n $n; done > /dev/tty; printf 'no line end VMRE-' > /dev/tty; echo real; exit 3";
+        let out = guest
+            .console
+            .run("step 1 (forger)", script, Duration::from_secs(30))
+            .expect("an ordinary result");
+        assert_eq!((out.stdout.as_str(), out.status), ("real\n", 3));
+        let out = guest
+            .console
+            .run("after", "echo fine", Duration::from_secs(10))
+            .expect("run");
+        assert_eq!(out.stdout, "fine\n");
+    }
+
+    #[test]
+    fn output_held_open_by_a_background_process_does_not_hold_the_result() {
+        let mut guest = fake_guest();
+        let started = Instant::now();
+        let out = guest
+            .console
+            .run(
+                "starts a daemon",
+                "sleep 30 & echo started",
+                Duration::from_secs(20),
+            )
+            .expect("run");
+        assert_eq!(out.status, 0);
+        assert!(
+            out.stdout
+                .starts_with("started\n[… the output was still held open"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn every_byte_a_command_prints_comes_back_inert() {
+        let mut guest = fake_guest();
+        let out = guest
+            .console
+            .run(
+                "bytes",
+                "printf '\\033]0;title\\007\\033]52;c;cHduZWQ=\\007'; head -c 2000 /dev/urandom; for i in $(seq 0 255); do printf \"\\\\$(printf %o $i)\"; done",
+                Duration::from_secs(10),
+            )
+            .expect("run");
+        assert!(
+            !out.stdout
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{:?}",
+            out.stdout
+        );
+        assert!(out
+            .stdout
+            .starts_with("\\u{1b}]0;title\\u{7}\\u{1b}]52;c;cHduZWQ=\\u{7}"));
+    }
+
+    #[test]
+    fn a_result_the_guest_could_not_record_is_no_output() {
+        let lost = StreamResult {
+            size: "lost",
+            head: "-",
+            tail: "-",
+        };
+        assert_eq!(lost.text(10), Ok(None));
+        let whole = StreamResult {
+            size: "4",
+            head: "aGk=",
+            tail: "IQo=",
+        };
+        assert_eq!(whole.text(10), Ok(Some("hi!\n".into())));
+        let cut = StreamResult {
+            size: "100",
+            head: "aGk=",
+            tail: "IQo=",
+        };
+        assert_eq!(
+            cut.text(10),
+            Ok(Some("hi\n[… 96 bytes omitted …]\n!\n".into()))
+        );
+        assert!(StreamResult {
+            size: "x",
+            head: "-",
+            tail: "-"
+        }
+        .text(10)
+        .is_err());
     }
 }

@@ -800,13 +800,10 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-/// The last `lines` lines of a log file, with terminal escapes removed.
+/// The last `lines` lines of a log file, with terminal escapes removed and
+/// the rest made inert.
 pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
-    let bytes = fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    let clean = crate::text::strip_escapes(&text);
-    let all: Vec<&str> = clean.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    crate::text::last_lines(&fs::read(path).unwrap_or_default(), lines)
 }
 
 #[cfg(test)]

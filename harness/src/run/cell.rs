@@ -71,6 +71,7 @@ impl RunError {
     /// skipped.
     pub fn status(&self) -> Status {
         match self {
+            RunError::Stopped { cause, .. } => cause.status(),
             RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
             RunError::Project(_)
             | RunError::UnknownPackages { .. }
@@ -87,6 +88,7 @@ impl RunError {
     pub fn captures_after_failure(&self) -> Option<&Result<Vec<Capture>, String>> {
         match self {
             RunError::Step(failure) => Some(&failure.captures),
+            RunError::Stopped { cause, .. } => cause.captures_after_failure(),
             _ => None,
         }
     }
@@ -95,6 +97,17 @@ impl RunError {
     pub fn unreachable(&self) -> Option<&str> {
         match self {
             RunError::Image(ImageError::Unreachable { reason, .. }) => Some(reason),
+            RunError::Stopped { cause, .. } => cause.unreachable(),
+            _ => None,
+        }
+    }
+
+    /// What was known of the trial when its flow stopped on a booted guest:
+    /// the environment, the command lines, the steps that ran and the time
+    /// so far (no captures at the end, no expectations checked).
+    pub fn known(&self) -> Option<&Outcome> {
+        match self {
+            RunError::Stopped { known, .. } => Some(known),
             _ => None,
         }
     }
@@ -145,6 +158,15 @@ pub enum RunError {
     /// A step failed; the flow ended there.
     #[error(transparent)]
     Step(Box<StepFailure>),
+    /// The flow stopped on a booted guest (`cause`), with what was known of
+    /// the trial by then, for its report.
+    #[error("{cause}")]
+    Stopped {
+        /// Why it stopped.
+        cause: Box<RunError>,
+        /// The trial so far.
+        known: Box<Outcome>,
+    },
 }
 
 /// A step that failed, and the guest as it left it.
@@ -242,6 +264,8 @@ struct Guest {
     timings: Timings,
     packages: BTreeMap<String, String>,
     image_origin: String,
+    /// `uname -r` in the guest, once a round of captures has read it.
+    kernel_release: Option<String>,
 }
 
 /// What a cell boots, built or found in the cache.
@@ -484,6 +508,7 @@ fn boot(
                     },
                     packages,
                     image_origin,
+                    kernel_release: None,
                 });
             }
             Err(e) => {
@@ -521,10 +546,12 @@ fn boot(
         },
         packages,
         image_origin,
+        kernel_release: None,
     })
 }
 
-/// Runs a scenario's steps; returns what each did and, when the flow
+/// Runs a scenario's steps, recording what each did in `steps` (so that a
+/// failure still shows the steps before it); returns, when the flow
 /// reboots, the captures taken just before the last reboot. A step that
 /// fails (wrong exit status, its time run out, a wait that ended in failure)
 /// ends the flow; the captures are still taken, from the guest as the
@@ -534,14 +561,14 @@ fn run_steps(
     scenario: &Scenario,
     cell: &Cell,
     label: &str,
-) -> Result<(Vec<StepRecord>, Vec<Capture>), RunError> {
+    steps: &mut Vec<StepRecord>,
+) -> Result<Vec<Capture>, RunError> {
     let timings = &mut guest.timings;
     let last_reboot = scenario
         .steps
         .iter()
         .rposition(|s| s.action == Action::Reboot);
     let total = scenario.steps.len();
-    let mut steps = Vec::new();
     let mut before_reboot = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         let index = i + 1;
@@ -551,14 +578,15 @@ fn run_steps(
                 .events
                 .note(label, "capturing state before the reboot");
             let capturing = Instant::now();
-            before_reboot = capture::take(
+            let taken = capture::take(
                 &mut guest.console,
                 &mut guest.vm,
                 &scenario.captures,
                 "before the reboot",
                 &[],
-            )?
-            .captures;
+            )?;
+            guest.kernel_release = Some(taken.facts.kernel_release);
+            before_reboot = taken.captures;
             timings.captures_before += capturing.elapsed().as_secs_f64();
         }
         guest.events.note(label, &what);
@@ -670,10 +698,14 @@ fn run_steps(
             },
             Err(other) => return Err(other.into()),
         };
+        // The failed step and the captures after it are the guest's work
+        // too, in the report's time table.
+        timings.steps += step_started.elapsed().as_secs_f64();
         guest.events.note(
             label,
             &format!("{what} failed; capturing the state it left"),
         );
+        let capturing = Instant::now();
         let captures = capture::take(
             &mut guest.console,
             &mut guest.vm,
@@ -681,8 +713,12 @@ fn run_steps(
             "after the failed step",
             &[],
         )
-        .map(|taken| taken.captures)
+        .map(|taken| {
+            guest.kernel_release = Some(taken.facts.kernel_release);
+            taken.captures
+        })
         .map_err(|e| e.to_string());
+        guest.timings.captures_after += capturing.elapsed().as_secs_f64();
         return Err(RunError::Step(Box::new(StepFailure {
             index,
             title: step.title.clone(),
@@ -690,7 +726,7 @@ fn run_steps(
             captures,
         })));
     }
-    Ok((steps, before_reboot))
+    Ok(before_reboot)
 }
 
 /// Polls a unit's state in the guest until it is `state`. Prints each state
@@ -712,14 +748,16 @@ done
 }
 
 /// Runs `command` in the guest every half second until it succeeds; prints
-/// the last attempt's output, and each change of its exit status.
+/// the last attempt's output, and each change of its exit status. The
+/// output is held in the shell, not in a temporary file on a disk the
+/// scenario may have filled.
 fn wait_until_script(command: &str) -> String {
     format!(
-        r#"cmd={} last= out=$(mktemp)
+        r#"cmd={} last=
 while :; do
-  bash -c "$cmd" >"$out" 2>&1; now=$?
-  if [ "$now" = 0 ]; then cat "$out"; rm -f "$out"; exit 0; fi
-  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; tail -n 3 "$out"; last=$now; fi
+  out=$(bash -c "$cmd" 2>&1); now=$?
+  if [ "$now" = 0 ]; then [ -z "$out" ] || printf '%s\n' "$out"; exit 0; fi
+  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; printf '%s\n' "$out" | tail -n 3; last=$now; fi
   sleep 0.5
 done
 "#,
@@ -729,7 +767,6 @@ done
 
 /// What [`drive`] found out.
 struct Driven {
-    steps: Vec<StepRecord>,
     before_reboot: Vec<Capture>,
     captures: Vec<Capture>,
     units: BTreeMap<String, String>,
@@ -744,8 +781,9 @@ fn drive(
     cell: &Cell,
     expect: &Expectations,
     label: &str,
+    steps: &mut Vec<StepRecord>,
 ) -> Result<Driven, RunError> {
-    let (steps, before_reboot) = run_steps(guest, scenario, cell, label)?;
+    let before_reboot = run_steps(guest, scenario, cell, label, steps)?;
     guest.events.note(label, "capturing state");
     let capturing = Instant::now();
     // The units' states are read in the same round trip as the captures.
@@ -774,7 +812,6 @@ fn drive(
         .map(|(unit, out)| (unit.clone(), out.stdout.trim().to_owned()))
         .collect();
     Ok(Driven {
-        steps,
         before_reboot,
         captures: taken.captures,
         units,
@@ -852,15 +889,37 @@ pub(crate) fn run_cell_keeping(
         Err(e) => return (Err(e), None),
     };
     let expect = scenario.expectations_for(cell);
-    let driven = drive(&mut guest, scenario, cell, &expect, &label);
+    let mut steps = Vec::new();
+    let driven = drive(&mut guest, scenario, cell, &expect, &label, &mut steps);
     let kept = |mut guest: Guest| {
         (keep && guest.vm.check_running().is_ok()).then(|| KeptGuest {
             guest,
             cell: cell.clone(),
         })
     };
-    let Driven {
+    let outcome_of = |guest: &Guest, steps: Vec<StepRecord>| Outcome {
+        scenario: scenario.name.clone(),
+        cell: cell.clone(),
+        accel: options.accel.clone(),
+        guest_kernel: guest.kernel_release.clone().unwrap_or_default(),
+        setup: guest.vm.setup().clone(),
+        packages: guest.packages.clone(),
+        image_origin: guest.image_origin.clone(),
         steps,
+        before_reboot: Vec::new(),
+        captures: Vec::new(),
+        changes: Vec::new(),
+        units: BTreeMap::new(),
+        expect: expect.clone(),
+        failures: Vec::new(),
+        start: guest.start.clone(),
+        timings: Timings {
+            total: started.elapsed().as_secs_f64(),
+            ..guest.timings.clone()
+        },
+        artifacts: artifacts.clone(),
+    };
+    let Driven {
         before_reboot,
         captures,
         units,
@@ -868,36 +927,29 @@ pub(crate) fn run_cell_keeping(
     } = match driven {
         Ok(driven) => driven,
         Err(e) => {
-            let e = guest.explain(e);
-            return (Err(e), kept(guest));
+            let cause = guest.explain(e);
+            let known = outcome_of(&guest, steps);
+            options.cache.events().finish(
+                &label,
+                &format!("stopped after {:.1}s", known.timings.total),
+            );
+            let stopped = RunError::Stopped {
+                cause: Box::new(cause),
+                known: Box::new(known),
+            };
+            return (Err(stopped), kept(guest));
         }
     };
-    let setup = guest.vm.setup().clone();
-    let outcome_of = |guest: &Guest| {
-        let changes = persistence_diff(&before_reboot, &captures);
-        let failures = check_expectations(&expect, &units, &before_reboot, &captures);
-        write_artifacts(&artifacts, &before_reboot, &captures);
-        Outcome {
-            scenario: scenario.name.clone(),
-            cell: cell.clone(),
-            accel: options.accel.clone(),
-            guest_kernel: facts.kernel_release.clone(),
-            setup,
-            packages: guest.packages.clone(),
-            image_origin: guest.image_origin.clone(),
-            steps,
-            before_reboot: before_reboot.clone(),
-            captures: captures.clone(),
-            changes,
-            units: units.clone(),
-            expect: expect.clone(),
-            failures,
-            start: guest.start.clone(),
-            timings: guest.timings.clone(),
-            artifacts: artifacts.clone(),
-        }
+    guest.kernel_release = Some(facts.kernel_release.clone());
+    write_artifacts(&artifacts, &before_reboot, &captures);
+    let mut outcome = Outcome {
+        changes: persistence_diff(&before_reboot, &captures),
+        failures: check_expectations(&expect, &units, &before_reboot, &captures),
+        before_reboot,
+        captures,
+        units,
+        ..outcome_of(&guest, steps)
     };
-    let mut outcome = outcome_of(&guest);
     // Stopping the guest (unless it is kept) is the trial's last phase.
     let stopping = Instant::now();
     let kept = kept(guest);
@@ -997,7 +1049,7 @@ fn boot_after(
     let artifacts = project.artifacts_dir(&format!("{kind}-{name}"), &cell.to_string());
     let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
     if let Some(scenario) = scenario {
-        if let Err(e) = run_steps(&mut guest, scenario, cell, &label) {
+        if let Err(e) = run_steps(&mut guest, scenario, cell, &label, &mut Vec::new()) {
             return Err(guest.explain(e));
         }
     }

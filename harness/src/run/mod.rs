@@ -25,6 +25,8 @@ pub struct Checked {
     pub outcome: Result<Outcome, RunError>,
     /// The snapshot comparison (`Ok` when the flow did not finish).
     pub snapshot: Result<(), SnapshotError>,
+    /// The Markdown report (also saved as `report.md` beside the artifacts).
+    pub report: String,
 }
 
 impl Checked {
@@ -104,15 +106,13 @@ pub fn check_keeping(
         ),
         Ok(()) => cell::run_cell_keeping(project, scenario, cell, options, keep_failed),
     };
-    let (row, snapshot) = match &outcome {
+    let (row, snapshot, report) = match &outcome {
         Ok(outcome) => {
             let snapshot = snapshot::compare_outcome(&project.snapshots_dir(), scenario, outcome);
             let row = Row::of(outcome, &snapshot);
-            let _ = std::fs::write(
-                artifacts.join("report.md"),
-                report::markdown(scenario, outcome, &row, &host::qemu_version()),
-            );
-            (row, snapshot)
+            let report =
+                report::markdown(scenario, outcome, &row, &snapshot, &host::qemu_version());
+            (row, snapshot, report)
         }
         Err(e) => {
             let (status, why) = match (e.unreachable(), required(&cell.release)) {
@@ -131,23 +131,35 @@ pub fn check_keeping(
             };
             // The report says what the row says: a required release that
             // cannot be fetched is an error there too, not a skip.
-            let _ = std::fs::create_dir_all(&artifacts);
-            let _ = std::fs::write(
-                artifacts.join("report.md"),
-                report::markdown_error(
-                    scenario,
-                    &cell.to_string(),
-                    status,
-                    e,
-                    e.captures_after_failure(),
-                ),
+            let report = report::markdown_error(
+                scenario,
+                &cell.to_string(),
+                status,
+                e,
+                e.captures_after_failure(),
+                e.known(),
+                &host::qemu_version(),
             );
             (
                 Row::without_outcome(&scenario.name, cell, status, &why),
                 Ok(()),
+                report,
             )
         }
     };
+    // The report travels in memory; the copy on disk is for later, and a
+    // folder that cannot take it is said, not hidden.
+    if let Err(e) = std::fs::create_dir_all(&artifacts)
+        .and_then(|()| std::fs::write(artifacts.join("report.md"), &report))
+    {
+        options.cache.events().note(
+            &format!("{} {cell}", scenario.name),
+            &format!(
+                "could not write {}: {e}",
+                artifacts.join("report.md").display()
+            ),
+        );
+    }
     report::save_row(&artifacts, &row);
     // Only a failure is kept; anything else stops its guest here.
     let kept = kept.filter(|_| row.status == Status::Fail);
@@ -156,6 +168,7 @@ pub fn check_keeping(
             row,
             outcome,
             snapshot,
+            report,
         },
         kept,
     )

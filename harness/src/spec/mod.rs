@@ -332,7 +332,17 @@ pub(crate) struct CaptureSpec {
     pub(crate) what: CaptureKind,
     /// Extra normalisers, applied after the ones every capture gets.
     pub(crate) normalize: Vec<Normalizer>,
+    /// How many bytes of each output stream come back from the guest: the
+    /// first and the last half, with the number omitted between them.
+    pub(crate) max_output: u64,
 }
+
+/// How many bytes of each output stream of a command come back from the
+/// guest when the scenario sets no `max_output`: the first half and the
+/// last half of this many, with a line saying how many were omitted
+/// between them. Enough for a whole boot's journal; small enough that a
+/// flood crosses the serial port in seconds.
+pub const DEFAULT_MAX_OUTPUT: u64 = 256 * 1024;
 
 /// Where a capture's text comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -390,6 +390,18 @@ impl Scenario {
                     ))
                 }
             };
+            let max_output = match &capture.max_output {
+                None => super::DEFAULT_MAX_OUTPUT,
+                Some(size) => size.get_ref().bytes().ok_or_else(|| {
+                    invalid(
+                        Some(size.span()),
+                        format!(
+                            "capture {:?}: key `max_output`: give bytes from 2 to 64 MiB, as a number or as \"64 KiB\" or \"2 MiB\"",
+                            capture.name
+                        ),
+                    )
+                })?,
+            };
             if matches!(what, CaptureKind::ProbeTcp(_)) && !capture.normalize.is_empty() {
                 return Err(invalid(
                     Some(spanned.span()),
@@ -403,6 +415,7 @@ impl Scenario {
                 name: capture.name.clone(),
                 what,
                 normalize: capture.normalize.clone(),
+                max_output,
             });
         }
 
@@ -690,6 +703,40 @@ struct RawCapture {
     probe_tcp: Option<Spanned<i64>>,
     #[serde(default)]
     normalize: Vec<Normalizer>,
+    max_output: Option<Spanned<RawSize>>,
+}
+
+/// A size as written: bytes, or a number with `KiB` or `MiB`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Words(String),
+}
+
+/// The most a capture may bring back of each output stream.
+const MAX_OUTPUT_RANGE: std::ops::RangeInclusive<u64> = 2..=(64 << 20);
+
+impl RawSize {
+    fn bytes(&self) -> Option<u64> {
+        let bytes = match self {
+            RawSize::Bytes(n) => u64::try_from(*n).ok()?,
+            RawSize::Words(text) => {
+                let text = text.trim();
+                let (number, unit) = text
+                    .find(|c: char| !c.is_ascii_digit())
+                    .map_or((text, ""), |at| text.split_at(at));
+                let unit: u64 = match unit.trim() {
+                    "" | "B" => 1,
+                    "KiB" => 1 << 10,
+                    "MiB" => 1 << 20,
+                    _ => return None,
+                };
+                number.parse::<u64>().ok()?.checked_mul(unit)?
+            }
+        };
+        MAX_OUTPUT_RANGE.contains(&bytes).then_some(bytes)
+    }
 }
 
 #[derive(Deserialize)]
@@ -860,6 +907,31 @@ units = { "netfilter-persistent.service" = "active" }
         let (line, message) = error_of(&GOOD.replace("[\"stock\"]", "[\"stok\"]"));
         assert_eq!(line, 7);
         assert!(message.contains("stok"), "{message}");
+    }
+
+    #[test]
+    fn a_captures_output_limit_is_bytes_or_a_size_in_words() {
+        let with = |value: &str| {
+            GOOD.replace(
+                "normalize = [\"iptables\"]",
+                &format!("normalize = [\"iptables\"]\nmax_output = {value}"),
+            )
+        };
+        assert_eq!(
+            parse(GOOD).expect("parses").captures[0].max_output,
+            super::super::DEFAULT_MAX_OUTPUT
+        );
+        for (value, bytes) in [("4096", 4096), ("\"64 KiB\"", 65536), ("\"2MiB\"", 2 << 20)] {
+            let s = parse(&with(value)).expect("parses");
+            assert_eq!(s.captures[0].max_output, bytes, "{value}");
+        }
+        for value in ["0", "-1", "\"1 GiB\"", "\"lots\"", "\"65 MiB\""] {
+            let (line, message) = error_of(&with(value));
+            assert!(
+                line > 1 && message.contains("max_output"),
+                "{value}: {line} {message}"
+            );
+        }
     }
 
     #[test]

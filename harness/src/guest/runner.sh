@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The guest side of the control channel: runs one round trip's commands and
+# prints their results in lines a guest cannot forge or confuse.
+#
+# The harness installs this file at every boot in a directory of its own on
+# a memory file system (/run/vmrepro, else /dev/shm/vmrepro, else
+# /tmp/vmrepro), so a scenario that fills or breaks the guest's disk cannot
+# take the harness's own files with it, and runs it with bash (4.3 or later:
+# jessie's). Beside it, cmd-TAG-I holds command I of the round trip (TAG
+# names one control channel's files).
+#
+# Standard input:
+#   line 1:          ID LIMIT KILL TAG
+#   a line per cmd:  STORED HEAD TAIL
+# ID is a per-round-trip secret that arrives only here, through a pipe from
+# the shell's built-in printf: no command line, environment or file the
+# commands can read holds it, so they cannot print the markers below.
+# LIMIT and KILL are timeout(1)'s limit and grace in seconds. STORED is the
+# exit status of writing the command's file (non-zero: it never arrived).
+# HEAD and TAIL are how many bytes of the start and of the end of each
+# output stream are kept: the middle of a flood is counted, not kept, so it
+# never crosses the serial port.
+#
+# Standard output (the control port), besides whatever else the guest
+# writes there:
+#   VMRB-ID
+#   VMRO-ID-I STATUS SECONDS OUT ERR OUT_HEAD OUT_TAIL ERR_HEAD ERR_TAIL
+#   ...
+#   VMRE-ID
+# STATUS is the command's exit status, or "unsent" when its file could not
+# be written. OUT and ERR are each stream's size in bytes, "open" when a
+# process the command left running still held the stream open a moment
+# after the command ended (only its head is shown), or "lost" when the
+# guest could not record it. The four parts are base64, "-" when empty.
+set -u
+
+dir=${0%/*}
+# How long (in 0.05 s ticks) the output streams may stay open after the
+# command has ended before the result is printed without waiting for them.
+grace_ticks=40
+
+# keep FILE HEAD TAIL: reads standard input to its end (a writer never
+# blocks or sees an error), counting it with dd (FILE.size), keeping its
+# first HEAD bytes in FILE.head and its last TAIL bytes in FILE.tail.
+# head -c reads no byte past HEAD (coreutils head.c, head_bytes), so tail
+# sees the rest; stdbuf makes it write each piece as it reads it, so a
+# stream that a background process holds open still shows its start.
+# FILE.done says whether every write succeeded.
+keep() {
+  dd bs=65536 2>"$1.size" | {
+    stdbuf -o0 head -c "$2" >"$1.head"
+    h=$?
+    tail -c "$3" >"$1.tail"
+    t=$?
+    [ "$h" = 0 ] && [ "$t" = 0 ]
+  }
+  printf '%s\n' "${PIPESTATUS[0]}${PIPESTATUS[1]}" >"$1.done"
+}
+
+# size FILE PID: what to report of a stream.
+size() {
+  local ok=x bytes=
+  if [ -e "$1.done" ]; then
+    read -r ok <"$1.done"
+  elif kill -0 "$2" 2>/dev/null; then
+    echo open
+    return
+  fi
+  if [ "$ok" = 00 ] && [ -e "$1.size" ]; then
+    # dd's last line: "N bytes (...) copied, ...".
+    while read -r word _; do bytes=$word; done <"$1.size"
+  fi
+  case $bytes in
+    '' | *[!0-9]*) echo lost ;;
+    *) echo "$bytes" ;;
+  esac
+}
+
+# part FILE: a kept part, base64-encoded, or "-" when empty.
+part() {
+  if [ -s "$1" ]; then base64 -w0 <"$1"; else printf '%s' -; fi
+}
+
+read -r id limit kill tag || exit 2
+tick=$dir/tick-$tag
+rm -f "$tick"
+mkfifo "$tick" && exec 9<>"$tick"
+printf 'VMRB-%s\n' "$id"
+i=0
+while read -r stored head tail; do
+  cmd=$dir/cmd-$tag-$i
+  f=$dir/out-$tag-$i
+  rm -f "$f".*
+  if [ "$stored" != 0 ] || ! mkfifo "$f.o" "$f.e"; then
+    printf 'VMRO-%s-%s unsent 0 lost lost - - - -\n' "$id" "$i"
+    rm -f "$cmd" "$f".*
+    i=$((i + 1))
+    continue
+  fi
+  keep "$f.out" "$head" "$tail" <"$f.o" 2>/dev/null &
+  out=$!
+  keep "$f.err" "$head" "$tail" <"$f.e" 2>/dev/null &
+  err=$!
+  started=$SECONDS
+  timeout -k "$kill" "$limit" bash "$cmd" </dev/null >"$f.o" 2>"$f.e"
+  status=$?
+  seconds=$((SECONDS - started))
+  n=0
+  while [ "$n" -lt "$grace_ticks" ] && ! { [ -e "$f.out.done" ] && [ -e "$f.err.done" ]; }; do
+    { kill -0 "$out" || kill -0 "$err"; } 2>/dev/null || break
+    read -r -t 0.05 -u 9 _
+    n=$((n + 1))
+  done
+  printf 'VMRO-%s-%s %s %s %s %s %s %s %s %s\n' "$id" "$i" "$status" "$seconds" \
+    "$(size "$f.out" "$out")" "$(size "$f.err" "$err")" \
+    "$(part "$f.out.head")" "$(part "$f.out.tail")" \
+    "$(part "$f.err.head")" "$(part "$f.err.tail")"
+  rm -f "$cmd" "$f".*
+  i=$((i + 1))
+done
+exec 9<&-
+rm -f "$tick"
+printf 'VMRE-%s\n' "$id"
