@@ -56,9 +56,10 @@ const SECTIONS: &[&str] = &[
     "boot-path",
     "matrix",
     "packages",
+    "flood",
 ];
 /// What `cargo bench` runs when no section is named.
-const DEFAULT_SECTIONS: &[&str] = &["warm", "suite", "kernel", "first-run"];
+const DEFAULT_SECTIONS: &[&str] = &["flood", "warm", "suite", "kernel", "first-run"];
 /// The README's first command, as its arguments to vmrepro.
 const FIRST_COMMAND: &[&str] = &[
     "repro",
@@ -129,6 +130,11 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     );
     let scenario = project.scenario(SCENARIO)?;
     let mut summary = Vec::new();
+    // First: its memory figures are the process's peak, reset before each
+    // of its trials, and nothing else has run yet.
+    if wanted("flood") {
+        summary.extend(flood(&root, &options)?);
+    }
     if wanted("boot-path") {
         boot_path(&project, &options, rounds)?;
     }
@@ -154,6 +160,90 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
         println!("\n== summary ==");
         for line in summary {
             println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// A capture that prints 200 MB against one that prints a line, side by
+/// side on the same warm cell: the trial's time and this process's peak
+/// memory (VmHWM, reset through /proc/self/clear_refs before each trial).
+fn flood(root: &Path, options: &RunOptions) -> Result<Vec<String>, Error> {
+    println!("== flood: a 200 MB capture against a one-line one (bookworm × stock, warm) ==");
+    let dir = tempfile::tempdir()?;
+    copy_dir(&root.join("images"), &dir.path().join("images"))?;
+    std::fs::create_dir_all(dir.path().join("snapshots"))?;
+    std::fs::create_dir_all(dir.path().join("scenarios"))?;
+    for (name, command) in [
+        ("one-line", "echo one line"),
+        (
+            "flood",
+            "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 200000000",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join(format!("scenarios/{name}.toml")),
+            format!(
+                "name = \"{name}\"\ndescription = \"bench\"\n[matrix]\nreleases = [\"{RELEASE}\"]\nkernels = [\"stock\"]\n[[capture]]\nname = \"out\"\nrun = \"{command}\"\n"
+            ),
+        )?;
+    }
+    let project = Project::open(dir.path())?;
+    let cell = cell(KernelFlavour::stock());
+    let peak_kib = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut figures = Vec::new();
+    for name in ["one-line", "flood"] {
+        let scenario = project.scenario(name)?;
+        // The warm state first, outside the figures.
+        trial::warm_state(&project, Some(&scenario), &cell, options)?;
+        std::fs::write("/proc/self/clear_refs", "5")?;
+        let started = Instant::now();
+        let checked = trial::check(&project, &scenario, &cell, options);
+        let seconds = started.elapsed().as_secs_f64();
+        let peak = peak_kib();
+        let captures = snapshot::render(
+            &checked
+                .outcome
+                .as_ref()
+                .map_err(|e| format!("{name}: {e}"))?
+                .captures,
+        )
+        .len();
+        println!(
+            "  {name}: trial {seconds:.1}s, captured text {captures} bytes, peak memory {:.1} MiB",
+            peak as f64 / 1024.0
+        );
+        figures.push((seconds, peak));
+    }
+    let ((small_s, small_kib), (flood_s, flood_kib)) = (figures[0], figures[1]);
+    Ok(vec![format!(
+        "200 MB capture: trial {flood_s:.1}s ({:.2} × a one-line capture's {small_s:.1}s), peak memory {:.1} MiB ({:.2} × {:.1} MiB)",
+        flood_s / small_s,
+        flood_kib as f64 / 1024.0,
+        flood_kib as f64 / small_kib.max(1) as f64,
+        small_kib as f64 / 1024.0
+    )])
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
         }
     }
     Ok(())
