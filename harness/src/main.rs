@@ -110,7 +110,7 @@ were skipped (their release cannot be fetched here). A failure wins over an envi
 both over skips.
 
 Verdicts: pass, reproduced (the cell asserts the state is lost, and it is), new (no committed snapshot: \
-review it with `cargo insta review`), fail, error (the host could not run it), skipped.
+read it, then `vmrepro accept`), fail, error (the host could not run it), skipped.
 
 Environment: every option above with an [env: …] reads that variable; also VMREPRO_MIRROR and
 VMREPRO_MIRROR_<RELEASE> (Debian mirror or apt proxy to bootstrap from), VMREPRO_SHARD=K/N (as --shard),

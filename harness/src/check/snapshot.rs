@@ -13,7 +13,7 @@ use crate::spec::Scenario;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// No snapshot is committed for this trial: its first run.
-    #[error("no committed snapshot {path} yet; the captures were written beside it as {path}.new (unless INSTA_UPDATE=no): read it, then accept it with `vmrepro accept {name}` from the project directory (or `cargo insta review` in a cargo workspace)")]
+    #[error("no committed snapshot {path} yet; the captures were written beside it as {path}.new (unless INSTA_UPDATE=no): read it, then accept it with `vmrepro accept {name}` from the project directory")]
     New {
         /// The snapshot's name.
         name: String,
