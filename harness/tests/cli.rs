@@ -62,6 +62,15 @@ fn main() -> ExitCode {
         with_guests("a_flooding_capture_keeps_its_ends", flood),
         with_guests("forged_markers_do_not_hide_the_status", forged_markers),
         with_guests(
+            "an_unexpected_emergency_mode_is_named",
+            unexpected_emergency,
+        ),
+        with_guests("a_kernel_panic_in_a_step_is_named", panic_in_a_step),
+        with_guests("a_reboot_in_a_step_is_named", reboot_in_a_step),
+        with_guests("a_power_off_in_a_step_is_named", power_off_in_a_step),
+        with_guests("a_killed_control_shell_is_named", killed_shell),
+        with_guests("a_boot_loop_is_named_and_asserted", boot_loop),
+        with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
         ),
@@ -1067,4 +1076,116 @@ fn forged_markers() -> Result<(), Failed> {
         return Err(format!("the trial took {took:.1}s").into());
     }
     Ok(())
+}
+
+/// A one-step scenario on bookworm × stock, for the guests that end.
+fn ending(name: &str, steps: &str, expect: &str) -> String {
+    format!(
+        "name = \"{name}\"\ndescription = \"A guest that stops running the flow.\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n{steps}\n[[capture]]\nname = \"uptime\"\nrun = \"cat /proc/uptime\"\n{expect}\n"
+    )
+}
+
+/// Runs a scenario whose guest ends; checks the exit status, that the
+/// report and the verdict name what happened, and that nothing waited for a
+/// timeout (every limit here is 120 s or more).
+fn ends_named(
+    name: &str,
+    steps: &str,
+    expect: &str,
+    exit: u8,
+    needed: &[&str],
+    within: f64,
+) -> Result<(), Failed> {
+    let text = ending(name, steps, expect);
+    let (_dir, output, report, took) = repro_misbehaving(&format!("{name}.toml"), &text)?;
+    let said = said(&output);
+    if output.status.code() != Some(i32::from(exit)) {
+        return Err(format!("expected exit {exit}: {:?}\n{said}", output.status).into());
+    }
+    for needle in needed {
+        if !report.contains(needle) {
+            return Err(lacks("report", needle, &said));
+        }
+    }
+    if took > within {
+        return Err(format!("{name} took {took:.1}s, more than {within}s:\n{said}").into());
+    }
+    Ok(())
+}
+
+fn unexpected_emergency() -> Result<(), Failed> {
+    ends_named(
+        "emergency",
+        "[[step]]\nrun = \"mkdir -p /srv/data; echo '/dev/disk/by-label/DATA /srv/data ext4 defaults,x-systemd.device-timeout=5 0 2' >> /etc/fstab\"\n[[step]]\nreboot = true\n",
+        "",
+        EXIT_FAIL,
+        &[
+            "FAIL: the guest did not come back after step 2: the guest is in emergency mode: Timed out waiting for device /dev/disk/by-label/DATA",
+            "Dependency failed for /srv/data",
+        ],
+        240.0,
+    )
+}
+
+fn panic_in_a_step() -> Result<(), Failed> {
+    ends_named(
+        "panic",
+        "[[step]]\ntitle = \"crash the kernel\"\nrun = \"echo c > /proc/sysrq-trigger\"\n",
+        "",
+        EXIT_FAIL,
+        &["step 1/1 (crash the kernel): the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash"],
+        90.0,
+    )
+}
+
+fn reboot_in_a_step() -> Result<(), Failed> {
+    ends_named(
+        "reboots",
+        "[[step]]\ntitle = \"reboot from a command\"\nrun = \"systemctl reboot; sleep 60\"\n",
+        "",
+        EXIT_FAIL,
+        &["step 1/1 (reboot from a command): the guest rebooted without a reboot step"],
+        90.0,
+    )
+}
+
+fn power_off_in_a_step() -> Result<(), Failed> {
+    ends_named(
+        "powers-off",
+        "[[step]]\ntitle = \"power off from a command\"\nrun = \"systemctl poweroff; sleep 60\"\n",
+        "",
+        EXIT_FAIL,
+        &["step 1/1 (power off from a command): the guest powered off"],
+        90.0,
+    )
+}
+
+fn killed_shell() -> Result<(), Failed> {
+    // The login shell leads the session the commands run in.
+    ends_named(
+        "kills-its-shell",
+        "[[step]]\ntitle = \"kill the control shell\"\nrun = \"kill -KILL $(cut -d' ' -f6 /proc/$$/stat)\"\n",
+        "",
+        EXIT_FAIL,
+        &["step 1/1 (kill the control shell): the guest control shell died: a new login appeared in its place"],
+        90.0,
+    )
+}
+
+fn boot_loop() -> Result<(), Failed> {
+    // A unit that reboots the machine early in every boot, before the
+    // control shell's getty starts. Asserted, so the trial holds every
+    // expectation: NEW only because a scratch project has no snapshot.
+    ends_named(
+        "boot-loop",
+        "[[step]]\nwrite = \"/etc/systemd/system/reboot-again.service\"\ncontent = \"[Unit]\\nDefaultDependencies=no\\nAfter=local-fs.target\\n[Service]\\nType=oneshot\\nExecStart=/bin/systemctl --no-block reboot\\n[Install]\\nWantedBy=sysinit.target\\n\"\n[[step]]\nrun = \"systemctl --no-reload enable reboot-again.service\"\n[[step]]\nreboot = true\n",
+        "[expect]\nboot = \"boot-loop\"\n",
+        EXIT_FAIL,
+        &[
+            "**Verdict:** NEW: every expectation held",
+            "did not come back: boot-loop",
+            "### how the boot after step 3 ended (exit 0)",
+        ],
+        300.0,
+    )
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::check::capture::Capture;
 use crate::guest::console::CommandOutput;
+use crate::guest::life::Ended;
 use crate::guest::vm::{AccelChoice, VmSetup};
 use crate::guest::warm::Start;
 use crate::spec::{Action, Cell, Expectations, StepStatus};
@@ -75,6 +76,44 @@ pub struct Outcome {
     pub timings: Timings,
     /// Where console log and captures were written.
     pub(crate) artifacts: PathBuf,
+    /// The boot after a reboot step that did not come back to the shell:
+    /// the flow ended there.
+    pub not_back: Option<NotBack>,
+}
+
+/// A reboot step whose boot ended anywhere but at the control shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotBack {
+    /// The reboot step (1-based).
+    pub step: usize,
+    /// How the boot ended, and why, from the kernel console.
+    pub ended: Ended,
+}
+
+impl NotBack {
+    /// What the boot came to, as the capture that stands in the snapshot
+    /// and the report for the captures a shell would have given: the end's
+    /// name, then the console lines that explain it.
+    pub(crate) fn as_capture(&self) -> Capture {
+        let mut text = format!("{}\n", self.ended.end.name());
+        // Sorted: systemd may report the same failures in another order
+        // from one boot to the next.
+        let mut reasons = self.ended.reasons.clone();
+        reasons.sort();
+        for reason in &reasons {
+            text.push_str(reason);
+            text.push('\n');
+        }
+        Capture {
+            name: format!("how the boot after step {} ended", self.step),
+            command: "(read from the kernel console)".into(),
+            status: 0,
+            raw: text.clone(),
+            text,
+            probe: None,
+            normalize: Vec::new(),
+        }
+    }
 }
 
 /// Where a trial's time went, in seconds, phase by phase. The guest's
@@ -198,12 +237,42 @@ pub(crate) fn persistence_diff(before: &[Capture], after: &[Capture]) -> Vec<Cha
 /// Checks a cell's expectations; one verdict line per failure.
 pub(crate) fn check_expectations(
     expect: &Expectations,
+    not_back: Option<&NotBack>,
     units: &BTreeMap<String, String>,
     before: &[Capture],
     after: &[Capture],
 ) -> Vec<String> {
     let find = |captures: &[Capture], name: &str| captures.iter().find(|c| c.name == name).cloned();
     let mut failures = Vec::new();
+    // How the boot ended comes first; a guest that did not come back has no
+    // state after the reboot to check the other expectations against.
+    match (expect.boot, not_back) {
+        (None, None) => {}
+        (None, Some(not_back)) => {
+            failures.push(format!(
+                "the guest did not come back after step {}: {}",
+                not_back.step, not_back.ended
+            ));
+            return failures;
+        }
+        (Some(expected), None) => {
+            failures.push(format!(
+                "the guest came back after the reboot, but this cell expects its boot to end in {}; if something fixed it, update the scenario's expectations",
+                expected.name()
+            ));
+        }
+        (Some(expected), Some(not_back)) => {
+            if not_back.ended.end != expected {
+                failures.push(format!(
+                    "the boot after step {} ended otherwise than this cell expects ({}): {}",
+                    not_back.step,
+                    expected.name(),
+                    not_back.ended
+                ));
+            }
+            return failures;
+        }
+    }
     for name in &expect.survive_reboot {
         if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
             if a.text != b.text || a.status != b.status {

@@ -43,7 +43,13 @@ pub(crate) fn markdown(
     write_steps(&mut md, outcome);
 
     let _ = writeln!(md, "\n## What did not survive the reboot\n");
-    if outcome.before_reboot.is_empty() {
+    if let Some(not_back) = &outcome.not_back {
+        let _ = writeln!(
+            md,
+            "The guest did not come back after step {}: {}. Nothing could be read from it after the reboot; the kernel console's last lines are in `console.log` beside the artifacts.",
+            not_back.step, not_back.ended
+        );
+    } else if outcome.before_reboot.is_empty() {
         let _ = writeln!(md, "No reboot, or nothing captured before it.");
     } else if outcome.changes.is_empty() {
         let _ = writeln!(
@@ -370,6 +376,11 @@ pub struct Row {
     /// guest ran.
     #[serde(default)]
     pub accel: String,
+    /// How the boot after the last reboot ended: `up` when the guest came
+    /// back, or how it ended instead (`emergency`, `panic`…); empty when
+    /// the flow has no reboot or did not get that far.
+    #[serde(default)]
+    pub boot: String,
 }
 
 impl Row {
@@ -434,6 +445,15 @@ impl Row {
                 _ => format!("{after_reboot}; {}", probes.join(", ")),
             };
         }
+        if let Some(not_back) = &outcome.not_back {
+            let why = not_back
+                .ended
+                .reasons
+                .first()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            after_reboot = format!("did not come back: {}{why}", not_back.ended.end.name());
+        }
         let units: Vec<String> = outcome
             .units
             .iter()
@@ -450,7 +470,9 @@ impl Row {
                 format!("NEW: every expectation held; no committed snapshot yet: read {path}.new, then `vmrepro accept {name}`"),
             ),
             (true, Err(e @ SnapshotError::Differs { .. })) => (Status::Fail, format!("FAIL: {e}")),
-            (true, Ok(())) if !outcome.expect.lost_on_reboot.is_empty() => {
+            (true, Ok(()))
+                if !outcome.expect.lost_on_reboot.is_empty() || outcome.expect.boot.is_some() =>
+            {
                 (Status::Reproduced, "reproduced".to_owned())
             }
             (true, Ok(())) => (Status::Pass, "pass".to_owned()),
@@ -460,7 +482,9 @@ impl Row {
             release: outcome.cell.release.clone(),
             kernel: outcome.cell.kernel.to_string(),
             after_reboot,
-            units: if units.is_empty() {
+            units: if outcome.not_back.is_some() {
+                "-".into()
+            } else if units.is_empty() {
                 "all active".into()
             } else {
                 units.join(", ")
@@ -468,6 +492,11 @@ impl Row {
             status,
             verdict,
             accel: outcome.accel.accel.name().to_owned(),
+            boot: match &outcome.not_back {
+                Some(not_back) => not_back.ended.end.name().to_owned(),
+                None if outcome.steps.iter().any(|s| s.action == Action::Reboot) => "up".into(),
+                None => String::new(),
+            },
         }
     }
 
@@ -494,6 +523,7 @@ impl Row {
             status,
             verdict,
             accel: String::new(),
+            boot: String::new(),
         }
     }
 }
@@ -728,7 +758,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             image_origin: "mmdebstrap".into(),
             steps: Vec::new(),
             changes: run::persistence_diff(&before, &captures),
-            failures: run::check_expectations(&expect, &units, &before, &captures),
+            failures: run::check_expectations(&expect, None, &units, &before, &captures),
             before_reboot: before,
             captures,
             units,
@@ -747,6 +777,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
                 total: 14.0,
             },
             artifacts: "target/vmrepro/s/x".into(),
+            not_back: None,
         }
     }
 

@@ -31,6 +31,7 @@ use base64::Engine as _;
 use regex::Regex;
 use sha2::Digest as _;
 
+use crate::guest::life::{Ended, Life};
 use crate::guest::vm;
 
 /// How often the reader thread looks up from a quiet port to see whether it
@@ -62,6 +63,9 @@ const KILL_AFTER_SECS: u64 = 3;
 /// grace) for the guest to report it stopped, before deciding that the
 /// shell itself no longer answers.
 const GUEST_SLACK: Duration = Duration::from_secs(20);
+/// How often the kernel console is read while a wait has nothing else to
+/// do: what the guest does shows within this.
+const LIFE_EVERY: Duration = Duration::from_millis(250);
 /// How many lines of a stopped command's output its error carries.
 const OUTPUT_TAIL_LINES: usize = 15;
 /// How much of each output stream of a command is brought back when no
@@ -90,13 +94,28 @@ pub struct CommandOutput {
 /// Why the control channel failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
+    /// The guest stopped running the flow: a boot that ended anywhere but
+    /// at the control shell, a kernel panic, a power-off or restart nobody
+    /// asked for, a control shell that died. Noticed the moment the
+    /// kernel console (or the control port) shows it.
+    #[error("{what}: {ended}\n--- kernel console (ttyS0), last lines ---\n{console_tail}")]
+    GuestEnded {
+        /// What was being waited for (names the step).
+        what: String,
+        /// How the guest ended, with the lines that explain it.
+        ended: Box<Ended>,
+        /// The last lines of the kernel console log.
+        console_tail: String,
+    },
     /// A wait ran out of time.
-    #[error("timed out after {}s waiting for {what}\n--- control port, last output ---\n{control_tail}\n--- kernel console (ttyS0), last lines ---\n{console_tail}", .waited.as_secs())]
+    #[error("timed out after {}s waiting for {what} (the guest was {doing})\n--- control port, last output ---\n{control_tail}\n--- kernel console (ttyS0), last lines ---\n{console_tail}", .waited.as_secs())]
     Timeout {
         /// What was being waited for (names the step).
         what: String,
         /// How long.
         waited: Duration,
+        /// What the guest was last doing, as its console told.
+        doing: String,
         /// The last unmatched text on the control port.
         control_tail: String,
         /// The last lines of the kernel console log.
@@ -159,11 +178,11 @@ struct Inbox {
     /// anything else is carried in base64.
     text: String,
     /// Why the port ended (end of file, or a read error), once it has.
-    ended: Option<Ended>,
+    ended: Option<PortEnd>,
 }
 
 #[derive(Clone)]
-enum Ended {
+enum PortEnd {
     Closed,
     Failed(String),
 }
@@ -196,6 +215,11 @@ pub(crate) struct Console {
     /// Where the runner and the commands' files live in the guest, once the
     /// shell of this boot has been prepared.
     dir: Option<String>,
+    /// What the guest is doing, from its kernel console.
+    life: Option<Life>,
+    /// Whether the shell of this boot is prepared: from then on, a login
+    /// banner on the control port means the shell died.
+    shell_up: bool,
 }
 
 enum Wait {
@@ -244,12 +268,14 @@ impl Console {
             shared,
             reader: Some(reader),
             detached,
-            kernel_log,
             login_banner: None,
             next_id: 0,
             nonce,
             boot_id: None,
             dir: None,
+            life: kernel_log.clone().map(Life::new),
+            kernel_log,
+            shell_up: false,
         })
     }
 
@@ -288,6 +314,14 @@ impl Console {
             Regex::new(r"VMRR-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
                 .map_err(|e| self.protocol(what, e.to_string()))?;
         let previous = self.boot_id.clone();
+        self.shell_up = false;
+        if booting && previous.is_none() {
+            // The first boot from power-on: one kernel start is expected
+            // (a reboot says so itself).
+            if let Some(life) = &mut self.life {
+                life.expect_boot();
+            }
+        }
         if let Some(banner) = self.login_banner.clone().filter(|_| booting) {
             // Nothing is typed before the autologin has happened: getty and
             // login can flush part of what was typed and leave half a line
@@ -410,6 +444,10 @@ impl Console {
             }
         }
         self.dir = Some(format!("{dir}/{name}"));
+        self.shell_up = true;
+        if let Some(life) = &mut self.life {
+            life.shell_ready();
+        }
         Ok(())
     }
 
@@ -741,6 +779,10 @@ echo \"$state\"
         }
         // Not framed: the shell dies with the old boot. `systemctl reboot`
         // may complain that it cannot reach the bus and still reboot.
+        if let Some(life) = &mut self.life {
+            life.expect_reboot();
+        }
+        self.shell_up = false;
         self.send(what, "systemctl reboot\n")?;
         self.wait_ready(what, timeout)
     }
@@ -825,14 +867,33 @@ echo \"$state\"
                 }
                 searched = Some(len);
             }
+            // A new login on the control port: the shell the harness was
+            // talking to is gone (killed, or its getty restarted).
+            if self.shell_up
+                && self
+                    .login_banner
+                    .as_ref()
+                    .is_some_and(|b| b.is_match(&inbox.text))
+            {
+                let ended = self.life.as_mut().map(|life| life.shell_died().clone());
+                if let Some(ended) = ended {
+                    return Err(self.guest_ended(what, ended));
+                }
+            }
+            // What the kernel console says the guest is doing; a port that
+            // closed because QEMU ended is explained by it when it can be
+            // (a guest that powered itself off).
+            if let Some(ended) = self.life.as_mut().and_then(|life| life.poll().cloned()) {
+                return Err(self.guest_ended(what, ended));
+            }
             match inbox.ended.clone() {
-                Some(Ended::Closed) => {
+                Some(PortEnd::Closed) => {
                     return Err(ConsoleError::Closed {
                         what: what.to_owned(),
                         console_tail: self.console_tail(),
                     })
                 }
-                Some(Ended::Failed(message)) => {
+                Some(PortEnd::Failed(message)) => {
                     return Err(ConsoleError::Io {
                         what: what.to_owned(),
                         message,
@@ -848,6 +909,10 @@ echo \"$state\"
             // been quiet for a moment; otherwise sleep until something
             // arrives.
             let mut wait = deadline - now;
+            if self.life.is_some() {
+                // The console is read between arrivals on the port.
+                wait = wait.min(LIFE_EVERY);
+            }
             if searched.is_some_and(|n| n < len) {
                 wait = wait.min(
                     QUIET
@@ -873,10 +938,22 @@ echo \"$state\"
             .unwrap_or_else(|| "(no kernel console log)".into())
     }
 
+    fn guest_ended(&self, what: &str, ended: Ended) -> ConsoleError {
+        ConsoleError::GuestEnded {
+            what: what.to_owned(),
+            ended: Box::new(ended),
+            console_tail: self.console_tail(),
+        }
+    }
+
     fn timeout(&self, what: &str, waited: Duration, pending: String) -> ConsoleError {
         ConsoleError::Timeout {
             what: what.to_owned(),
             waited,
+            doing: self
+                .life
+                .as_ref()
+                .map_or_else(|| "not watched".to_owned(), Life::doing),
             control_tail: crate::text::last_lines(&latin1_bytes(&pending), 10),
             console_tail: self.console_tail(),
         }
@@ -907,7 +984,7 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
             return;
         }
         let ended = match stream.read(&mut buf) {
-            Ok(0) => Some(Ended::Closed),
+            Ok(0) => Some(PortEnd::Closed),
             Ok(n) => {
                 let mut inbox = shared.lock();
                 inbox.text.extend(buf[..n].iter().map(|&b| char::from(b)));
@@ -923,7 +1000,7 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => Some(Ended::Failed(e.to_string())),
+            Err(e) => Some(PortEnd::Failed(e.to_string())),
         };
         if let Some(ended) = ended {
             shared.lock().ended = Some(ended);

@@ -57,10 +57,11 @@ keep() {
   printf '%s\n' "${PIPESTATUS[0]}${PIPESTATUS[1]}" >"$1.done"
 }
 
-# size FILE PID: what to report of a stream.
+# size FILE PID: what to report of a stream. FILE.done counts once it is
+# not empty: the shell creates it before printf writes to it.
 size() {
   local ok=x bytes=
-  if [ -e "$1.done" ]; then
+  if [ -s "$1.done" ]; then
     read -r ok <"$1.done"
   elif kill -0 "$2" 2>/dev/null; then
     echo open
@@ -82,9 +83,6 @@ part() {
 }
 
 read -r id limit kill tag || exit 2
-tick=$dir/tick-$tag
-rm -f "$tick"
-mkfifo "$tick" && exec 9<>"$tick"
 printf 'VMRB-%s\n' "$id"
 i=0
 while read -r stored head tail; do
@@ -106,9 +104,12 @@ while read -r stored head tail; do
   status=$?
   seconds=$((SECONDS - started))
   n=0
-  while [ "$n" -lt "$grace_ticks" ] && ! { [ -e "$f.out.done" ] && [ -e "$f.err.done" ]; }; do
+  while [ "$n" -lt "$grace_ticks" ] && ! { [ -s "$f.out.done" ] && [ -s "$f.err.done" ]; }; do
     { kill -0 "$out" || kill -0 "$err"; } 2>/dev/null || break
-    read -r -t 0.05 -u 9 _
+    # Not `read -t` on a quiet descriptor: with bullseye's bash 5.1.4 such
+    # a timed read sometimes never returned while children exited, under
+    # load; bookworm's 5.2 and trixie's 5.2 never did.
+    sleep 0.05
     n=$((n + 1))
   done
   printf 'VMRO-%s-%s %s %s %s %s %s %s %s %s\n' "$id" "$i" "$status" "$seconds" \
@@ -118,6 +119,4 @@ while read -r stored head tail; do
   rm -f "$cmd" "$f".*
   i=$((i + 1))
 done
-exec 9<&-
-rm -f "$tick"
 printf 'VMRE-%s\n' "$id"

@@ -691,7 +691,10 @@ impl Vm {
     /// to `grace` to end: its sockets close as it dies, a moment before its
     /// exit can be collected.
     pub(crate) fn check_running_within(&mut self, grace: Duration) -> Result<(), VmError> {
-        let _ = process::block_on(tokio::time::timeout(grace, self.child.wait()));
+        // The timer is made inside the runtime: tokio's `timeout` needs one
+        // when it is created, not only when it is awaited.
+        let child = &mut self.child;
+        let _ = process::block_on(async { tokio::time::timeout(grace, child.wait()).await });
         self.check_running()
     }
 

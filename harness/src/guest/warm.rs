@@ -90,7 +90,7 @@ pub enum WarmError {
         /// What was being done.
         what: String,
         /// The console trouble.
-        source: ConsoleError,
+        source: Box<ConsoleError>,
     },
 }
 
@@ -192,7 +192,10 @@ fn save(
     };
     let console_error = |what: &str| {
         let what = what.to_owned();
-        move |source| WarmError::Console { what, source }
+        move |source| WarmError::Console {
+            what,
+            source: Box::new(source),
+        }
     };
     let boot = "booting the guest whose state is saved";
     let mut vm = Vm::start(&VmConfig {
@@ -258,7 +261,7 @@ pub(crate) fn resume(
     };
     let console_error = |source| WarmError::Console {
         what: what.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let mut vm = Vm::start(&VmConfig {
         base_disk: state.disk.clone(),

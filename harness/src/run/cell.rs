@@ -10,7 +10,7 @@ use crate::build::image::{self, ImageError};
 use crate::build::kernel::{self, KernelError};
 use crate::check::capture::{self, Capture, GuestFacts};
 use crate::check::outcome::{
-    check_expectations, persistence_diff, write_artifacts, Outcome, StepRecord, Timings,
+    check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
 };
 use crate::check::verdict::Status;
 use crate::guest::console::{Console, ConsoleError};
@@ -562,7 +562,7 @@ fn run_steps(
     cell: &Cell,
     label: &str,
     steps: &mut Vec<StepRecord>,
-) -> Result<Vec<Capture>, RunError> {
+) -> Result<Flow, RunError> {
     let timings = &mut guest.timings;
     let last_reboot = scenario
         .steps
@@ -637,8 +637,32 @@ fn run_steps(
                     .run(&what, &wait_until_script(command), step.timeout)
             }
             Action::Reboot => {
-                let timeout = step.timeout.max(BOOT_TIMEOUT);
-                guest.console.reboot(&what, timeout)?;
+                match guest.console.reboot(&what, step.timeout) {
+                    Ok(()) => {}
+                    // A boot that ends anywhere but at the shell is what
+                    // the scenario finds, not a fault of the harness: the
+                    // flow ends here, and the expectations judge it.
+                    Err(ConsoleError::GuestEnded { ended, .. }) => {
+                        let seconds = step_started.elapsed().as_secs_f64();
+                        timings.reboot_to_shell += seconds;
+                        guest.events.note(label, &format!("{what}: {ended}"));
+                        steps.push(StepRecord {
+                            title: step.title.clone(),
+                            action: step.action.clone(),
+                            output: None,
+                            expected,
+                            seconds,
+                        });
+                        return Ok(Flow {
+                            before_reboot,
+                            not_back: Some(NotBack {
+                                step: index,
+                                ended: *ended,
+                            }),
+                        });
+                    }
+                    Err(other) => return Err(other.into()),
+                }
                 let shell = step_started.elapsed().as_secs_f64();
                 let state = guest.console.wait_settled(
                     &format!("{what}: systemd to finish booting"),
@@ -726,7 +750,18 @@ fn run_steps(
             captures,
         })));
     }
-    Ok(before_reboot)
+    Ok(Flow {
+        before_reboot,
+        not_back: None,
+    })
+}
+
+/// How the steps went, when none failed.
+struct Flow {
+    /// The captures taken just before the last reboot.
+    before_reboot: Vec<Capture>,
+    /// A reboot whose boot did not reach the shell; the flow ended there.
+    not_back: Option<NotBack>,
 }
 
 /// Polls a unit's state in the guest until it is `state`. Prints each state
@@ -768,6 +803,7 @@ done
 /// What [`drive`] found out.
 struct Driven {
     before_reboot: Vec<Capture>,
+    not_back: Option<NotBack>,
     captures: Vec<Capture>,
     units: BTreeMap<String, String>,
     facts: GuestFacts,
@@ -783,7 +819,23 @@ fn drive(
     label: &str,
     steps: &mut Vec<StepRecord>,
 ) -> Result<Driven, RunError> {
-    let before_reboot = run_steps(guest, scenario, cell, label, steps)?;
+    let Flow {
+        before_reboot,
+        not_back,
+    } = run_steps(guest, scenario, cell, label, steps)?;
+    if let Some(not_back) = not_back {
+        // No shell to capture from: what the console said stands in.
+        return Ok(Driven {
+            before_reboot,
+            captures: vec![not_back.as_capture()],
+            units: BTreeMap::new(),
+            facts: GuestFacts {
+                kernel_release: guest.kernel_release.clone().unwrap_or_default(),
+                ..GuestFacts::default()
+            },
+            not_back: Some(not_back),
+        });
+    }
     guest.events.note(label, "capturing state");
     let capturing = Instant::now();
     // The units' states are read in the same round trip as the captures.
@@ -813,6 +865,7 @@ fn drive(
         .collect();
     Ok(Driven {
         before_reboot,
+        not_back: None,
         captures: taken.captures,
         units,
         facts: taken.facts,
@@ -918,9 +971,11 @@ pub(crate) fn run_cell_keeping(
             ..guest.timings.clone()
         },
         artifacts: artifacts.clone(),
+        not_back: None,
     };
     let Driven {
         before_reboot,
+        not_back,
         captures,
         units,
         facts,
@@ -944,7 +999,14 @@ pub(crate) fn run_cell_keeping(
     write_artifacts(&artifacts, &before_reboot, &captures);
     let mut outcome = Outcome {
         changes: persistence_diff(&before_reboot, &captures),
-        failures: check_expectations(&expect, &units, &before_reboot, &captures),
+        failures: check_expectations(
+            &expect,
+            not_back.as_ref(),
+            &units,
+            &before_reboot,
+            &captures,
+        ),
+        not_back,
         before_reboot,
         captures,
         units,

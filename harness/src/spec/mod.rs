@@ -33,6 +33,9 @@ pub struct Known {
 
 /// The default time one `run` step or capture may take inside the guest.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default time a reboot step may take to reach the new boot's shell:
+/// generous, because TCG on a busy 2-core machine can take minutes.
+pub(crate) const DEFAULT_REBOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest a step may be given: a day, far beyond any reboot bug.
 const MAX_STEP_TIMEOUT_SECS: i64 = 86_400;
 
@@ -337,6 +340,81 @@ pub(crate) struct CaptureSpec {
     pub(crate) max_output: u64,
 }
 
+/// How a guest stopped running the flow without being asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuestEnd {
+    /// systemd's emergency mode: no getty, no control shell.
+    Emergency,
+    /// systemd's rescue mode.
+    Rescue,
+    /// The kernel panicked.
+    Panic,
+    /// The guest powered itself off.
+    PowerOff,
+    /// The guest halted.
+    Halt,
+    /// The guest restarted with no reboot step asking for it.
+    Reboot,
+    /// The kernel started again while the guest was still booting.
+    BootLoop,
+    /// The control shell ended and a new login appeared in its place.
+    ShellDied,
+    /// No console output and no shell for a long while during a boot.
+    Hung,
+}
+
+impl GuestEnd {
+    /// Every end, in the order the documentation lists them.
+    pub const ALL: &'static [GuestEnd] = &[
+        GuestEnd::Emergency,
+        GuestEnd::Rescue,
+        GuestEnd::Panic,
+        GuestEnd::PowerOff,
+        GuestEnd::Halt,
+        GuestEnd::Reboot,
+        GuestEnd::BootLoop,
+        GuestEnd::ShellDied,
+        GuestEnd::Hung,
+    ];
+
+    /// The word a scenario uses for it (`boot = "emergency"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestEnd::Emergency => "emergency",
+            GuestEnd::Rescue => "rescue",
+            GuestEnd::Panic => "panic",
+            GuestEnd::PowerOff => "power-off",
+            GuestEnd::Halt => "halt",
+            GuestEnd::Reboot => "reboot",
+            GuestEnd::BootLoop => "boot-loop",
+            GuestEnd::ShellDied => "shell-died",
+            GuestEnd::Hung => "hung",
+        }
+    }
+
+    /// The end a scenario's word names.
+    pub fn named(word: &str) -> Option<GuestEnd> {
+        GuestEnd::ALL.iter().copied().find(|e| e.name() == word)
+    }
+
+    /// In words, for verdicts.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            GuestEnd::Emergency => "is in emergency mode",
+            GuestEnd::Rescue => "is in rescue mode",
+            GuestEnd::Panic => "kernel panicked",
+            GuestEnd::PowerOff => "powered off",
+            GuestEnd::Halt => "halted",
+            GuestEnd::Reboot => "rebooted without a reboot step",
+            GuestEnd::BootLoop => {
+                "is in a boot loop: the kernel started again before the shell came"
+            }
+            GuestEnd::ShellDied => "control shell died: a new login appeared in its place",
+            GuestEnd::Hung => "is hung",
+        }
+    }
+}
+
 /// How many bytes of each output stream of a command come back from the
 /// guest when the scenario sets no `max_output`: the first half and the
 /// last half of this many, with a line saying how many were omitted
@@ -433,6 +511,9 @@ pub struct Expectations {
     pub(crate) lost_on_reboot: Vec<String>,
     /// Capture name → texts its raw output must contain.
     pub(crate) contains: BTreeMap<String, Vec<String>>,
+    /// How the boot after a reboot step must end when the guest is not to
+    /// come back (`boot = "emergency"`); `None`: it must come back.
+    pub boot: Option<GuestEnd>,
 }
 
 /// Expectations for some cells only.
@@ -448,6 +529,8 @@ pub(crate) struct CellExpectations {
     pub(crate) units: BTreeMap<String, String>,
     /// Texts added to the general ones, capture by capture.
     pub(crate) contains: BTreeMap<String, Vec<String>>,
+    /// Replaces `boot` when given (`Some(None)`: `boot = "up"`).
+    pub(crate) boot: Option<Option<GuestEnd>>,
 }
 
 impl Scenario {
@@ -468,6 +551,9 @@ impl Scenario {
             }
             for (unit, state) in &over.units {
                 expect.units.insert(unit.clone(), state.clone());
+            }
+            if let Some(boot) = over.boot {
+                expect.boot = boot;
             }
             for (capture, texts) in &over.contains {
                 expect

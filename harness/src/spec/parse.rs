@@ -166,6 +166,7 @@ impl Scenario {
         for (index, spanned) in raw.steps.iter().enumerate() {
             let step = spanned.get_ref();
             let timeout = match &step.timeout {
+                None if step.reboot == Some(true) => super::DEFAULT_REBOOT_TIMEOUT,
                 None => DEFAULT_STEP_TIMEOUT,
                 Some(t) if *t.get_ref() >= 1 && *t.get_ref() <= MAX_STEP_TIMEOUT_SECS => {
                     Duration::from_secs(*t.get_ref() as u64)
@@ -455,6 +456,31 @@ impl Scenario {
         };
         let mut expect = Expectations::default();
         let mut expect_cells = Vec::new();
+        // How a boot may end: "up" (it comes back), or one of the ends the
+        // console shows; only a scenario that reboots can ask.
+        let boot_end = |key: &str,
+                        word: &Spanned<String>|
+         -> Result<Option<GuestEnd>, ScenarioError> {
+            let end = match word.get_ref().as_str() {
+                "up" => None,
+                other => Some(GuestEnd::named(other).ok_or_else(|| {
+                    invalid(
+                        Some(word.span()),
+                        format!(
+                            "key `{key}`: {other:?} is not how a boot ends; use \"up\" or one of {}",
+                            GuestEnd::ALL.iter().map(|e| format!("{:?}", e.name())).collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?),
+            };
+            if end.is_some() && !has_reboot {
+                return Err(invalid(
+                    Some(word.span()),
+                    format!("key `{key}`: the scenario has no reboot step"),
+                ));
+            }
+            Ok(end)
+        };
         if let Some(raw_expect) = &raw.expect {
             expect.survive_reboot =
                 check_names("expect.survive_reboot", &raw_expect.survive_reboot)?;
@@ -463,6 +489,9 @@ impl Scenario {
             expect.contains = check_contains(&raw_expect.contains)?;
             for (unit, state) in &raw_expect.units {
                 expect.units.insert(unit.clone(), state.get_ref().clone());
+            }
+            if let Some(boot) = &raw_expect.boot {
+                expect.boot = boot_end("expect.boot", boot)?;
             }
             for cell in &raw_expect.cell {
                 let raw_cell = cell.get_ref();
@@ -480,6 +509,11 @@ impl Scenario {
                         .transpose()?,
                     units: raw_cell.units.clone(),
                     contains: check_contains(&raw_cell.contains)?,
+                    boot: raw_cell
+                        .boot
+                        .as_ref()
+                        .map(|b| boot_end("expect.cell.boot", b))
+                        .transpose()?,
                 });
             }
         }
@@ -750,6 +784,7 @@ struct RawExpect {
     lost_on_reboot: Vec<Spanned<String>>,
     #[serde(default)]
     contains: BTreeMap<Spanned<String>, Vec<String>>,
+    boot: Option<Spanned<String>>,
     #[serde(default)]
     cell: Vec<Spanned<RawCellExpect>>,
 }
@@ -765,6 +800,7 @@ struct RawCellExpect {
     units: BTreeMap<String, String>,
     #[serde(default)]
     contains: BTreeMap<Spanned<String>, Vec<String>>,
+    boot: Option<Spanned<String>>,
 }
 
 #[cfg(test)]

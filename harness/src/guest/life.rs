@@ -1,0 +1,520 @@
+//! What the guest is doing, read from its kernel console (the first serial
+//! port, logged to `console.log`): whether it is running, restarting or
+//! booting, and how a boot that never reaches the control shell ended —
+//! emergency or rescue mode, a kernel panic, a power-off, a restart nobody
+//! asked for, a boot loop, or silence.
+//!
+//! The kernel and systemd say all of this on the console in every release
+//! from jessie on, whatever the kernel flavour (the Linode-style kernel has
+//! no ACPI, so QEMU's own power and panic events would miss it), so the
+//! console is the one source read here. The words matched:
+//! - `Linux version ` opens every kernel's boot log (init/main.c,
+//!   `linux_banner`);
+//! - `reboot: Restarting system`, `reboot: Power down`, `reboot: System
+//!   halted` are kernel/reboot.c's `pr_emerg` lines for each way out (the
+//!   `reboot: ` prefix is its `pr_fmt`, since 3.13);
+//! - `Kernel panic - not syncing` is kernel/panic.c's;
+//! - systemd's emergency and rescue units print "emergency mode" and
+//!   "rescue mode" on the console: jessie's 215 units echo "Welcome to
+//!   emergency mode!" (units/emergency.service.in, `ExecStartPre=`), later
+//!   ones run systemd-sulogin-shell, which prints "You are in emergency
+//!   mode." (src/sulogin-shell/sulogin-shell.c, since 240);
+//! - systemd's status lines say why (`Timed out waiting for device`,
+//!   `Dependency failed for`, `Failed to mount`…: src/core/job.c's
+//!   `job_done_messages`), and are quoted as the reasons.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use crate::spec::GuestEnd;
+
+/// A boot with no console output for this long has stopped making
+/// progress: systemd redraws its "A start job is running" line every
+/// second while it waits for something, so even a long wait is not silent.
+pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(90);
+/// How many console lines of the current boot are kept to explain it.
+const RECENT_LINES: usize = 400;
+/// How long after systemd reaches its emergency or rescue target the
+/// shell's banner may take before the mode is taken as reached without it.
+const BANNER_WAIT: Duration = Duration::from_secs(5);
+/// How many reasons an end quotes at most.
+const MAX_REASONS: usize = 6;
+
+/// A guest's end, with the console lines that explain it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// What happened.
+    pub end: GuestEnd,
+    /// The console lines that say why (systemd's failures, the panic's
+    /// message), cleaned of escapes and timestamps, oldest first.
+    pub reasons: Vec<String>,
+    /// The last console line before it was noticed.
+    pub last_line: String,
+    /// For [`GuestEnd::Hung`]: how long the console had been quiet.
+    pub quiet: Option<Duration>,
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the guest {}", self.end.describe())?;
+        if let Some(quiet) = self.quiet {
+            write!(f, " (no console output for {}s)", quiet.as_secs())?;
+        }
+        if !self.reasons.is_empty() {
+            write!(f, ": {}", self.reasons.join("; "))?;
+        } else if !self.last_line.is_empty() {
+            write!(f, "; its last console line: {}", self.last_line)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the kernel console log as it grows and keeps track of the guest.
+pub(crate) struct Life {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    /// Cleaned lines of the current boot (or since the log began).
+    recent: VecDeque<String>,
+    /// Kernel starts seen, and how many the harness has asked for.
+    starts: usize,
+    allowed: usize,
+    /// A restart the harness asked for that the kernel has not announced.
+    restart_pending: bool,
+    /// Between a (re)start and the shell of the new boot.
+    booting: bool,
+    grew: Instant,
+    /// A mode seen on the console whose shell banner has not come yet, and
+    /// until when to wait for it.
+    pending: Option<(GuestEnd, Instant)>,
+    ended: Option<Ended>,
+}
+
+impl Life {
+    /// Watches `path`, a guest's kernel console log, from its start.
+    pub(crate) fn new(path: PathBuf) -> Life {
+        Life {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            recent: VecDeque::new(),
+            starts: 0,
+            allowed: 0,
+            restart_pending: false,
+            booting: false,
+            grew: Instant::now(),
+            pending: None,
+            ended: None,
+        }
+    }
+
+    /// The harness starts the guest from power-on: one kernel start is
+    /// expected, then a boot.
+    pub(crate) fn expect_boot(&mut self) {
+        self.allowed += 1;
+        self.booting = true;
+        self.grew = Instant::now();
+    }
+
+    /// The harness asks the guest to reboot: one restart and one kernel
+    /// start are expected, then a boot.
+    pub(crate) fn expect_reboot(&mut self) {
+        self.restart_pending = true;
+        self.expect_boot();
+    }
+
+    /// The shell of the current boot answered: the guest runs the flow.
+    pub(crate) fn shell_ready(&mut self) {
+        self.booting = false;
+    }
+
+    /// How the guest ended, once it has.
+    #[cfg(test)]
+    fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+
+    /// Marks the control shell as dead (seen on the control port).
+    pub(crate) fn shell_died(&mut self) -> &Ended {
+        let last_line = self.last_line();
+        self.ended.get_or_insert(Ended {
+            end: GuestEnd::ShellDied,
+            reasons: Vec::new(),
+            last_line,
+            quiet: None,
+        })
+    }
+
+    /// What the guest was last doing, for a timeout's message.
+    pub(crate) fn doing(&self) -> String {
+        let what = if self.booting {
+            if self.restart_pending {
+                "shutting down to restart"
+            } else {
+                "booting"
+            }
+        } else {
+            "running the flow"
+        };
+        format!(
+            "{what}; console quiet for {}s; last console line: {}",
+            self.grew.elapsed().as_secs(),
+            self.last_line()
+        )
+    }
+
+    /// Reads what the console printed since the last call and returns how
+    /// the guest ended, if it has.
+    pub(crate) fn poll(&mut self) -> Option<&Ended> {
+        if self.ended.is_some() {
+            return self.ended.as_ref();
+        }
+        let fresh = self.read_new();
+        if !fresh.is_empty() {
+            self.grew = Instant::now();
+            self.feed(&fresh);
+        }
+        if self.ended.is_none() {
+            if let Some((end, by)) = self.pending {
+                if Instant::now() >= by {
+                    self.end(end, None);
+                }
+            } else if self.booting && self.grew.elapsed() >= HUNG_AFTER {
+                let quiet = self.grew.elapsed();
+                self.end(GuestEnd::Hung, Some(quiet));
+            }
+        }
+        self.ended.as_ref()
+    }
+
+    fn read_new(&mut self) -> Vec<u8> {
+        let mut fresh = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.path) {
+            if file.seek(SeekFrom::Start(self.offset)).is_ok() {
+                // At most 4 MiB per look: a flood is read over a few looks.
+                let _ = file.take(4 << 20).read_to_end(&mut fresh);
+            }
+        }
+        self.offset += fresh.len() as u64;
+        fresh
+    }
+
+    /// Takes console bytes as they arrive.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(at) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=at).collect();
+            self.line(&clean(&line));
+            if self.ended.is_some() {
+                return;
+            }
+        }
+        // A line still being written can already say enough (a banner
+        // whose line ends only after a password prompt).
+        if !self.partial.is_empty() {
+            let pending = clean(&self.partial);
+            if mode(&pending).is_some() {
+                self.partial.clear();
+                self.line(&pending);
+            }
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        if line.contains("Linux version ") {
+            self.starts += 1;
+            self.recent.clear();
+            if self.starts > self.allowed {
+                let end = if self.booting {
+                    GuestEnd::BootLoop
+                } else {
+                    GuestEnd::Reboot
+                };
+                self.remember(line);
+                return self.end(end, None);
+            }
+            self.booting = true;
+        }
+        self.remember(line);
+        if line.contains("reboot: Restarting system") {
+            if self.restart_pending {
+                self.restart_pending = false;
+            } else if self.booting {
+                self.end(GuestEnd::BootLoop, None);
+            } else {
+                self.end(GuestEnd::Reboot, None);
+            }
+        } else if line.contains("Kernel panic - not syncing") {
+            self.end(GuestEnd::Panic, None);
+        } else if line.contains("reboot: Power down") {
+            self.end(GuestEnd::PowerOff, None);
+        } else if line.contains("reboot: System halted") {
+            self.end(GuestEnd::Halt, None);
+        } else if let Some(end) = mode(line) {
+            // The shell's banner comes last, after systemd's reasons; the
+            // target ("Reached target Emergency Mode") a moment before it.
+            if line.contains("Welcome to") || line.contains("You are in") {
+                self.end(end, None);
+            } else if self.pending.is_none() {
+                self.pending = Some((end, Instant::now() + BANNER_WAIT));
+            }
+        }
+    }
+
+    fn remember(&mut self, line: &str) {
+        if self.recent.len() == RECENT_LINES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line.to_owned());
+    }
+
+    fn last_line(&self) -> String {
+        self.recent.back().cloned().unwrap_or_default()
+    }
+
+    fn end(&mut self, end: GuestEnd, quiet: Option<Duration>) {
+        let mut reasons: Vec<String> = Vec::new();
+        for line in self
+            .recent
+            .iter()
+            .filter(|l| !from_the_kernel_log_of_systemd(l))
+        {
+            let Some(reason) = reason(line) else { continue };
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+        let skip = reasons.len().saturating_sub(MAX_REASONS);
+        self.ended = Some(Ended {
+            end,
+            reasons: reasons.split_off(skip),
+            last_line: self.last_line(),
+            quiet,
+        });
+    }
+}
+
+/// A console line as text: escapes and carriage returns gone (systemd
+/// redraws its progress line in place), the rest inert, the kernel's
+/// timestamp and systemd's status tag off.
+fn clean(bytes: &[u8]) -> String {
+    let text = crate::text::last_lines(bytes, 1);
+    let text = text.trim();
+    let text = match text.strip_prefix('[') {
+        // "[   12.345678] " or "[ TIME ] ", "[FAILED] ", "[DEPEND] ", "[  OK  ] "
+        Some(rest) => match rest.split_once("] ") {
+            Some((tag, rest)) if tag.len() <= 14 && !tag.contains('[') => rest,
+            _ => text,
+        },
+        None => text,
+    };
+    text.trim().to_owned()
+}
+
+/// Whether a cleaned console line is systemd's own message copied into the
+/// kernel log (`systemd[1]: …`). systemd writes there only while journald
+/// is not up, so whether such a copy exists varies from boot to boot; its
+/// status line on the console is always there, and is the one quoted.
+fn from_the_kernel_log_of_systemd(line: &str) -> bool {
+    line.strip_prefix("systemd[")
+        .and_then(|rest| rest.split_once("]: "))
+        .is_some_and(|(pid, _)| pid.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The part of a console line that explains an end, if it does.
+fn reason(line: &str) -> Option<String> {
+    const SAYS_WHY: &[&str] = &[
+        "Timed out waiting for device",
+        "Dependency failed for",
+        "Failed to mount",
+        "Failed to start",
+        "Failed to activate",
+        "Kernel panic - not syncing",
+        "unable to mount root",
+        "Unable to mount root",
+    ];
+    let at = SAYS_WHY.iter().filter_map(|w| line.find(w)).min()?;
+    // systemd 247 on: "… dev-x.device - /dev/x." names the unit and then
+    // what it is; the description is what a person recognises.
+    let text = line[at..].trim_end_matches('.');
+    Some(match text.split_once(" - ") {
+        Some((head, description)) if head.split(' ').count() >= 4 => {
+            let verb = head.rsplit_once(' ').map_or(head, |(verb, _)| verb);
+            format!("{verb} {description}")
+        }
+        _ => text.to_owned(),
+    })
+}
+
+/// The systemd mode a console line speaks of.
+fn mode(line: &str) -> Option<GuestEnd> {
+    if lower_contains(line, "emergency mode") {
+        Some(GuestEnd::Emergency)
+    } else if lower_contains(line, "rescue mode") {
+        Some(GuestEnd::Rescue)
+    } else {
+        None
+    }
+}
+
+fn lower_contains(text: &str, needle: &str) -> bool {
+    text.to_ascii_lowercase().contains(needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher() -> Life {
+        Life::new(PathBuf::from("/nonexistent"))
+    }
+
+    /// bookworm's console when an fstab line names a disk that is not there.
+    const EMERGENCY: &str = "[  OK  ] Reached target local-fs-pre.target - Preparation for Local File Systems.\r\n\
+\x1b[0;1;31m[ TIME ]\x1b[0m Timed out waiting for device \x1b[0;1;39mdev-disk-by\\x2dlabel-DATA.device\x1b[0m - /dev/disk/by-label/DATA.\r\n\
+[DEPEND] Dependency failed for \x1b[0;1;39msrv-data.mount\x1b[0m - /srv/data.\r\n\
+[DEPEND] Dependency failed for local-fs.target - Local File Systems.\r\n\
+You are in emergency mode. After logging in, type \"journalctl -xb\" to view\r\n\
+system logs, \"systemctl reboot\" to reboot, \"systemctl default\" or \"exit\"\r\n";
+
+    #[test]
+    fn emergency_mode_is_named_with_its_reasons() {
+        let mut life = watcher();
+        life.expect_reboot();
+        life.feed(b"[   41.2] reboot: Restarting system\r\n[    0.000000] Linux version 6.1.0-50-cloud-amd64\r\n");
+        assert!(life.ended().is_none());
+        life.feed(EMERGENCY.as_bytes());
+        let ended = life.ended().expect("ended");
+        assert_eq!(ended.end, GuestEnd::Emergency);
+        assert_eq!(
+            ended.to_string(),
+            "the guest is in emergency mode: Timed out waiting for device /dev/disk/by-label/DATA; Dependency failed for /srv/data; Dependency failed for Local File Systems"
+        );
+    }
+
+    #[test]
+    fn the_target_waits_for_the_banner_and_kernel_log_copies_are_not_quoted() {
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"[   92.1] systemd[1]: Timed out waiting for device dev-disk-by\\x2dlabel-DATA.device - /dev/disk/by-label/DATA.\r\n");
+        life.feed(b"[ TIME ] Timed out waiting for device dev-disk-by\\x2dlabel-DATA.device - /dev/disk/by-label/DATA.\r\n");
+        life.feed(b"[  OK  ] Reached target emergency.target - Emergency Mode.\r\n");
+        // Reached, but the banner (and any reason before it) may follow.
+        assert!(life.ended().is_none());
+        life.feed(b"[DEPEND] Dependency failed for syst\xe2\x80\xa6 Check on /dev/disk/by-label/DATA.\r\n");
+        life.feed(b"You are in emergency mode. After logging in, type");
+        let ended = life.ended().expect("ended");
+        assert_eq!(
+            ended.reasons,
+            [
+                "Timed out waiting for device /dev/disk/by-label/DATA",
+                "Dependency failed for syst\u{2026} Check on /dev/disk/by-label/DATA"
+            ]
+        );
+        // Without a banner, the target alone is enough after a moment.
+        let mut life = watcher();
+        life.feed(b"[  OK  ] Reached target emergency.target - Emergency Mode.\r\n");
+        assert!(life.ended().is_none());
+        life.pending = life.pending.map(|(end, _)| (end, Instant::now()));
+        assert_eq!(life.poll().map(|e| e.end), Some(GuestEnd::Emergency));
+    }
+
+    #[test]
+    fn jessies_banner_and_a_half_written_line_count_too() {
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"[    0.000000] Linux version 3.16.0-4-amd64\r\n[DEPEND] Dependency failed for /srv/data.\r\nWelcome to emergency mode! After logging in");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::Emergency));
+        let mut life = Life::new(PathBuf::new());
+        life.expect_boot();
+        life.feed(b"Give root password for maintenance\r\n(or press Control-D to continue): Welcome to rescue mode");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::Rescue));
+    }
+
+    #[test]
+    fn restarts_count_against_what_was_asked() {
+        // A resumed guest (no start expected) that restarts by itself.
+        let mut life = watcher();
+        life.feed(b"[  100.1] reboot: Restarting system\r\n");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::Reboot));
+        // A cold boot, then an asked-for reboot: fine; then the kernel
+        // starts again before the shell: a boot loop.
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"[    0.0] Linux version 6.1\r\n");
+        life.shell_ready();
+        life.expect_reboot();
+        life.feed(b"[   50.0] reboot: Restarting system\r\n[    0.0] Linux version 6.1\r\nStarting loop.service...\r\n");
+        assert!(life.ended().is_none(), "{:?}", life.ended());
+        life.feed(b"[   20.0] reboot: Restarting system\r\n");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::BootLoop));
+        // A kernel that starts again with no restart line (a reset).
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"Linux version 6.1\r\nLinux version 6.1\r\n");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::BootLoop));
+    }
+
+    #[test]
+    fn panics_and_power_are_named() {
+        for (text, end, says) in [
+            (
+                "[   60.1] sysrq: Trigger a crash\r\n[   60.1] Kernel panic - not syncing: sysrq triggered crash\r\n",
+                GuestEnd::Panic,
+                "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash",
+            ),
+            (
+                "[   70.0] systemd-shutdown[1]: Powering off.\r\n[   70.2] reboot: Power down\r\n",
+                GuestEnd::PowerOff,
+                "the guest powered off; its last console line: reboot: Power down",
+            ),
+            ("[ 9.0] reboot: System halted\r\n", GuestEnd::Halt, "the guest halted; its last console line: reboot: System halted"),
+        ] {
+            let mut life = watcher();
+            life.feed(text.as_bytes());
+            let ended = life.ended().expect("ended");
+            assert_eq!(ended.end, end);
+            assert_eq!(ended.to_string(), says);
+        }
+    }
+
+    #[test]
+    fn a_quiet_boot_is_hung_and_says_where_it_stopped() {
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"[    0.0] Linux version 6.1\r\n[    2.5] Run /init as init process\r\n");
+        life.grew = Instant::now() - HUNG_AFTER - Duration::from_secs(1);
+        let ended = life.poll().expect("hung");
+        assert_eq!(ended.end, GuestEnd::Hung);
+        assert!(
+            ended
+                .to_string()
+                .starts_with("the guest is hung (no console output for 9"),
+            "{ended}"
+        );
+        assert!(
+            ended
+                .to_string()
+                .ends_with("its last console line: Run /init as init process"),
+            "{ended}"
+        );
+        // A running guest may be quiet as long as it likes.
+        let mut life = watcher();
+        life.grew = Instant::now() - HUNG_AFTER * 2;
+        assert!(life.poll().is_none());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for end in GuestEnd::ALL {
+            assert_eq!(GuestEnd::named(end.name()), Some(*end));
+        }
+        assert_eq!(GuestEnd::named("up"), None);
+    }
+}
