@@ -42,14 +42,30 @@ pub(crate) fn find_ext_filesystem(raw: &Path) -> Result<u64, String> {
                 .rev()
                 .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
         };
-        let start = le(&header[72..80]) * 512;
+        // Every number here comes from the file, which may be anything (an
+        // imported image): arithmetic is checked, and only what a GPT entry
+        // can be is read (128 bytes times a power of two, UEFI 2.10
+        // §5.3.2; at most 4 KiB), so no value can overflow or make a
+        // large allocation.
+        let start = le(&header[72..80]).checked_mul(512);
         let count = le(&header[80..84]);
-        let size = le(&header[84..88]) as usize;
-        for i in 0..count.min(256) {
-            if let Some(entry) = read_at(start + i * size as u64, size.max(48)) {
-                let (first, last) = (le(&entry[32..40]), le(&entry[40..48]));
-                if first > 0 && last >= first {
-                    partitions.push((first * 512, (last - first + 1) * 512));
+        let size = le(&header[84..88]);
+        let size_ok = (128..=4096).contains(&size) && size.is_power_of_two();
+        if let (Some(start), true) = (start, size_ok) {
+            for i in 0..count.min(256) {
+                let Some(at) = i.checked_mul(size).and_then(|off| off.checked_add(start)) else {
+                    break;
+                };
+                if let Some(entry) = read_at(at, size as usize) {
+                    let (first, last) = (le(&entry[32..40]), le(&entry[40..48]));
+                    let bytes = (last.checked_sub(first))
+                        .and_then(|n| n.checked_add(1))
+                        .and_then(|n| n.checked_mul(512));
+                    if let (true, Some(offset), Some(bytes)) =
+                        (first > 0, first.checked_mul(512), bytes)
+                    {
+                        partitions.push((offset, bytes));
+                    }
                 }
             }
         }
@@ -64,7 +80,11 @@ pub(crate) fn find_ext_filesystem(raw: &Path) -> Result<u64, String> {
     }
     partitions
         .into_iter()
-        .filter(|(offset, _)| has_ext(&mut read_at, *offset))
+        .filter(|(offset, _)| {
+            offset
+                .checked_add(1024 + 56)
+                .is_some_and(|_| has_ext(&mut read_at, *offset))
+        })
         .max_by_key(|(_, size)| *size)
         .map(|(offset, _)| offset)
         .ok_or_else(|| "no partition holds an ext file system".into())
@@ -104,5 +124,44 @@ mod tests {
         let junk = dir.path().join("junk.raw");
         fs::write(&junk, vec![1u8; 4096]).expect("write");
         assert!(find_ext_filesystem(&junk).is_err());
+    }
+
+    #[test]
+    fn any_bytes_in_a_partition_table_give_an_answer_not_a_panic() {
+        // A protective MBR and a GPT header whose fields are arbitrary: a
+        // simple generator (xorshift) fills them, thousands of times,
+        // including the extremes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("disk.raw");
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..2000 {
+            let mut disk = vec![0u8; 64 * 512];
+            disk[446 + 4] = 0xEE;
+            disk[510] = 0x55;
+            disk[511] = 0xAA;
+            disk[512..520].copy_from_slice(b"EFI PART");
+            for byte in disk[520..604].iter_mut() {
+                *byte = next() as u8;
+            }
+            let extremes = [0u64, 1, 2, 127, 128, 4096, u64::from(u32::MAX), u64::MAX];
+            let pick = |r: u64| extremes[(r % extremes.len() as u64) as usize];
+            if round % 2 == 0 {
+                disk[584..592].copy_from_slice(&pick(next()).to_le_bytes());
+                disk[592..596].copy_from_slice(&(pick(next()) as u32).to_le_bytes());
+                disk[596..600].copy_from_slice(&(pick(next()) as u32).to_le_bytes());
+            }
+            // Entries at LBA 2 with arbitrary first and last sectors.
+            for byte in disk[1024..1024 + 128 * 8].iter_mut() {
+                *byte = next() as u8;
+            }
+            fs::write(&path, &disk).expect("write");
+            let _ = find_ext_filesystem(&path);
+        }
     }
 }

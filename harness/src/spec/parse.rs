@@ -162,6 +162,36 @@ impl Scenario {
         }
         };
 
+        // What `systemctl is-active` can answer, in any release from
+        // jessie's 215 (which says "unknown" for a unit it cannot find;
+        // later ones say "inactive") to trixie's 257 ("maintenance" since
+        // 246, "refreshing" since 254): a state outside these would never
+        // be read, so a wait for it could only time out.
+        let unit_state = |key: &str, state: &Spanned<String>| -> Result<String, ScenarioError> {
+            const STATES: &[&str] = &[
+                "active",
+                "inactive",
+                "failed",
+                "activating",
+                "deactivating",
+                "reloading",
+                "maintenance",
+                "refreshing",
+                "unknown",
+            ];
+            let word = state.get_ref();
+            if STATES.contains(&word.as_str()) {
+                Ok(word.clone())
+            } else {
+                Err(invalid(
+                    Some(state.span()),
+                    format!(
+                        "{key}: {word:?} is not a state `systemctl is-active` reports; use one of {}",
+                        STATES.join(", ")
+                    ),
+                ))
+            }
+        };
         let mut steps = Vec::new();
         for (index, spanned) in raw.steps.iter().enumerate() {
             let step = spanned.get_ref();
@@ -266,7 +296,12 @@ impl Scenario {
                     }
                     Action::WaitForUnit {
                         unit,
-                        state: step.state.clone().unwrap_or_else(|| "active".into()),
+                        state: match &step.state {
+                            Some(state) => {
+                                unit_state(&format!("step {}: key `state`", index + 1), state)?
+                            }
+                            None => "active".into(),
+                        },
                     }
                 }
                 ["wait_until"] => Action::WaitUntil {
@@ -488,7 +523,8 @@ impl Scenario {
                 check_names("expect.lost_on_reboot", &raw_expect.lost_on_reboot)?;
             expect.contains = check_contains(&raw_expect.contains)?;
             for (unit, state) in &raw_expect.units {
-                expect.units.insert(unit.clone(), state.get_ref().clone());
+                let state = unit_state(&format!("key `expect.units`: {unit:?}"), state)?;
+                expect.units.insert(unit.clone(), state);
             }
             if let Some(boot) = &raw_expect.boot {
                 expect.boot = boot_end("expect.boot", boot)?;
@@ -507,7 +543,14 @@ impl Scenario {
                         .as_ref()
                         .map(|n| check_names("expect.cell.lost_on_reboot", n))
                         .transpose()?,
-                    units: raw_cell.units.clone(),
+                    units: raw_cell
+                        .units
+                        .iter()
+                        .map(|(unit, state)| {
+                            unit_state(&format!("key `expect.cell.units`: {unit:?}"), state)
+                                .map(|state| (unit.clone(), state))
+                        })
+                        .collect::<Result<_, _>>()?,
                     contains: check_contains(&raw_cell.contains)?,
                     boot: raw_cell
                         .boot
@@ -706,7 +749,7 @@ struct RawStep {
     copy: Option<String>,
     to: Option<String>,
     wait_for_unit: Option<String>,
-    state: Option<String>,
+    state: Option<Spanned<String>>,
     wait_until: Option<String>,
     timeout: Option<Spanned<i64>>,
     #[serde(default)]
@@ -797,7 +840,7 @@ struct RawCellExpect {
     survive_reboot: Option<Vec<Spanned<String>>>,
     lost_on_reboot: Option<Vec<Spanned<String>>>,
     #[serde(default)]
-    units: BTreeMap<String, String>,
+    units: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     contains: BTreeMap<Spanned<String>, Vec<String>>,
     boot: Option<Spanned<String>>,
@@ -968,6 +1011,33 @@ units = { "netfilter-persistent.service" = "active" }
                 "{value}: {line} {message}"
             );
         }
+    }
+
+    #[test]
+    fn unit_states_are_checked_where_they_are_written() {
+        let (line, message) = error_of(&GOOD.replace(
+            "\"netfilter-persistent.service\" = \"active\"",
+            "\"netfilter-persistent.service\" = \"actve\"",
+        ));
+        assert!(line > 1, "{line}");
+        assert!(message.contains("\"actve\" is not a state"), "{message}");
+        let cell = format!(
+            "{GOOD}\n[[expect.cell]]\nreleases = [\"trixie\"]\nunits = {{ \"x.service\" = \"runing\" }}\n"
+        );
+        let (line, message) = error_of(&cell);
+        assert_eq!(line, cell.lines().count(), "{message}");
+        assert!(
+            message.contains("expect.cell.units") && message.contains("runing"),
+            "{message}"
+        );
+        let (_, message) = error_of(&GOOD.replace(
+            "reboot = true",
+            "reboot = true\n\n[[step]]\nwait_for_unit = \"x.service\"\nstate = \"up\"",
+        ));
+        assert!(
+            message.contains("key `state`") && message.contains("\"up\""),
+            "{message}"
+        );
     }
 
     #[test]
