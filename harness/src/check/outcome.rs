@@ -88,6 +88,9 @@ pub struct NotBack {
     pub step: usize,
     /// How the boot ended, and why, from the kernel console.
     pub ended: Ended,
+    /// The kernel console's last lines when it was noticed: the evidence,
+    /// since no shell is left to capture anything from.
+    pub console_tail: String,
 }
 
 impl NotBack {

@@ -46,8 +46,10 @@ pub(crate) fn markdown(
     if let Some(not_back) = &outcome.not_back {
         let _ = writeln!(
             md,
-            "The guest did not come back after step {}: {}. Nothing could be read from it after the reboot; the kernel console's last lines are in `console.log` beside the artifacts.",
-            not_back.step, not_back.ended
+            "The guest did not come back after step {}: {}. Nothing could be read from it after the reboot; this is what its kernel console showed last (all of it is in `console.log` beside the artifacts):\n\n```\n{}\n```",
+            not_back.step,
+            not_back.ended,
+            not_back.console_tail.trim_end()
         );
     } else if outcome.before_reboot.is_empty() {
         let _ = writeln!(md, "No reboot, or nothing captured before it.");
@@ -857,6 +859,96 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             "QEMU 10",
         );
         assert!(!bare.contains("## Environment") && bare.contains("no QEMU"));
+    }
+
+    #[test]
+    fn a_boot_that_did_not_come_back_is_reported_and_judged() {
+        use crate::guest::life::{Ended, GuestEnd};
+        let not_back = run::NotBack {
+            step: 2,
+            ended: Ended {
+                end: GuestEnd::Emergency,
+                reasons: vec![
+                    "Timed out waiting for device /dev/disk/by-label/DATA".into(),
+                    "Dependency failed for /srv/data".into(),
+                ],
+                last_line: String::new(),
+                quiet: None,
+            },
+            console_tail: "You are in emergency mode.".into(),
+        };
+        let mut o = outcome("bookworm", "", &[]);
+        o.steps = vec![crate::check::outcome::StepRecord {
+            title: "reboot".into(),
+            action: Action::Reboot,
+            output: None,
+            expected: None,
+            seconds: 30.0,
+        }];
+        o.captures = vec![not_back.as_capture()];
+        o.expect.survive_reboot.clear();
+        // Not expected: a failure that names the end.
+        o.failures = run::check_expectations(
+            &o.expect,
+            Some(&not_back),
+            &o.units,
+            &o.before_reboot,
+            &o.captures,
+        );
+        o.not_back = Some(not_back.clone());
+        let row = Row::of(&o, &Ok(()));
+        assert_eq!(row.status, Status::Fail);
+        assert_eq!(
+            row.verdict,
+            "FAIL: the guest did not come back after step 2: the guest is in emergency mode: Timed out waiting for device /dev/disk/by-label/DATA; Dependency failed for /srv/data"
+        );
+        assert_eq!(
+            row.after_reboot,
+            "did not come back: emergency (Timed out waiting for device /dev/disk/by-label/DATA)"
+        );
+        assert_eq!((row.boot.as_str(), row.units.as_str()), ("emergency", "-"));
+        let md = markdown(&scenario(), &o, &row, &Ok(()), "QEMU 10");
+        assert!(
+            md.contains("The guest did not come back after step 2"),
+            "{md}"
+        );
+        assert!(md.contains("```\nYou are in emergency mode.\n```"), "{md}");
+        assert!(!md.contains("read the same after it"), "{md}");
+        // Expected: reproduced; and a guest that comes back fails.
+        o.expect.boot = Some(GuestEnd::Emergency);
+        o.failures = run::check_expectations(
+            &o.expect,
+            Some(&not_back),
+            &o.units,
+            &o.before_reboot,
+            &o.captures,
+        );
+        assert_eq!(Row::of(&o, &Ok(())).status, Status::Reproduced);
+        o.expect.boot = Some(GuestEnd::Panic);
+        let failures = run::check_expectations(
+            &o.expect,
+            Some(&not_back),
+            &o.units,
+            &o.before_reboot,
+            &o.captures,
+        );
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("otherwise than this cell expects (panic)"),
+            "{failures:?}"
+        );
+        o.expect.boot = Some(GuestEnd::Emergency);
+        let failures =
+            run::check_expectations(&o.expect, None, &o.units, &o.before_reboot, &o.captures);
+        assert!(
+            failures[0].starts_with("the guest came back after the reboot"),
+            "{failures:?}"
+        );
+        // The capture that stands in the snapshot: the end, reasons sorted.
+        assert_eq!(
+            not_back.as_capture().text,
+            "emergency\nDependency failed for /srv/data\nTimed out waiting for device /dev/disk/by-label/DATA\n"
+        );
     }
 
     #[test]

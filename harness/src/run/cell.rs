@@ -642,7 +642,11 @@ fn run_steps(
                     // A boot that ends anywhere but at the shell is what
                     // the scenario finds, not a fault of the harness: the
                     // flow ends here, and the expectations judge it.
-                    Err(ConsoleError::GuestEnded { ended, .. }) => {
+                    Err(ConsoleError::GuestEnded {
+                        ended,
+                        console_tail,
+                        ..
+                    }) => {
                         let seconds = step_started.elapsed().as_secs_f64();
                         timings.reboot_to_shell += seconds;
                         guest.events.note(label, &format!("{what}: {ended}"));
@@ -658,6 +662,7 @@ fn run_steps(
                             not_back: Some(NotBack {
                                 step: index,
                                 ended: *ended,
+                                console_tail,
                             }),
                         });
                     }
