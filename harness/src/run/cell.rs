@@ -885,6 +885,12 @@ impl Guest {
         let RunError::Console(console) = error else {
             return error;
         };
+        // A guest that powered itself off (or otherwise ended) is what the
+        // console already named; QEMU ending after it is its consequence,
+        // not the host's failure.
+        if matches!(console, ConsoleError::GuestEnded { .. }) {
+            return RunError::Console(console);
+        }
         // A closed control port is QEMU going away, or gone.
         let grace = match console {
             ConsoleError::Closed { .. } | ConsoleError::Io { .. } => Duration::from_secs(2),
