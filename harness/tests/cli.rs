@@ -239,7 +239,9 @@ fn qemu_killed() -> Result<(), Failed> {
             }
         }
     }
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // QEMU is killed as soon as the step has begun: whether its command
+    // is still being typed or already running, the trial must end at once
+    // saying that QEMU ended.
     let qemu = Command::new("pgrep")
         .args(["-P", &pid.to_string(), "-f", "qemu-system"])
         .output()?;
