@@ -57,14 +57,16 @@ keep() {
   printf '%s\n' "${PIPESTATUS[0]}${PIPESTATUS[1]}" >"$1.done"
 }
 
-# size FILE PID: what to report of a stream. FILE.done counts once it is
-# not empty: the shell creates it before printf writes to it.
+# size FILE PID: sets $size to what to report of a stream. FILE.done
+# counts once it is not empty: the shell creates it before printf writes
+# to it.
 size() {
   local ok=x bytes=
+  size=lost
   if [ -s "$1.done" ]; then
     read -r ok <"$1.done"
   elif kill -0 "$2" 2>/dev/null; then
-    echo open
+    size=open
     return
   fi
   if [ "$ok" = 00 ] && [ -e "$1.size" ]; then
@@ -72,51 +74,80 @@ size() {
     while read -r word _; do bytes=$word; done <"$1.size"
   fi
   case $bytes in
-    '' | *[!0-9]*) echo lost ;;
-    *) echo "$bytes" ;;
+    '' | *[!0-9]*) ;;
+    *) size=$bytes ;;
   esac
 }
 
-# part FILE: a kept part, base64-encoded, or "-" when empty.
+# part FILE: writes a kept part, base64-encoded, or "-" when empty.
 part() {
   if [ -s "$1" ]; then base64 -w0 <"$1"; else printf '%s' -; fi
 }
 
 read -r id limit kill tag || exit 2
+# Every command's line is read first, so that the fifos and the clean-up
+# are one program each for the whole round trip: under emulation every
+# program started costs about 12 ms.
+stored=() heads=() tails=() fifos=()
+while read -r s h t; do
+  fifos+=("$dir/out-$tag-${#stored[@]}.o" "$dir/out-$tag-${#stored[@]}.e")
+  stored+=("$s") heads+=("$h") tails+=("$t")
+done
+rm -f "$dir/out-$tag-"*
+made=no
+if [ "${#fifos[@]}" -gt 0 ] && mkfifo "${fifos[@]}"; then made=yes; fi
 printf 'VMRB-%s\n' "$id"
-i=0
-while read -r stored head tail; do
+for ((i = 0; i < ${#stored[@]}; i++)); do
   cmd=$dir/cmd-$tag-$i
   f=$dir/out-$tag-$i
-  rm -f "$f".*
-  if [ "$stored" != 0 ] || ! mkfifo "$f.o" "$f.e"; then
+  if [ "${stored[$i]}" != 0 ] || [ "$made" != yes ]; then
     printf 'VMRO-%s-%s unsent 0 lost lost - - - -\n' "$id" "$i"
-    rm -f "$cmd" "$f".*
-    i=$((i + 1))
     continue
   fi
-  keep "$f.out" "$head" "$tail" <"$f.o" 2>/dev/null &
+  keep "$f.out" "${heads[$i]}" "${tails[$i]}" <"$f.o" 2>/dev/null &
   out=$!
-  keep "$f.err" "$head" "$tail" <"$f.e" 2>/dev/null &
+  keep "$f.err" "${heads[$i]}" "${tails[$i]}" <"$f.e" 2>/dev/null &
   err=$!
   started=$SECONDS
-  timeout -k "$kill" "$limit" bash "$cmd" </dev/null >"$f.o" 2>"$f.e"
+  # In the background only to learn its process id, which is the id of
+  # the process group timeout(1) makes for the command.
+  timeout -k "$kill" "$limit" bash "$cmd" </dev/null >"$f.o" 2>"$f.e" &
+  group=$!
+  wait "$group"
   status=$?
   seconds=$((SECONDS - started))
-  n=0
-  while [ "$n" -lt "$grace_ticks" ] && ! { [ -s "$f.out.done" ] && [ -s "$f.err.done" ]; }; do
-    { kill -0 "$out" || kill -0 "$err"; } 2>/dev/null || break
-    # Not `read -t` on a quiet descriptor: with bullseye's bash 5.1.4 such
-    # a timed read sometimes never returned while children exited, under
-    # load; bookworm's 5.2 and trixie's 5.2 never did.
-    sleep 0.05
-    n=$((n + 1))
-  done
-  printf 'VMRO-%s-%s %s %s %s %s %s %s %s %s\n' "$id" "$i" "$status" "$seconds" \
-    "$(size "$f.out" "$out")" "$(size "$f.err" "$err")" \
-    "$(part "$f.out.head")" "$(part "$f.out.tail")" \
-    "$(part "$f.err.head")" "$(part "$f.err.tail")"
-  rm -f "$cmd" "$f".*
-  i=$((i + 1))
+  if kill -0 -- "-$group" 2>/dev/null; then
+    # Something the command started still runs and may hold its output
+    # open: wait for the streams' ends a moment, then report without them.
+    n=0
+    while [ "$n" -lt "$grace_ticks" ] && ! { [ -s "$f.out.done" ] && [ -s "$f.err.done" ]; }; do
+      { kill -0 "$out" || kill -0 "$err"; } 2>/dev/null || break
+      # Not `read -t` on a quiet descriptor: with bullseye's bash 5.1.4
+      # such a timed read sometimes never returned while children exited,
+      # under load; bookworm's and trixie's 5.2 never did.
+      sleep 0.05
+      n=$((n + 1))
+    done
+  else
+    # Nothing of the command is left, so nothing holds its outputs open
+    # (unless a process it started left the group with setsid and kept
+    # them, which this wait would then sit out): the keepers end at once.
+    wait "$out" "$err"
+  fi
+  size "$f.out" "$out"
+  out_size=$size
+  size "$f.err" "$err"
+  # One line, written in pieces: base64 runs only for parts that hold
+  # something.
+  printf 'VMRO-%s-%s %s %s %s %s ' "$id" "$i" "$status" "$seconds" "$out_size" "$size"
+  part "$f.out.head"
+  printf ' '
+  part "$f.out.tail"
+  printf ' '
+  part "$f.err.head"
+  printf ' '
+  part "$f.err.tail"
+  printf '\n'
 done
+rm -f "$dir/cmd-$tag-"* "$dir/out-$tag-"*
 printf 'VMRE-%s\n' "$id"
