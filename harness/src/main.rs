@@ -826,6 +826,15 @@ fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
         }
     }
+    // insta's own diff is for `cargo test`; here the difference is said
+    // in the command's words (its text is the captures', already inert).
+    if let Err(vmrepro::snapshot::SnapshotError::Differs { path, diff, .. }) = &checked.snapshot {
+        eprintln!(
+            "vmrepro: {} on {cell}: the captures differ from {path}:\n{}",
+            scenario.name,
+            diff.trim_end()
+        );
+    }
 }
 
 fn print_rows(rows: &[report::Row], format: Format, outputs: &Outputs) -> Result<()> {

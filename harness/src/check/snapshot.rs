@@ -152,7 +152,13 @@ fn snapshot_body(file: &str) -> &str {
 
 /// A unified diff of lines, `old` to `new`, with three lines of context.
 fn diff(old: &str, new: &str) -> String {
-    similar::TextDiff::from_lines(old.trim_end(), new.trim_end())
+    // Both end in one newline, so that a difference in trailing blank
+    // lines (which the comparison ignores too) is not shown as one.
+    let (old, new) = (
+        format!("{}\n", old.trim_end()),
+        format!("{}\n", new.trim_end()),
+    );
+    similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header("committed", "this run")
@@ -214,4 +220,26 @@ fn quiet_insta_panics() {
             }
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_shows_lines_and_ignores_trailing_blank_lines() {
+        let text = diff(
+            "== a (exit 0) ==\nold\nsame\n\n",
+            "== a (exit 0) ==\nnew\nsame",
+        );
+        assert_eq!(
+            text,
+            "--- committed\n+++ this run\n@@ -1,3 +1,3 @@\n == a (exit 0) ==\n-old\n+new\n same\n"
+        );
+        assert_eq!(
+            snapshot_body("---\nsource: x\ninfo:\n  a: b\n---\n== a ==\nx\n"),
+            "== a ==\nx\n"
+        );
+        assert_eq!(snapshot_body("no header"), "no header");
+    }
 }
