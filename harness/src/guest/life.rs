@@ -261,7 +261,9 @@ impl Life {
             // target ("Reached target Emergency Mode") a moment before it.
             if line.contains("Welcome to") || line.contains("You are in") {
                 self.end(end, None);
-            } else if self.pending.is_none() {
+            } else if self.pending.is_none() && line.contains("Reached target") {
+                // Only reaching the target counts: a line that merely
+                // names it ("Stopped target …") says nothing of the mode.
                 self.pending = Some((end, Instant::now() + BANNER_WAIT));
             }
         }
@@ -417,6 +419,10 @@ system logs, \"systemctl reboot\" to reboot, \"systemctl default\" or \"exit\"\r
                 "Dependency failed for syst\u{2026} Check on /dev/disk/by-label/DATA"
             ]
         );
+        // A line that only names the target is no mode.
+        let mut life = watcher();
+        life.feed(b"[  OK  ] Stopped target emergency.target - Emergency Mode.\r\n");
+        assert!(life.pending.is_none() && life.ended().is_none());
         // Without a banner, the target alone is enough after a moment.
         let mut life = watcher();
         life.feed(b"[  OK  ] Reached target emergency.target - Emergency Mode.\r\n");
