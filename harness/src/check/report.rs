@@ -877,6 +877,9 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             },
             console_tail: "You are in emergency mode.".into(),
         };
+        let judge = |o: &Outcome, not_back: Option<&run::NotBack>| {
+            run::check_expectations(&o.expect, not_back, &o.units, &o.before_reboot, &o.captures)
+        };
         let mut o = outcome("bookworm", "", &[]);
         o.steps = vec![crate::check::outcome::StepRecord {
             title: "reboot".into(),
@@ -888,13 +891,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         o.captures = vec![not_back.as_capture()];
         o.expect.survive_reboot.clear();
         // Not expected: a failure that names the end.
-        o.failures = run::check_expectations(
-            &o.expect,
-            Some(&not_back),
-            &o.units,
-            &o.before_reboot,
-            &o.captures,
-        );
+        o.failures = judge(&o, Some(&not_back));
         o.not_back = Some(not_back.clone());
         let row = Row::of(&o, &Ok(()));
         assert_eq!(row.status, Status::Fail);
@@ -916,30 +913,17 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         assert!(!md.contains("read the same after it"), "{md}");
         // Expected: reproduced; and a guest that comes back fails.
         o.expect.boot = Some(GuestEnd::Emergency);
-        o.failures = run::check_expectations(
-            &o.expect,
-            Some(&not_back),
-            &o.units,
-            &o.before_reboot,
-            &o.captures,
-        );
+        o.failures = judge(&o, Some(&not_back));
         assert_eq!(Row::of(&o, &Ok(())).status, Status::Reproduced);
         o.expect.boot = Some(GuestEnd::Panic);
-        let failures = run::check_expectations(
-            &o.expect,
-            Some(&not_back),
-            &o.units,
-            &o.before_reboot,
-            &o.captures,
-        );
+        let failures = judge(&o, Some(&not_back));
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(
             failures[0].contains("otherwise than this cell expects (panic)"),
             "{failures:?}"
         );
         o.expect.boot = Some(GuestEnd::Emergency);
-        let failures =
-            run::check_expectations(&o.expect, None, &o.units, &o.before_reboot, &o.captures);
+        let failures = judge(&o, None);
         assert!(
             failures[0].starts_with("the guest came back after the reboot"),
             "{failures:?}"

@@ -212,9 +212,9 @@ pub(crate) struct Console {
     next_id: u64,
     nonce: String,
     boot_id: Option<String>,
-    /// Where the runner and the commands' files live in the guest, once the
-    /// shell of this boot has been prepared.
-    dir: Option<String>,
+    /// The runner's path in the guest (the commands' files go beside it),
+    /// once the shell of this boot has been prepared.
+    runner: Option<String>,
     /// What the guest is doing, from its kernel console.
     life: Option<Life>,
     /// Whether the shell of this boot is prepared: from then on, a login
@@ -272,7 +272,7 @@ impl Console {
             next_id: 0,
             nonce,
             boot_id: None,
-            dir: None,
+            runner: None,
             life: kernel_log.clone().map(Life::new),
             kernel_log,
             shell_up: false,
@@ -378,7 +378,7 @@ impl Console {
     }
 
     fn prepare(&mut self, what: &str, deadline: Instant) -> Result<(), ConsoleError> {
-        self.dir = None;
+        self.runner = None;
         let id = self.fresh_id();
         // Quiet the terminal so that nothing but results comes back, keep
         // the harness's lines out of root's shell history (bash writes it
@@ -443,7 +443,7 @@ impl Console {
                 });
             }
         }
-        self.dir = Some(format!("{dir}/{name}"));
+        self.runner = Some(format!("{dir}/{name}"));
         self.shell_up = true;
         if let Some(life) = &mut self.life {
             life.shell_ready();
@@ -556,7 +556,7 @@ echo \"$state\"
         if scripts.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(runner) = self.dir.clone() else {
+        let Some(runner) = self.runner.clone() else {
             return Err(self.protocol(&what, "a command before the shell was ready".into()));
         };
         // The limit is enforced in the guest by coreutils' timeout(1), which
@@ -593,8 +593,7 @@ echo \"$state\"
                 "printf %s '{}' | base64 -d > {file}; __vmrepro_{i}=$?\n",
                 wrapped_base64(script.as_bytes())
             ));
-            let head = (max / 2).max(1);
-            let tail = max.saturating_sub(head).max(1);
+            let (head, tail) = kept_ends(*max);
             lines.push_str(&format!(" \"$__vmrepro_{i} {head} {tail}\""));
         }
         text.push_str(&format!(
@@ -640,7 +639,7 @@ echo \"$state\"
                     detail: format!("store the command in {dir} (full?)"),
                 });
             }
-            let keep_tail = max.saturating_sub((max / 2).max(1)).max(1);
+            let (_, keep_tail) = kept_ends(*max);
             let stream = |size: usize, head: usize, tail: usize| {
                 StreamResult {
                     size: field(size),
@@ -851,6 +850,7 @@ echo \"$state\"
         // it last grew.
         let mut searched: Option<usize> = None;
         let mut grew = Instant::now();
+        let mut looked: Option<Instant> = None;
         loop {
             let len = inbox.text.len();
             let fresh = searched.map_or(0, |n| n.min(len));
@@ -867,24 +867,29 @@ echo \"$state\"
                 }
                 searched = Some(len);
             }
-            // A new login on the control port: the shell the harness was
-            // talking to is gone (killed, or its getty restarted).
-            if self.shell_up
-                && self
-                    .login_banner
-                    .as_ref()
-                    .is_some_and(|b| b.is_match(&inbox.text))
-            {
-                let ended = self.life.as_mut().map(|life| life.shell_died().clone());
-                if let Some(ended) = ended {
+            // The guest's life is looked at every LIFE_EVERY, not at each
+            // arrival on the port (a long answer arrives in thousands of
+            // pieces), and once more when the port ends: a port that closed
+            // because QEMU ended is explained by it when it can be (a guest
+            // that powered itself off).
+            if looked.is_none_or(|at| at.elapsed() >= LIFE_EVERY) || inbox.ended.is_some() {
+                looked = Some(Instant::now());
+                // A new login on the control port: the shell the harness
+                // was talking to is gone (killed, or its getty restarted).
+                if self.shell_up
+                    && self
+                        .login_banner
+                        .as_ref()
+                        .is_some_and(|b| b.is_match(&inbox.text))
+                {
+                    let ended = self.life.as_mut().map(|life| life.shell_died().clone());
+                    if let Some(ended) = ended {
+                        return Err(self.guest_ended(what, ended));
+                    }
+                }
+                if let Some(ended) = self.life.as_mut().and_then(|life| life.poll().cloned()) {
                     return Err(self.guest_ended(what, ended));
                 }
-            }
-            // What the kernel console says the guest is doing; a port that
-            // closed because QEMU ended is explained by it when it can be
-            // (a guest that powered itself off).
-            if let Some(ended) = self.life.as_mut().and_then(|life| life.poll().cloned()) {
-                return Err(self.guest_ended(what, ended));
             }
             match inbox.ended.clone() {
                 Some(PortEnd::Closed) => {
@@ -1017,6 +1022,13 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// How many bytes of the start and of the end of a stream are kept when it
+/// may bring back `max` in all.
+fn kept_ends(max: u64) -> (u64, u64) {
+    let head = (max / 2).max(1);
+    (head, max.saturating_sub(head).max(1))
+}
+
 /// Text read from the port (one `char` per byte) as the bytes it was.
 fn latin1_bytes(text: &str) -> Vec<u8> {
     text.chars().map(|c| c as u32 as u8).collect()
@@ -1115,6 +1127,15 @@ mod tests {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// The shell goes on as before.
+    fn still_answers(guest: &mut FakeGuest) {
+        let out = guest
+            .console
+            .run("after", "echo fine", Duration::from_secs(10))
+            .expect("run");
+        assert_eq!(out.stdout, "fine\n");
     }
 
     fn fake_guest() -> FakeGuest {
@@ -1222,11 +1243,7 @@ mod tests {
         assert_eq!(heard, bytes.len() as u64);
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
         // The shell goes on as before.
-        let out = guest
-            .console
-            .run("after", "echo fine", Duration::from_secs(10))
-            .expect("run");
-        assert_eq!(out.stdout, "fine\n");
+        still_answers(&mut guest);
     }
 
     #[test]
@@ -1395,11 +1412,7 @@ mod tests {
             .run("step 1 (forger)", script, Duration::from_secs(30))
             .expect("an ordinary result");
         assert_eq!((out.stdout.as_str(), out.status), ("real\n", 3));
-        let out = guest
-            .console
-            .run("after", "echo fine", Duration::from_secs(10))
-            .expect("run");
-        assert_eq!(out.stdout, "fine\n");
+        still_answers(&mut guest);
     }
 
     #[test]
