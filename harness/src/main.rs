@@ -1207,55 +1207,7 @@ fn print_doctor(report: &Doctor, in_project: bool) {
 }
 
 /// A scenario skeleton that runs as written.
-const SKELETON: &str = r#"# What does the bug report say breaks, and after what?
-name = "NAME"
-description = """
-Describe the bug in a sentence or two: what the user did, what they expected
-after the reboot, and what they got instead. Link the bug report.
-"""
-
-# Which releases and kernels to try: releases are the files in images/,
-# kernels are "stock" (the release's own) and "linode" (monolithic, no modules).
-[matrix]
-releases = ["bookworm"]
-kernels = ["stock"]
-
-# Steps run in order, as root, in bash. A `run` step must exit 0 unless you
-# give `status = N`. `write` replaces a file; `reboot = true` reboots the guest
-# and waits until it is back; `wait_for_unit = "x.service"` and
-# `wait_until = "command"` poll in the guest. `timeout = SECONDS` (default
-# 120) stops a step inside the guest when it runs over.
-[[step]]
-title = "configure what the report configured"
-write = "/etc/vmrepro-example.conf"
-content = """
-setting = value
-"""
-
-[[step]]
-title = "do what the report did"
-run = "cp /etc/vmrepro-example.conf /etc/vmrepro-example.conf.saved"
-
-[[step]]
-reboot = true
-
-# Captures are recorded into the snapshot (snapshots/NAME@RELEASE-KERNEL.snap),
-# taken at the end and also just before the last reboot.
-[[capture]]
-name = "saved configuration"
-run = "cat /etc/vmrepro-example.conf.saved"
-
-[[capture]]
-name = "failed units"
-run = "systemctl list-units --state=failed --no-legend --plain | sort"
-
-# A port can be tried from outside the guest, through its firewall:
-# `probe_tcp = 8080` records open, refused or no answer.
-
-# What must hold whatever the snapshot says.
-[expect]
-survive_reboot = ["saved configuration"]
-"#;
+const SKELETON: &str = include_str!("skeleton.toml");
 
 fn new_scenario(project: &Project, name: &str) -> Result<u8> {
     if name.is_empty()

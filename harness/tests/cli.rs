@@ -71,6 +71,10 @@ fn main() -> ExitCode {
         with_guests("a_killed_control_shell_is_named", killed_shell),
         with_guests("a_boot_loop_is_named_and_asserted", boot_loop),
         with_guests(
+            "a_detached_disk_is_gone_and_emergency_mode_is_looked_into",
+            detached_disk,
+        ),
+        with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
         ),
@@ -1190,4 +1194,80 @@ fn boot_loop() -> Result<(), Failed> {
         ],
         300.0,
     )
+}
+
+const DETACHED: &str = r#"
+name = "detached"
+description = "A data disk mounted from fstab is pulled out of the running guest; the next boot stops in emergency mode."
+[matrix]
+releases = ["bookworm"]
+kernels = ["linode"]
+[[disk]]
+name = "data"
+size = "16 MiB"
+label = "DATA"
+files = "data"
+[[step]]
+title = "mount the data disk from fstab and read it"
+run = """
+mkdir -p /srv/data
+echo 'LABEL=DATA /srv/data ext4 defaults,x-systemd.device-timeout=5 0 2' >> /etc/fstab
+mount /srv/data && cat /srv/data/hello.txt && stat -c '%U %a' /srv/data/hello.txt && umount /srv/data
+"""
+[[step]]
+detach = "data"
+[[step]]
+title = "the disk is gone"
+run = "! blkid -L DATA && ! ls /dev/sda"
+[[step]]
+reboot = true
+[[capture]]
+name = "block devices"
+run = "lsblk -d -n -o NAME,LABEL | tr -s ' '"
+[expect]
+boot = "emergency"
+"#;
+
+/// A disk made from the project's folder, read in the guest, detached from
+/// the running guest on the Linode-style kernel (no ACPI), and missed at
+/// the next boot: emergency mode named at once, and the capture taken from
+/// the shell opened there.
+fn detached_disk() -> Result<(), Failed> {
+    let dir = common::scratch_project(&[("detached.toml", DETACHED)])?;
+    let data = dir.path().join("scenarios/data");
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("hello.txt"), "hello from the data disk\n")?;
+    let started = Instant::now();
+    let output = vmrepro(dir.path()).args(["repro", "detached"]).output()?;
+    let took = started.elapsed().as_secs_f64();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    let said = said(&output);
+    eprintln!(
+        "cli: detached: exit {:?} after {took:.1}s",
+        output.status.code()
+    );
+    for needle in [
+        "**Verdict:** NEW: every expectation held",
+        "did not come back: emergency (Timed out waiting for device /dev/disk/by-label/DATA)",
+        "hello from the data disk\n   root 644",
+        "Disk `data` unplugged from the running guest",
+        "### Read from the guest in emergency mode",
+        "Dependency failed for /srv/data",
+    ] {
+        if !report.contains(needle) {
+            return Err(lacks("report", needle, &said));
+        }
+    }
+    // The capture came from the emergency shell: the root disk only.
+    let snapshot = std::fs::read_to_string(
+        dir.path()
+            .join("snapshots/detached@bookworm-linode.snap.new"),
+    )?;
+    if !snapshot.contains("== block devices (exit 0) ==\nvda vmrepro\n") {
+        return Err(lacks("snapshot", "the root disk alone", &snapshot));
+    }
+    if took > 240.0 {
+        return Err(format!("took {took:.1}s:\n{said}").into());
+    }
+    Ok(())
 }

@@ -29,7 +29,7 @@ use crate::spec::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
 /// entries are not reused.
-const IMAGE_FORMAT: &str = "vmrepro-image-4";
+const IMAGE_FORMAT: &str = "vmrepro-image-5";
 
 /// The keyring that holds the keys of retired releases.
 const REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg";
@@ -569,6 +569,22 @@ fn shape_tree(tree: &Path) -> Result<(), String> {
         &format!("etc/systemd/system/serial-getty@{CONTROL_TTY}.service.d/vmrepro.conf"),
         "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,38400,9600 %I $TERM\n",
     )?;
+    // In emergency and rescue mode, a root shell on the kernel console
+    // after Enter, although root has no password: the harness takes its
+    // captures there. systemd-sulogin-shell passes `--force` to sulogin
+    // when this is set in its environment (systemd v240,
+    // src/sulogin-shell/sulogin-shell.c: `getenv_bool("SYSTEMD_SULOGIN_FORCE")`;
+    // buster's 241 on), and util-linux's sulogin then opens a shell for a
+    // locked root (login-utils/sulogin.c since 2.27). jessie's 215 and
+    // stretch's 232 run sulogin themselves, without it: there the mode
+    // stays closed, and the console is the evidence. Nothing reads this
+    // outside those two modes.
+    for mode in ["emergency", "rescue"] {
+        write(
+            &format!("etc/systemd/system/{mode}.service.d/vmrepro.conf"),
+            "[Service]\nEnvironment=SYSTEMD_SULOGIN_FORCE=1\n",
+        )?;
+    }
     let wants = tree.join("etc/systemd/system/getty.target.wants");
     fs::create_dir_all(&wants).map_err(|e| format!("{}: {e}", wants.display()))?;
     let link = wants.join(format!("serial-getty@{CONTROL_TTY}.service"));
@@ -750,7 +766,7 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
         assert_eq!(a.hash().len(), 16);
         // Pinned: a change of the hashing itself would orphan every cache
         // entry and every CI cache key.
-        assert_eq!(a.hash(), "a5e4c87eeaf87800");
+        assert_eq!(a.hash(), "040d1c819caf7169");
     }
 
     #[test]
@@ -852,6 +868,14 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
         )
         .expect("drop-in");
         assert!(getty.contains("--autologin root"));
+        for mode in ["emergency", "rescue"] {
+            let dropin = fs::read_to_string(
+                dir.path()
+                    .join(format!("etc/systemd/system/{mode}.service.d/vmrepro.conf")),
+            )
+            .expect("drop-in");
+            assert_eq!(dropin, "[Service]\nEnvironment=SYSTEMD_SULOGIN_FORCE=1\n");
+        }
         let link = fs::read_link(
             dir.path()
                 .join("etc/systemd/system/getty.target.wants/serial-getty@ttyS1.service"),

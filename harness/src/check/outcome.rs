@@ -91,6 +91,27 @@ pub struct NotBack {
     /// The kernel console's last lines when it was noticed: the evidence,
     /// since no shell is left to capture anything from.
     pub console_tail: String,
+    /// What could be read from the guest where it ended, once looked at.
+    pub examined: Option<Examined>,
+}
+
+/// What the harness could read from a guest that did not come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Examined {
+    /// A root shell in the emergency or rescue mode the boot ended in: the
+    /// scenario's captures were taken there (they follow the stand-in
+    /// capture in [`Outcome::captures`]), and these.
+    Shell {
+        /// `systemctl --failed`, as the guest listed it.
+        failed_units: String,
+        /// The boot's journal entries of priority warning or worse.
+        journal: String,
+    },
+    /// No shell could be had; the console is the evidence.
+    Closed {
+        /// Why, in words.
+        why: String,
+    },
 }
 
 impl NotBack {

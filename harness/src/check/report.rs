@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::check::capture::Capture;
-use crate::check::outcome::Outcome;
+use crate::check::outcome::{Examined, NotBack, Outcome};
 use crate::check::snapshot::SnapshotError;
 use crate::check::verdict::Status;
 use crate::spec::{Action, Scenario, StepStatus};
@@ -46,11 +46,12 @@ pub(crate) fn markdown(
     if let Some(not_back) = &outcome.not_back {
         let _ = writeln!(
             md,
-            "The guest did not come back after step {}: {}. Nothing could be read from it after the reboot; this is what its kernel console showed last (all of it is in `console.log` beside the artifacts):\n\n```\n{}\n```",
+            "The guest did not come back after step {}: {}. This is what its kernel console showed last (all of it is in `console.log` beside the artifacts):\n\n```\n{}\n```",
             not_back.step,
             not_back.ended,
             not_back.console_tail.trim_end()
         );
+        write_examined(&mut md, not_back);
     } else if outcome.before_reboot.is_empty() {
         let _ = writeln!(md, "No reboot, or nothing captured before it.");
     } else if outcome.changes.is_empty() {
@@ -195,6 +196,13 @@ fn write_steps(md: &mut String, outcome: &Outcome) {
                 );
             }
             Action::Reboot => {}
+            Action::Detach { disk } => {
+                let _ = writeln!(
+                    md,
+                    "\n   Disk `{disk}` unplugged from the running guest; its kernel let go of it."
+                );
+                continue;
+            }
             Action::Copy { from, to, .. } => {
                 let _ = writeln!(md, "\n   `{from}` (from the scenario's project) to `{to}`");
             }
@@ -338,14 +346,51 @@ fn explaining_lines(outcome: &Outcome) -> Vec<String> {
         "could not",
         "Dependency",
     ];
+    let examined = match outcome.not_back.as_ref().and_then(|n| n.examined.as_ref()) {
+        Some(Examined::Shell { journal, .. }) => journal.as_str(),
+        _ => "",
+    };
     outcome
         .captures
         .iter()
         .filter(|c| c.name.starts_with("journal"))
         .flat_map(|c| c.raw.lines())
+        .chain(examined.lines())
         .filter(|line| SIGNS.iter().any(|sign| line.contains(sign)))
         .map(str::to_owned)
         .collect()
+}
+
+/// What was read from a guest that did not come back, or why nothing was.
+fn write_examined(md: &mut String, not_back: &NotBack) {
+    let mode = not_back.ended.end.name();
+    match &not_back.examined {
+        Some(Examined::Shell {
+            failed_units,
+            journal,
+        }) => {
+            let _ = writeln!(
+                md,
+                "\n### Read from the guest in {mode} mode\n\nsulogin opened a root shell on the console (the image sets `SYSTEMD_SULOGIN_FORCE=1` for the {mode} service), and the harness started its control shell from there: the captures after the flow, after the stand-in for the boot's end, were taken in {mode} mode. The harness's own login is in the journal from then on.\n\nFailed units:\n\n```\n{}\n```\n\nThe boot's journal, priority warning or worse:\n\n```\n{}\n```",
+                or_none(failed_units),
+                or_none(journal)
+            );
+        }
+        Some(Examined::Closed { why }) => {
+            let _ = writeln!(
+                md,
+                "\nNothing could be read from the guest after the reboot: {why}. The console above is the evidence."
+            );
+        }
+        None => {}
+    }
+}
+
+fn or_none(text: &str) -> &str {
+    match text.trim_end() {
+        "" => "(none)",
+        text => text,
+    }
 }
 
 fn indent(text: &str) -> String {
@@ -876,6 +921,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
                 quiet: None,
             },
             console_tail: "You are in emergency mode.".into(),
+            examined: None,
         };
         let judge = |o: &Outcome, not_back: Option<&run::NotBack>| {
             run::check_expectations(&o.expect, not_back, &o.units, &o.before_reboot, &o.captures)

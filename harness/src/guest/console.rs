@@ -292,6 +292,21 @@ impl Console {
         self.probe_until_ready(what, timeout, true)
     }
 
+    /// Waits for a shell on the control port that the harness started from
+    /// inside the emergency or rescue mode the guest ended in, and prepares
+    /// it: that mode is from now on where the harness works (see
+    /// [`Life::examine`]).
+    pub(crate) fn wait_examination_shell(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(), ConsoleError> {
+        if let Some(life) = &mut self.life {
+            life.examine();
+        }
+        self.probe_until_ready(what, timeout, true)
+    }
+
     /// Waits for the shell of a guest resumed from a saved state: it sat at
     /// its prompt when the state was saved, so there is no login to wait
     /// for, only a probe to answer.

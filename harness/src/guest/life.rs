@@ -91,6 +91,9 @@ pub(crate) struct Life {
     /// until when to wait for it.
     pending: Option<(GuestEnd, Instant)>,
     ended: Option<Ended>,
+    /// The harness is opening a shell in the emergency or rescue mode the
+    /// guest ended in: the mode is where it now works, not an end.
+    examining: bool,
 }
 
 impl Life {
@@ -108,7 +111,19 @@ impl Life {
             grew: Instant::now(),
             pending: None,
             ended: None,
+            examining: false,
         }
+    }
+
+    /// The guest ended in emergency or rescue mode and the harness goes on
+    /// in that mode's shell: the mode is no longer an end, its banner no
+    /// longer news, and a quiet console no hang (the shell waits for keys).
+    /// A panic, a power-off, a reboot or a new kernel still end it.
+    pub(crate) fn examine(&mut self) {
+        self.examining = true;
+        self.ended = None;
+        self.pending = None;
+        self.booting = false;
     }
 
     /// The harness starts the guest from power-on: one kernel start is
@@ -256,6 +271,8 @@ impl Life {
             self.end(GuestEnd::PowerOff, None);
         } else if line.contains("reboot: System halted") {
             self.end(GuestEnd::Halt, None);
+        } else if self.examining {
+            // Emergency or rescue lines of the mode being examined.
         } else if let Some(end) = mode(line) {
             // The shell's banner comes last, after systemd's reasons; the
             // target ("Reached target Emergency Mode") a moment before it.
@@ -342,15 +359,44 @@ fn reason(line: &str) -> Option<String> {
         "Unable to mount root",
     ];
     let at = SAYS_WHY.iter().filter_map(|w| line.find(w)).min()?;
+    // The kernel writes to the same console whenever it likes: its line
+    // can start in the middle of systemd's ("…/srv/data.[   16.30] systemd-
+    // journald[174]: …"), and is no part of the reason.
+    let text = &line[at..];
+    let text = kernel_timestamp(text).map_or(text, |cut| &text[..cut]);
     // systemd 247 on: "… dev-x.device - /dev/x." names the unit and then
     // what it is; the description is what a person recognises.
-    let text = line[at..].trim_end_matches('.');
+    let text = text.trim_end().trim_end_matches('.');
     Some(match text.split_once(" - ") {
         Some((head, description)) if head.split(' ').count() >= 4 => {
             let verb = head.rsplit_once(' ').map_or(head, |(verb, _)| verb);
             format!("{verb} {description}")
         }
         _ => text.to_owned(),
+    })
+}
+
+/// Where a kernel timestamp ("[   16.302750]") starts in `text`, if
+/// anywhere.
+fn kernel_timestamp(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..bytes.len()).find(|&at| {
+        let Some(rest) = text.get(at + 1..) else {
+            return false;
+        };
+        if bytes[at] != b'[' {
+            return false;
+        }
+        let inner = rest.trim_start_matches(' ');
+        let Some((stamp, _)) = inner.split_once(']') else {
+            return false;
+        };
+        stamp.split_once('.').is_some_and(|(s, f)| {
+            !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_digit())
+                && f.len() >= 3
+                && f.bytes().all(|b| b.is_ascii_digit())
+        })
     })
 }
 
@@ -398,6 +444,39 @@ system logs, \"systemctl reboot\" to reboot, \"systemctl default\" or \"exit\"\r
             ended.to_string(),
             "the guest is in emergency mode: Timed out waiting for device /dev/disk/by-label/DATA; Dependency failed for /srv/data; Dependency failed for Local File Systems"
         );
+    }
+
+    #[test]
+    fn a_kernel_line_run_into_systemds_is_no_part_of_the_reason() {
+        assert_eq!(
+            reason("[DEPEND] Dependency failed for srv-data.mount - /srv/data.[   16.302750] systemd-journald[174]: Received client request to flush runtime journal.").as_deref(),
+            Some("Dependency failed for /srv/data")
+        );
+        assert_eq!(
+            reason("Failed to start foo.service - Foo [1.2] thing.").as_deref(),
+            Some("Failed to start Foo [1.2] thing"),
+            "a bracket in a description is not a kernel timestamp"
+        );
+    }
+
+    #[test]
+    fn an_examined_emergency_mode_is_no_end_but_a_panic_in_it_is() {
+        let mut life = watcher();
+        life.expect_reboot();
+        life.feed(b"[   41.2] reboot: Restarting system\r\n[    0.000000] Linux version 6.1.0-50-cloud-amd64\r\n");
+        life.feed(EMERGENCY.as_bytes());
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::Emergency));
+        life.examine();
+        assert!(life.ended().is_none());
+        life.feed(b"You are in emergency mode. After logging in, type \"journalctl -xb\"\r\nPress Enter for maintenance\r\n(or press Control-D to continue): \r\nroot@vmrepro:~# ");
+        assert!(life.ended().is_none(), "{:?}", life.ended());
+        life.grew = Instant::now() - HUNG_AFTER * 2;
+        assert!(
+            life.poll().is_none(),
+            "a shell waiting for keys is not hung"
+        );
+        life.feed(b"[  120.5] Kernel panic - not syncing: sysrq triggered crash\r\n");
+        assert_eq!(life.ended().map(|e| e.end), Some(GuestEnd::Panic));
     }
 
     #[test]

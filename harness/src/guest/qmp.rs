@@ -10,13 +10,19 @@ use tokio::process::Child;
 use crate::guest::vm::{connect, ConnectError, VmError};
 use crate::host::process;
 
-/// A QMP connection: one JSON object per line each way; asynchronous events
-/// are skipped. It runs on the process's runtime, every answer awaited with
-/// a timeout; its methods are called from the trial's own thread.
+/// A QMP connection: one JSON object per line each way. Asynchronous events
+/// that arrive while a command waits for its answer are kept (the last
+/// [`KEPT_EVENTS`]) for [`Qmp::wait_event`]. It runs on the process's
+/// runtime, every answer awaited with a timeout; its methods are called
+/// from the trial's own thread.
 pub(crate) struct Qmp {
     reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
+    events: std::collections::VecDeque<serde_json::Value>,
 }
+
+/// How many unclaimed events a connection keeps.
+const KEPT_EVENTS: usize = 64;
 
 /// How long QEMU may take to answer one QMP command.
 const QMP_ANSWER: Duration = Duration::from_secs(60);
@@ -40,6 +46,7 @@ impl Qmp {
         Ok(Qmp {
             reader: tokio::io::BufReader::new(reader),
             writer,
+            events: std::collections::VecDeque::new(),
         })
     }
 
@@ -56,15 +63,17 @@ impl Qmp {
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
         }
+        let events = &mut self.events;
+        let reader = &mut self.reader;
+        let writer = &mut self.writer;
         process::block_on(async {
             use tokio::io::AsyncWriteExt as _;
-            self.writer
+            writer
                 .write_all(format!("{request}\n").as_bytes())
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             loop {
-                let message = self
-                    .next_message()
+                let message = next_message(reader, QMP_ANSWER)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 if let Some(answer) = message.get("return") {
@@ -75,31 +84,91 @@ impl Qmp {
                         error["desc"].as_str().unwrap_or("unknown error").to_owned(),
                     ));
                 }
-                // An event ("event": ...): not the answer.
+                // An event ("event": ...): not the answer, kept.
+                keep(events, message);
+            }
+        })
+    }
+
+    /// Waits up to `timeout` for an event called `name` whose `data`
+    /// satisfies `wanted`, among those kept and those still to come;
+    /// returns its `data`. Other events are kept for later waits.
+    pub(crate) fn wait_event(
+        &mut self,
+        name: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, VmError> {
+        let matches = |message: &serde_json::Value| {
+            message["event"].as_str() == Some(name) && wanted(&message["data"])
+        };
+        if let Some(at) = self.events.iter().position(matches) {
+            let message = self.events.remove(at).unwrap_or_default();
+            return Ok(message["data"].clone());
+        }
+        let failed = |message: String| VmError::Monitor {
+            command: format!("waiting for {name}"),
+            message,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let events = &mut self.events;
+        let reader = &mut self.reader;
+        process::block_on(async {
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let message = next_message(reader, left).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        failed(format!("no such event within {}s", timeout.as_secs()))
+                    } else {
+                        failed(e.to_string())
+                    }
+                })?;
+                if matches(&message) {
+                    return Ok(message["data"].clone());
+                }
+                if message.get("event").is_some() {
+                    keep(events, message);
+                }
             }
         })
     }
 
     /// The next message, within [`QMP_ANSWER`].
     async fn next_message(&mut self) -> std::io::Result<serde_json::Value> {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut line = String::new();
-        let read = tokio::time::timeout(QMP_ANSWER, self.reader.read_line(&mut line))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("QEMU did not answer within {}s", QMP_ANSWER.as_secs()),
-                )
-            })??;
-        if read == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "QEMU closed the monitor",
-            ));
-        }
-        serde_json::from_str(&line).map_err(std::io::Error::other)
+        next_message(&mut self.reader, QMP_ANSWER).await
     }
+}
+
+/// Keeps an event, dropping the oldest beyond [`KEPT_EVENTS`].
+fn keep(events: &mut std::collections::VecDeque<serde_json::Value>, event: serde_json::Value) {
+    if events.len() == KEPT_EVENTS {
+        events.pop_front();
+    }
+    events.push_back(event);
+}
+
+/// The next message, within `within`.
+async fn next_message(
+    reader: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    within: Duration,
+) -> std::io::Result<serde_json::Value> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = String::new();
+    let read = tokio::time::timeout(within, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("QEMU did not answer within {}s", within.as_secs()),
+            )
+        })??;
+    if read == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "QEMU closed the monitor",
+        ));
+    }
+    serde_json::from_str(&line).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -125,6 +194,55 @@ mod tests {
             requests
         });
         (Qmp::over(ours).expect("a QMP connection"), peer)
+    }
+
+    #[test]
+    fn an_event_is_found_whether_it_came_before_or_after_the_wait() {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let mut reader = BufReader::new(theirs.try_clone().expect("clone"));
+            let mut writer = theirs;
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            writer
+                .write_all(
+                    concat!(
+                        "{\"event\": \"DEVICE_DELETED\", \"data\": {\"device\": \"disk-a\"}}\n",
+                        "{\"return\": {}}\n",
+                        "{\"event\": \"RESET\", \"data\": {}}\n",
+                        "{\"event\": \"DEVICE_DELETED\", \"data\": {\"path\": \"/x\"}}\n",
+                        "{\"event\": \"DEVICE_DELETED\", \"data\": {\"device\": \"disk-b\"}}\n",
+                    )
+                    .as_bytes(),
+                )
+                .expect("events");
+            // The monitor stays open until the test is done with it.
+            let _ = finished.recv();
+            line
+        });
+        let mut qmp = Qmp::over(ours).expect("a QMP connection");
+        qmp.execute("device_del", Some(serde_json::json!({ "id": "disk-b" })))
+            .expect("answer");
+        let deleted =
+            |id: &'static str| move |data: &serde_json::Value| data["device"].as_str() == Some(id);
+        let b = qmp
+            .wait_event("DEVICE_DELETED", deleted("disk-b"), Duration::from_secs(5))
+            .expect("disk-b's event came after the answer");
+        assert_eq!(b["device"], "disk-b");
+        qmp.wait_event("DEVICE_DELETED", deleted("disk-a"), Duration::from_secs(5))
+            .expect("disk-a's event came before the answer and was kept");
+        let err = qmp
+            .wait_event(
+                "DEVICE_DELETED",
+                deleted("disk-a"),
+                Duration::from_millis(200),
+            )
+            .expect_err("an event is claimed once");
+        assert!(err.to_string().contains("no such event within"), "{err}");
+        let _ = done.send(());
+        let request = peer.join().expect("peer");
+        assert!(request.contains(r#""id":"disk-b""#), "{request}");
     }
 
     #[test]

@@ -233,6 +233,30 @@ pub(crate) struct VmConfig {
     /// user-mode network with `restrict=on` (it can reach nothing, and
     /// nothing reaches it but these forwards); otherwise no network at all.
     pub(crate) forward_tcp: Vec<u16>,
+    /// Extra disks, in the order the scenario declares them.
+    pub(crate) disks: Vec<VmDisk>,
+}
+
+/// An extra disk: a throwaway overlay on a read-only base, attached as a
+/// SCSI disk on a virtio SCSI controller, with the disk's name as its
+/// serial number.
+#[derive(Debug, Clone)]
+pub(crate) struct VmDisk {
+    /// The name a scenario gives it.
+    pub(crate) name: String,
+    /// The disk its overlay is backed by; never written.
+    pub(crate) base: PathBuf,
+    /// Where to create its overlay so that it outlives the guest, as
+    /// [`VmConfig::keep_overlay`] for the root disk.
+    pub(crate) keep_overlay: Option<PathBuf>,
+}
+
+impl VmDisk {
+    /// The QEMU device id, which `device_del` and the `DEVICE_DELETED`
+    /// event name.
+    pub(crate) fn device_id(name: &str) -> String {
+        format!("disk-{name}")
+    }
 }
 
 impl VmConfig {
@@ -359,6 +383,9 @@ pub(crate) struct Vm {
     control: UnixStream,
     qmp: Qmp,
     console_log: PathBuf,
+    /// A connection to the kernel console's socket, made the first time
+    /// something is typed there and drained from then on.
+    console_input: Option<UnixStream>,
     qemu_log: PathBuf,
     started: Instant,
     /// How this QEMU was started, for reports: the command line, the
@@ -417,8 +444,54 @@ impl Vm {
             Duration::from_secs(60),
         )?;
 
+        let mut disk_args = Vec::new();
+        if !config.disks.is_empty() {
+            // microvm has no PCI bus unless asked for one; its virtio
+            // devices sit on MMIO.
+            let controller = if config.machine.machine.starts_with("microvm") {
+                "virtio-scsi-device,id=scsi0"
+            } else {
+                "virtio-scsi-pci,id=scsi0"
+            };
+            disk_args.extend(["-device".to_owned(), controller.to_owned()]);
+        }
+        for disk in &config.disks {
+            let overlay = disk
+                .keep_overlay
+                .clone()
+                .unwrap_or_else(|| workdir.path().join(format!("disk-{}.qcow2", disk.name)));
+            let base = fs::canonicalize(&disk.base).map_err(io(&disk.base))?;
+            let mut create = Command::new("qemu-img");
+            create
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&base)
+                .arg(&overlay);
+            process::run_logged(
+                &config.events,
+                &format!("creating the overlay of disk {}", disk.name),
+                create,
+                &workdir.path().join("qemu-img.log"),
+                Duration::from_secs(60),
+            )?;
+            let id = VmDisk::device_id(&disk.name);
+            disk_args.extend([
+                "-drive".to_owned(),
+                format!(
+                    "file={},if=none,id=drive-{},format=qcow2,cache=unsafe",
+                    overlay.display(),
+                    disk.name
+                ),
+                "-device".to_owned(),
+                format!(
+                    "scsi-hd,bus=scsi0.0,drive=drive-{},id={id},serial={}",
+                    disk.name, disk.name
+                ),
+            ]);
+        }
+
         let forwarded = free_ports(&config.forward_tcp).map_err(io(Path::new("127.0.0.1")))?;
         let control_path = workdir.path().join("control.sock");
+        let console_path = workdir.path().join("console.sock");
         let qmp_path = workdir.path().join("qmp.sock");
         let console_log = config.artifacts.join("console.log");
         let qemu_log = config.artifacts.join("qemu.log");
@@ -436,8 +509,18 @@ impl Vm {
                 "file={},if=virtio,format=qcow2,cache=unsafe",
                 overlay.display()
             ))
+            .args(&disk_args)
+            // The kernel console goes to its log whether or not anyone is
+            // connected (QEMU's chardev `logfile`), and takes keys on a
+            // socket: in emergency mode the guest's only shell is there.
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                console_path.display(),
+                console_log.display()
+            ))
             .arg("-serial")
-            .arg(format!("file:{}", console_log.display()))
+            .arg("chardev:console")
             .arg("-chardev")
             .arg(format!(
                 "socket,id=control,path={},server=on,wait=off",
@@ -518,6 +601,7 @@ impl Vm {
             control,
             qmp,
             console_log,
+            console_input: None,
             qemu_log,
             started: Instant::now(),
             setup,
@@ -601,6 +685,23 @@ impl Vm {
             })
     }
 
+    /// Pulls an extra disk out of the running guest: QEMU removes the SCSI
+    /// device at once and tells the guest's virtio SCSI driver through the
+    /// controller's event queue (no ACPI involved), then confirms with a
+    /// `DEVICE_DELETED` event. Waits up to `timeout` for that event.
+    pub(crate) fn detach(&mut self, name: &str, timeout: Duration) -> Result<(), VmError> {
+        let id = VmDisk::device_id(name);
+        self.qmp
+            .execute("device_del", Some(serde_json::json!({ "id": id })))?;
+        self.qmp
+            .wait_event(
+                "DEVICE_DELETED",
+                |data| data["device"].as_str() == Some(id.as_str()),
+                timeout,
+            )
+            .map(|_| ())
+    }
+
     /// Asks QEMU to exit cleanly (closing the disk), and waits for it.
     pub(crate) fn quit(mut self) -> Result<(), VmError> {
         self.qmp.execute("quit", None)?;
@@ -664,6 +765,39 @@ impl Vm {
     /// The kernel console log (ttyS0).
     pub(crate) fn console_log(&self) -> &Path {
         &self.console_log
+    }
+
+    /// Types `text` on the kernel console (ttyS0), as a person at the
+    /// machine's console would. The first call connects to the console's
+    /// socket; a thread then reads and drops what comes back on it (the
+    /// log has it all), so that the guest's console never waits for a
+    /// reader.
+    pub(crate) fn type_on_console(&mut self, text: &str) -> Result<(), VmError> {
+        use std::io::{Read as _, Write as _};
+        let path = self.workdir.path().join("console.sock");
+        let io = |source| VmError::Io {
+            path: path.clone(),
+            source,
+        };
+        if self.console_input.is_none() {
+            let stream = UnixStream::connect(&path).map_err(io)?;
+            let mut drain = stream.try_clone().map_err(io)?;
+            std::thread::Builder::new()
+                .name("console drain".into())
+                .spawn(move || {
+                    let mut buffer = [0u8; 4096];
+                    while matches!(drain.read(&mut buffer), Ok(n) if n > 0) {}
+                })
+                .map_err(io)?;
+            stream
+                .set_write_timeout(Some(Duration::from_secs(10)))
+                .map_err(io)?;
+            self.console_input = Some(stream);
+        }
+        if let Some(stream) = self.console_input.as_mut() {
+            stream.write_all(text.as_bytes()).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Time since QEMU started.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::build::cache::{Cache, CacheError};
 use crate::build::image::AUTOLOGIN_BANNER;
 use crate::guest::console::{Console, ConsoleError};
-use crate::guest::vm::{Vm, VmConfig, VmError};
+use crate::guest::vm::{Vm, VmConfig, VmDisk, VmError};
 use crate::host;
 
 /// The cache kind saved states live under.
@@ -43,6 +43,8 @@ pub struct WarmState {
     pub(crate) state: PathBuf,
     /// The overlay as the boot left it, backed by the base disk.
     pub(crate) disk: PathBuf,
+    /// The extra disks' overlays as the boot left them, by name.
+    pub(crate) disks: Vec<(String, PathBuf)>,
     /// What the saving boot recorded.
     pub meta: WarmMeta,
 }
@@ -122,11 +124,17 @@ pub(crate) fn key(name: &str, config: &VmConfig) -> String {
     if !config.forward_tcp.is_empty() {
         parts.push("network: virtio, restricted user-mode".to_owned());
     }
+    // Extra disks are devices of the saved machine, and the guest has seen
+    // what is on them; keys without any stay as they were.
+    for disk in &config.disks {
+        parts.push(format!("disk {} on virtio SCSI", disk.name));
+    }
     // The files by path, size and modification time: an imported image or a
     // rebuilt kernel at the same path is a different guest.
     for file in std::iter::once(&config.base_disk)
         .chain(std::iter::once(&config.kernel.image))
         .chain(config.kernel.initrd.iter())
+        .chain(config.disks.iter().map(|d| &d.base))
     {
         let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
         let stamp = std::fs::metadata(&path)
@@ -166,12 +174,22 @@ pub(crate) fn get_or_save(
         key,
         state: entry.dir.join(STATE_FILE),
         disk: entry.dir.join(DISK_FILE),
+        disks: config
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), entry.dir.join(extra_disk_file(&d.name))))
+            .collect(),
         meta: entry.meta,
     })
 }
 
 const STATE_FILE: &str = "state.bin";
 const DISK_FILE: &str = "disk.qcow2";
+
+/// The saved overlay of an extra disk.
+fn extra_disk_file(name: &str) -> String {
+    format!("extra-disk-{name}.qcow2")
+}
 
 fn save(
     work: &Path,
@@ -202,6 +220,14 @@ fn save(
         keep_overlay: Some(work.join(DISK_FILE)),
         resume_from: None,
         artifacts: work.to_owned(),
+        disks: config
+            .disks
+            .iter()
+            .map(|d| VmDisk {
+                keep_overlay: Some(work.join(extra_disk_file(&d.name))),
+                ..d.clone()
+            })
+            .collect(),
         ..config.clone()
     })
     .map_err(vm_error(boot))?;
@@ -267,6 +293,20 @@ pub(crate) fn resume(
         base_disk: state.disk.clone(),
         keep_overlay: None,
         resume_from: Some(state.state.clone()),
+        disks: config
+            .disks
+            .iter()
+            .map(|d| VmDisk {
+                base: state
+                    .disks
+                    .iter()
+                    .find(|(name, _)| name == &d.name)
+                    .map(|(_, saved)| saved.clone())
+                    .unwrap_or_else(|| d.base.clone()),
+                keep_overlay: None,
+                ..d.clone()
+            })
+            .collect(),
         ..config.clone()
     })
     .map_err(vm_error)?;
@@ -370,6 +410,7 @@ mod tests {
             resume_from: None,
             events: crate::host::progress::Events::silent(),
             forward_tcp: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -403,7 +444,18 @@ mod tests {
         kernel.kernel.release = "6.1.0-other".into();
         let mut network = base.clone();
         network.forward_tcp = vec![8080];
-        for changed in [&memory, &cmdline, &machine, &accel, &kernel, &network] {
+        let mut disk = base.clone();
+        disk.disks = vec![VmDisk {
+            name: "data".into(),
+            base: base.base_disk.clone(),
+            keep_overlay: None,
+        }];
+        let mut other_disk = disk.clone();
+        other_disk.disks[0].name = "other".into();
+        assert_ne!(super::key("x", &disk), super::key("x", &other_disk));
+        for changed in [
+            &memory, &cmdline, &machine, &accel, &kernel, &network, &disk,
+        ] {
             assert_ne!(key, super::key("bookworm-linode", changed));
         }
 

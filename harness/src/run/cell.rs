@@ -14,7 +14,7 @@ use crate::check::outcome::{
 };
 use crate::check::verdict::Status;
 use crate::guest::console::{Console, ConsoleError};
-use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmError};
+use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
 use crate::spec::project::Project;
@@ -78,6 +78,7 @@ impl RunError {
             | RunError::QemuEnded { .. }
             | RunError::Image(_)
             | RunError::Kernel(_)
+            | RunError::Disk(_)
             | RunError::Vm(_)
             | RunError::Warm(_) => Status::Error,
             RunError::Console(_) | RunError::Step { .. } => Status::Fail,
@@ -125,6 +126,9 @@ pub enum RunError {
     /// The kernel is not available.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// An extra disk could not be made.
+    #[error(transparent)]
+    Disk(#[from] crate::build::disk::DiskError),
     /// QEMU trouble.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -253,19 +257,19 @@ fn with_newline(text: &str) -> String {
 }
 
 /// A booted guest with a ready shell.
-struct Guest {
-    vm: Vm,
+pub(super) struct Guest {
+    pub(super) vm: Vm,
     /// Where driving the guest reports progress.
-    events: Events,
-    console: Console,
-    start: Start,
+    pub(super) events: Events,
+    pub(super) console: Console,
+    pub(super) start: Start,
     /// How long preparing and starting it took (the other phases are
     /// filled in as the flow goes).
-    timings: Timings,
-    packages: BTreeMap<String, String>,
-    image_origin: String,
+    pub(super) timings: Timings,
+    pub(super) packages: BTreeMap<String, String>,
+    pub(super) image_origin: String,
     /// `uname -r` in the guest, once a round of captures has read it.
-    kernel_release: Option<String>,
+    pub(super) kernel_release: Option<String>,
 }
 
 /// What a cell boots, built or found in the cache.
@@ -339,6 +343,19 @@ fn bootable(
             }
         }
     };
+    let mut disks = Vec::new();
+    for disk in scenario.map(|s| s.disks.as_slice()).unwrap_or_default() {
+        disks.push(VmDisk {
+            name: disk.name.clone(),
+            base: crate::build::disk::disk(
+                &options.cache,
+                disk,
+                &recipe.ext4_features,
+                &format!("disk {}", disk.name),
+            )?,
+            keep_overlay: None,
+        });
+    }
     if artifacts.exists() {
         let _ = std::fs::remove_dir_all(artifacts);
     }
@@ -353,6 +370,7 @@ fn bootable(
             resume_from: None,
             events: options.cache.events().clone(),
             forward_tcp,
+            disks,
         },
         packages: image.manifest.packages.clone(),
         image_origin: image.manifest.origin.clone(),
@@ -636,6 +654,15 @@ fn run_steps(
                     .console
                     .run(&what, &wait_until_script(command), step.timeout)
             }
+            Action::Detach { disk } => {
+                // QEMU removes the device at once; the guest's kernel lets
+                // go of it a moment later, and a step after this one must
+                // find it gone.
+                guest.vm.detach(disk, DETACH_TIMEOUT)?;
+                guest
+                    .console
+                    .run(&what, &detached_script(disk), step.timeout)
+            }
             Action::Reboot => {
                 match guest.console.reboot(&what, step.timeout) {
                     Ok(()) => {}
@@ -663,6 +690,7 @@ fn run_steps(
                                 step: index,
                                 ended: *ended,
                                 console_tail,
+                                examined: None,
                             }),
                         });
                     }
@@ -769,6 +797,31 @@ struct Flow {
     not_back: Option<NotBack>,
 }
 
+/// How long QEMU may take to confirm a disk's removal.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the guest's kernel no longer has the disk with serial
+/// `name`: no SCSI disk in sysfs carries it (udev's `by-id` links are not
+/// used, as they need udev to have run, and a rescue shell may have none).
+fn detached_script(name: &str) -> String {
+    format!(
+        r#"serial={}
+present() {{
+  for dev in /sys/class/block/*; do
+    [ -e "$dev/device/vpd_pg80" ] || continue
+    case "$(tr -d '\000' < "$dev/device/vpd_pg80" 2>/dev/null)" in *"$serial") echo "${{dev##*/}}"; return 0;; esac
+  done
+  return 1
+}}
+while name=$(present); do
+  [ "$name" = "$said" ] || {{ echo "the guest still has disk $serial as /dev/$name"; said=$name; }}
+  sleep 0.2
+done
+echo "the guest no longer has disk $serial""#,
+        crate::text::shell_quote(name)
+    )
+}
+
 /// Polls a unit's state in the guest until it is `state`. Prints each state
 /// it sees, so a wait that runs out of time shows where the unit stood.
 fn wait_for_unit_script(unit: &str, state: &str) -> String {
@@ -828,11 +881,17 @@ fn drive(
         before_reboot,
         not_back,
     } = run_steps(guest, scenario, cell, label, steps)?;
-    if let Some(not_back) = not_back {
-        // No shell to capture from: what the console said stands in.
+    if let Some(mut not_back) = not_back {
+        // What the console said stands in for the captures; where the mode
+        // the boot ended in gives a shell, the scenario's captures follow,
+        // taken there.
+        let (examined, taken) = super::rescue::examine(guest, &scenario.captures, &not_back, label);
+        not_back.examined = Some(examined);
+        let mut captures = vec![not_back.as_capture()];
+        captures.extend(taken);
         return Ok(Driven {
             before_reboot,
-            captures: vec![not_back.as_capture()],
+            captures,
             units: BTreeMap::new(),
             facts: GuestFacts {
                 kernel_release: guest.kernel_release.clone().unwrap_or_default(),

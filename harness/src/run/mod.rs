@@ -4,6 +4,7 @@
 //! many trials at once.
 
 pub mod cell;
+mod rescue;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -292,6 +293,7 @@ mod tests {
             packages: Vec::new(),
             packages_line: None,
             versions: Vec::new(),
+            disks: Vec::new(),
         };
         scenario
             .matrix

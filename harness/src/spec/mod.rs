@@ -70,6 +70,36 @@ pub struct Scenario {
     /// (`warm`, the default) or as a real boot (`cold`), for scenarios whose
     /// subject is the first boot itself.
     pub(crate) first_boot: FirstBoot,
+    /// Disks attached besides the root disk (`[[disk]]`), throwaway per
+    /// trial.
+    pub(crate) disks: Vec<DiskSpec>,
+}
+
+/// A `[[disk]]` table: a disk the guest has besides its root disk, made on
+/// the host and attached for the whole trial unless a `detach` step
+/// removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskSpec {
+    /// What steps call it; also the disk's serial number, so the guest sees
+    /// it as `/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_<name>`.
+    pub(crate) name: String,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// The file system made on it (the whole disk, no partition table);
+    /// `None` leaves it blank (all zeros).
+    pub(crate) filesystem: Option<DiskFilesystem>,
+}
+
+/// The file system on an extra disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiskFilesystem {
+    /// `ext2`, `ext3` or `ext4`.
+    pub(crate) kind: String,
+    /// Its label (at most 16 bytes), for `LABEL=` and `/dev/disk/by-label`.
+    pub(crate) label: Option<String>,
+    /// A folder of the project whose content the file system starts with
+    /// (owned by root, modes kept): as written, and where it is on the host.
+    pub(crate) files: Option<(String, PathBuf)>,
 }
 
 /// How a guest reaches its first shell.
@@ -316,6 +346,13 @@ pub(crate) enum Action {
     WaitUntil {
         /// The command (bash).
         command: String,
+    },
+    /// Pull an extra disk out of the running guest, as if unplugged: QEMU
+    /// removes the device, and the step waits until the guest's kernel no
+    /// longer lists it. It stays gone across later reboots.
+    Detach {
+        /// The `[[disk]]` it names.
+        disk: String,
     },
 }
 

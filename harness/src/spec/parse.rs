@@ -192,6 +192,96 @@ impl Scenario {
                 ))
             }
         };
+        let mut disks: Vec<DiskSpec> = Vec::new();
+        for spanned in &raw.disks {
+            let disk = spanned.get_ref();
+            let name = disk.name.get_ref();
+            // The name is the disk's SCSI serial number too, which QEMU
+            // takes up to 20 characters of without complaint; a name the
+            // guest shows cut short would mislead.
+            if name.is_empty()
+                || name.len() > 20
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    Some(disk.name.span()),
+                    format!("key `disk.name`: {name:?} must be 1 to 20 lower-case letters, digits, `-` or `_`"),
+                ));
+            }
+            if disks.iter().any(|d| &d.name == name) {
+                return Err(invalid(
+                    Some(disk.name.span()),
+                    format!("key `disk.name`: {name:?} is used twice"),
+                ));
+            }
+            let size = disk.size.get_ref().size().filter(|b| DISK_SIZE_RANGE.contains(b)).ok_or_else(|| {
+                invalid(
+                    Some(disk.size.span()),
+                    format!("disk {name:?}: key `size`: give a size from 1 MiB to 64 GiB, such as \"64 MiB\" or \"2 GiB\""),
+                )
+            })?;
+            let kind = match (&disk.filesystem, &disk.label, &disk.files) {
+                (None, None, None) => None,
+                (None, _, _) => Some("ext4".to_owned()),
+                (Some(fs), _, _) if ["ext2", "ext3", "ext4"].contains(&fs.get_ref().as_str()) => {
+                    Some(fs.get_ref().clone())
+                }
+                (Some(fs), _, _) => {
+                    return Err(invalid(
+                        Some(fs.span()),
+                        format!("disk {name:?}: key `filesystem`: {:?} is not one vmrepro makes; use \"ext2\", \"ext3\" or \"ext4\"", fs.get_ref()),
+                    ))
+                }
+            };
+            if let Some(label) = &disk.label {
+                let text = label.get_ref();
+                // e2label(8): an ext label is at most 16 bytes.
+                if text.is_empty()
+                    || text.len() > 16
+                    || text.chars().any(|c| c.is_control() || c == '/')
+                {
+                    return Err(invalid(
+                        Some(label.span()),
+                        format!("disk {name:?}: key `label`: {text:?} must be 1 to 16 bytes, without `/` or control characters"),
+                    ));
+                }
+            }
+            let files = match &disk.files {
+                None => None,
+                Some(written) => {
+                    let source = copy_source(path, written.get_ref())
+                        .and_then(|source| {
+                            if source.is_dir() {
+                                Ok(source)
+                            } else {
+                                Err(format!("{:?} must be a folder", written.get_ref()))
+                            }
+                        })
+                        .map_err(|why| {
+                            invalid(
+                                Some(written.span()),
+                                format!("disk {name:?}: key `files`: {why}"),
+                            )
+                        })?;
+                    Some((written.get_ref().clone(), source))
+                }
+            };
+            disks.push(DiskSpec {
+                name: name.clone(),
+                size,
+                filesystem: kind.map(|kind| DiskFilesystem {
+                    kind,
+                    label: disk.label.as_ref().map(|l| l.get_ref().clone()),
+                    files,
+                }),
+            });
+        }
+        // Which step detached each disk, so that a second detach is an
+        // error here rather than in the guest.
+        let mut detached: BTreeMap<String, usize> = BTreeMap::new();
+
         let mut steps = Vec::new();
         for (index, spanned) in raw.steps.iter().enumerate() {
             let step = spanned.get_ref();
@@ -219,6 +309,7 @@ impl Scenario {
                 step.copy.as_ref().map(|_| "copy"),
                 step.wait_for_unit.as_ref().map(|_| "wait_for_unit"),
                 step.wait_until.as_ref().map(|_| "wait_until"),
+                step.detach.as_ref().map(|_| "detach"),
             ]
             .into_iter()
             .flatten()
@@ -307,11 +398,38 @@ impl Scenario {
                 ["wait_until"] => Action::WaitUntil {
                     command: step.wait_until.clone().unwrap_or_default(),
                 },
+                ["detach"] => {
+                    let disk = step.detach.clone().unwrap_or_default();
+                    if !disks.iter().any(|d| d.name == disk) {
+                        return Err(invalid(
+                            here,
+                            format!(
+                                "step {}: key `detach`: no `[[disk]]` is named {disk:?}{}",
+                                index + 1,
+                                if disks.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " (disks: {})",
+                                        disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                                    )
+                                }
+                            ),
+                        ));
+                    }
+                    if let Some(before) = detached.insert(disk.clone(), index + 1) {
+                        return Err(invalid(
+                            here,
+                            format!("step {}: key `detach`: disk {disk:?} is already detached by step {before}", index + 1),
+                        ));
+                    }
+                    Action::Detach { disk }
+                }
                 [] => {
                     return Err(invalid(
                         here,
                         format!(
-                            "step {}: give one of the keys `run`, `write`, `copy`, `reboot = true`, `wait_for_unit` or `wait_until`",
+                            "step {}: give one of the keys `run`, `write`, `copy`, `reboot = true`, `wait_for_unit`, `wait_until` or `detach`",
                             index + 1
                         ),
                     ))
@@ -370,6 +488,7 @@ impl Scenario {
                 Action::Copy { from, to, .. } => format!("copy {from} to {to}"),
                 Action::WaitForUnit { unit, state } => format!("wait for {unit} to be {state}"),
                 Action::WaitUntil { command } => format!("wait until {}", first_line(command)),
+                Action::Detach { disk } => format!("detach disk {disk}"),
             });
             let mut cells = Vec::new();
             for raw_cell in &step.cell {
@@ -593,6 +712,7 @@ impl Scenario {
             expect,
             expect_cells,
             first_boot: raw.first_boot,
+            disks,
         })
     }
 }
@@ -727,7 +847,22 @@ struct RawScenario {
     #[serde(default)]
     packages: Vec<Spanned<String>>,
     versions: Option<Vec<String>>,
+    #[serde(rename = "disk", default)]
+    disks: Vec<Spanned<RawDisk>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: Spanned<String>,
+    size: Spanned<RawSize>,
+    filesystem: Option<Spanned<String>>,
+    label: Option<Spanned<String>>,
+    files: Option<Spanned<String>>,
+}
+
+/// The sizes an extra disk may have.
+const DISK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(64 << 30);
 
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -751,6 +886,7 @@ struct RawStep {
     wait_for_unit: Option<String>,
     state: Option<Spanned<String>>,
     wait_until: Option<String>,
+    detach: Option<String>,
     timeout: Option<Spanned<i64>>,
     #[serde(default)]
     cell: Vec<Spanned<RawStepCell>>,
@@ -795,7 +931,13 @@ enum RawSize {
 const MAX_OUTPUT_RANGE: std::ops::RangeInclusive<u64> = 2..=(64 << 20);
 
 impl RawSize {
+    /// The size of a capture's output limit.
     fn bytes(&self) -> Option<u64> {
+        self.size().filter(|bytes| MAX_OUTPUT_RANGE.contains(bytes))
+    }
+
+    /// The size in bytes, whatever its range.
+    fn size(&self) -> Option<u64> {
         let bytes = match self {
             RawSize::Bytes(n) => u64::try_from(*n).ok()?,
             RawSize::Words(text) => {
@@ -807,12 +949,13 @@ impl RawSize {
                     "" | "B" => 1,
                     "KiB" => 1 << 10,
                     "MiB" => 1 << 20,
+                    "GiB" => 1 << 30,
                     _ => return None,
                 };
                 number.parse::<u64>().ok()?.checked_mul(unit)?
             }
         };
-        MAX_OUTPUT_RANGE.contains(&bytes).then_some(bytes)
+        Some(bytes)
     }
 }
 
@@ -953,6 +1096,135 @@ units = { "netfilter-persistent.service" = "active" }
         match parse(text) {
             Err(ScenarioError::Invalid { line, message, .. }) => (line, message),
             other => panic!("expected an invalid-scenario error, got {other:?}"),
+        }
+    }
+
+    const DISKS: &str = r#"
+name = "x"
+description = "d"
+
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+
+[[disk]]
+name = "data"
+size = "64 MiB"
+label = "DATA"
+
+[[disk]]
+name = "blank"
+size = 1048576
+
+[[step]]
+detach = "data"
+
+[[step]]
+reboot = true
+"#;
+
+    #[test]
+    fn disks_parse_with_their_defaults_and_a_detach_step_names_one() {
+        let s = parse(DISKS).expect("valid");
+        assert_eq!(s.disks.len(), 2);
+        assert_eq!(s.disks[0].size, 64 << 20);
+        let fs = s.disks[0]
+            .filesystem
+            .as_ref()
+            .expect("a label makes a file system");
+        assert_eq!(
+            (fs.kind.as_str(), fs.label.as_deref()),
+            ("ext4", Some("DATA"))
+        );
+        assert_eq!(s.disks[1].filesystem, None, "no label, no files: blank");
+        assert_eq!(
+            s.steps[0].action,
+            Action::Detach {
+                disk: "data".into()
+            }
+        );
+        assert_eq!(s.steps[0].title, "detach disk data");
+    }
+
+    #[test]
+    fn bad_disks_and_detaches_are_refused_where_written() {
+        for (from, to, line, words) in [
+            (
+                "name = \"data\"",
+                "name = \"Data Disk\"",
+                10,
+                "key `disk.name`",
+            ),
+            ("name = \"blank\"", "name = \"data\"", 15, "used twice"),
+            ("size = \"64 MiB\"", "size = \"65 GiB\"", 11, "key `size`"),
+            ("size = \"64 MiB\"", "size = 512", 11, "from 1 MiB"),
+            (
+                "label = \"DATA\"",
+                "label = \"A-LABEL-TOO-LONG-X\"",
+                12,
+                "16 bytes",
+            ),
+            (
+                "label = \"DATA\"",
+                "filesystem = \"xfs\"",
+                12,
+                "\"xfs\" is not one vmrepro makes",
+            ),
+            (
+                "detach = \"data\"",
+                "detach = \"dat\"",
+                18,
+                "no `[[disk]]` is named \"dat\" (disks: data, blank)",
+            ),
+            (
+                "reboot = true",
+                "detach = \"data\"",
+                21,
+                "already detached by step 1",
+            ),
+        ] {
+            let text = DISKS.replacen(from, to, 1);
+            let (at, message) = error_of(&text);
+            assert!(message.contains(words), "{to}: {message}");
+            assert_eq!(at, line, "{to}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_disks_files_are_a_folder_inside_the_project() {
+        let project = tempfile::tempdir().expect("temp dir");
+        let scenarios = project.path().join("scenarios");
+        std::fs::create_dir_all(scenarios.join("data/etc")).expect("mkdir");
+        std::fs::write(scenarios.join("note.txt"), "x").expect("write");
+        let file = scenarios.join("x.toml");
+        let known = Known {
+            releases: releases(),
+            kernels: vec!["stock".into()],
+        };
+        let with = |files: &str| {
+            DISKS.replacen(
+                "label = \"DATA\"",
+                &format!("label = \"DATA\"\nfiles = {files:?}"),
+                1,
+            )
+        };
+        let s = Scenario::parse(&file, &with("data"), &known).expect("valid");
+        let fs = s.disks[0].filesystem.as_ref().expect("a file system");
+        assert_eq!(fs.files.as_ref().map(|f| f.0.as_str()), Some("data"));
+        for (files, words) in [
+            ("note.txt", "must be a folder"),
+            ("../..", "outside the scenario's project"),
+        ] {
+            match Scenario::parse(&file, &with(files), &known) {
+                Err(ScenarioError::Invalid { line, message, .. }) => {
+                    assert!(
+                        message.contains(words) && message.contains("key `files`"),
+                        "{message}"
+                    );
+                    assert_eq!(line, 13, "{message}");
+                }
+                other => panic!("{files}: expected an error, got {other:?}"),
+            }
         }
     }
 
