@@ -1223,7 +1223,7 @@ run = "! blkid -L DATA && ! ls /dev/sda"
 reboot = true
 [[capture]]
 name = "block devices"
-run = "lsblk -d -n -o NAME,LABEL | tr -s ' '"
+run = "lsblk -d -n -o NAME,TYPE | tr -s ' '"
 [expect]
 boot = "emergency"
 "#;
@@ -1263,7 +1263,7 @@ fn detached_disk() -> Result<(), Failed> {
         dir.path()
             .join("snapshots/detached@bookworm-linode.snap.new"),
     )?;
-    if !snapshot.contains("== block devices (exit 0) ==\nvda vmrepro\n") {
+    if !snapshot.contains("== block devices (exit 0) ==\nvda disk\n") {
         return Err(lacks("snapshot", "the root disk alone", &snapshot));
     }
     if took > 240.0 {
