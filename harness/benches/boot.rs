@@ -551,7 +551,48 @@ fn warm_vs_cold(
         println!("  the warm trial, phase by phase:");
         print_phases(last);
     }
+    // The instrument: what the harness spends on a warm trial beyond the
+    // flow and the reboot itself, against the reboot; and, side by side,
+    // the same warm trial without the evidence read on the harness's own.
+    let instrument = |o: &Outcome| {
+        let t = &o.timings;
+        t.start + t.reboot_settle + t.captures_before + t.captures_after
+    };
+    let captures = |list: &[Outcome]| {
+        median(
+            list.iter()
+                .map(|o| o.timings.captures_before + o.timings.captures_after)
+                .collect(),
+        )
+    };
+    let bare_scenario = scenario.without_evidence();
+    let mut without = Vec::new();
+    for round in 0..rounds {
+        eprintln!("[round {}/{rounds}] scenario, warm, no evidence", round + 1);
+        without.push(trial::run_cell(
+            project,
+            &bare_scenario,
+            &cell,
+            &warm_options,
+        )?);
+    }
+    let warm_instrument = median(warm.iter().map(instrument).collect());
+    let warm_reboot = reboot(&warm);
+    let evidence_per_boot = (captures(&warm) - captures(&without)) / 2.0;
+    println!(
+        "  captures with evidence {:.1}s, without {:.1}s: the evidence costs {evidence_per_boot:.1}s per boot",
+        captures(&warm),
+        captures(&without)
+    );
     let ratios = vec![
+        format!(
+            "{cell}: the instrument (resume, settling after the reboot, captures with evidence) {warm_instrument:.1}s / the reboot {warm_reboot:.1}s = {:.2} (target ≤ 0.10)",
+            warm_instrument / warm_reboot
+        ),
+        format!(
+            "{cell}: evidence per boot {evidence_per_boot:.1}s / the reboot = {:.2}",
+            evidence_per_boot / warm_reboot
+        ),
         format!(
             "{cell}: warm founding scenario {warm_total:.1}s / bare cold boot (settled) {bare_settled:.1}s = {:.2} (target ≤ 1.10)",
             warm_total / bare_settled

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             "a_detached_disk_is_gone_and_emergency_mode_is_looked_into",
             detached_disk,
         ),
+        with_guests("what_a_reboot_lost_is_found_without_captures", reboot_loses),
         with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
@@ -1268,6 +1269,65 @@ fn detached_disk() -> Result<(), Failed> {
     }
     if took > 240.0 {
         return Err(format!("took {took:.1}s:\n{said}").into());
+    }
+    Ok(())
+}
+
+const LOSES: &str = r#"
+name = "loses"
+description = "Settings made by hand, which a reboot loses, and a unit that fails at boot; the scenario captures nothing."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "forward packets, by hand"
+run = "echo 1 > /proc/sys/net/ipv4/ip_forward"
+[[step]]
+title = "a firewall rule, by hand"
+run = "iptables -A INPUT -p tcp --dport 9 -j DROP"
+[[step]]
+write = "/etc/systemd/system/broken.service"
+content = """
+[Unit]
+Description=A service that fails at boot
+[Service]
+Type=oneshot
+ExecStart=/bin/false
+[Install]
+WantedBy=multi-user.target
+"""
+[[step]]
+run = "systemctl --no-reload enable broken.service"
+[[step]]
+reboot = true
+[expect]
+unchanged = ["sysctl:net.ipv4.ip_forward", "mounts"]
+"#;
+
+/// With no capture at all, the report says what the reboot lost: the
+/// setting, the rule and the failed unit; the expectation on the setting
+/// fails naming it, the one on mounts holds.
+fn reboot_loses() -> Result<(), Failed> {
+    let (_dir, output, report, _) = repro_misbehaving("loses.toml", LOSES)?;
+    let said = said(&output);
+    if output.status.code() != Some(i32::from(EXIT_FAIL)) {
+        return Err(format!("expected exit {EXIT_FAIL}: {:?}\n{said}", output.status).into());
+    }
+    for needle in [
+        "FAIL: the reboot changed sysctl:net.ipv4.ip_forward — sysctl net.ipv4.ip_forward: 1 → 0",
+        "(the reboot changed: failed: broken.service,",
+        "## What the reboot changed",
+        "- **broken.service failed** after the reboot",
+        "Failed to start broken.service - A service that fails at boot.",
+        "`sysctl net.ipv4.ip_forward: 1 → 0`",
+        "iptables: lost `-A INPUT -p tcp -m tcp --dport 9 -j DROP`",
+    ] {
+        if !report.contains(needle) {
+            return Err(lacks("report", needle, &said));
+        }
+    }
+    if report.contains("the reboot changed mounts") {
+        return Err(lacks("report", "mounts unchanged", &said));
     }
     Ok(())
 }

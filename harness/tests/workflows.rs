@@ -207,8 +207,9 @@ fn shellcheck_passes() -> Result<(), Failed> {
         .arg(root().join(".github/scripts"))
         .args(scripts())
         .arg(root().join(".ci/run"))
-        // The guest side of the control channel.
-        .arg(root().join("harness/src/guest/runner.sh")))?;
+        // The guest side of the control channel, and the evidence reader.
+        .arg(root().join("harness/src/guest/runner.sh"))
+        .arg(root().join("harness/src/check/evidence.sh")))?;
     if !output.status.success() {
         return Err(format!("shellcheck found problems:\n{}", text(&output)).into());
     }

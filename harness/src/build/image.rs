@@ -29,7 +29,7 @@ use crate::spec::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
 /// entries are not reused.
-const IMAGE_FORMAT: &str = "vmrepro-image-5";
+const IMAGE_FORMAT: &str = "vmrepro-image-6";
 
 /// The keyring that holds the keys of retired releases.
 const REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg";
@@ -585,12 +585,45 @@ fn shape_tree(tree: &Path) -> Result<(), String> {
             "[Service]\nEnvironment=SYSTEMD_SULOGIN_FORCE=1\n",
         )?;
     }
+    mark_updated(tree)?;
     let wants = tree.join("etc/systemd/system/getty.target.wants");
     fs::create_dir_all(&wants).map_err(|e| format!("{}: {e}", wants.display()))?;
     let link = wants.join(format!("serial-getty@{CONTROL_TTY}.service"));
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink("/lib/systemd/system/serial-getty@.service", &link)
         .map_err(|e| format!("{}: {e}", link.display()))?;
+    Ok(())
+}
+
+/// Marks /etc and /var as up to date with /usr, as systemd-update-done
+/// does at the end of a first boot: otherwise every unit with
+/// `ConditionNeedsUpdate=` (ldconfig, systemd-sysusers, the journal's
+/// catalog…) runs at the first boot and not at the next, and a reboot would
+/// seem to change them. The file holds /usr's modification time
+/// (`TIMESTAMP_NSEC=`, read first by systemd 246 on, src/shared/condition.c
+/// `condition_test_needs_update`) and has that time itself (what older
+/// versions compare).
+fn mark_updated(tree: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let usr = tree.join("usr");
+    let meta = fs::metadata(&usr).map_err(|e| format!("{}: {e}", usr.display()))?;
+    let nsec = (meta.mtime() as i128) * 1_000_000_000 + meta.mtime_nsec() as i128;
+    let modified = meta
+        .modified()
+        .map_err(|e| format!("{}: {e}", usr.display()))?;
+    for dir in ["etc", "var"] {
+        let path = tree.join(dir).join(".updated");
+        fs::write(
+            &path,
+            format!("# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the time this directory\n# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC={nsec}\n"),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(modified))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -766,7 +799,7 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
         assert_eq!(a.hash().len(), 16);
         // Pinned: a change of the hashing itself would orphan every cache
         // entry and every CI cache key.
-        assert_eq!(a.hash(), "040d1c819caf7169");
+        assert_eq!(a.hash(), "80bc245d82d40bff");
     }
 
     #[test]
@@ -860,8 +893,26 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
 
     #[test]
     fn the_shaped_tree_has_a_root_shell_on_the_control_port() {
+        use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("usr/bin")).expect("usr");
+        fs::create_dir_all(dir.path().join("var")).expect("var");
         shape_tree(dir.path()).expect("shape");
+        let usr = fs::metadata(dir.path().join("usr")).expect("usr");
+        for updated in ["etc/.updated", "var/.updated"] {
+            let path = dir.path().join(updated);
+            let text = fs::read_to_string(&path).expect("stamp");
+            let nsec = i128::from(usr.mtime()) * 1_000_000_000 + i128::from(usr.mtime_nsec());
+            assert!(
+                text.ends_with(&format!("TIMESTAMP_NSEC={nsec}\n")),
+                "{text}"
+            );
+            let stamp = fs::metadata(&path).expect("stamp");
+            assert_eq!(
+                (stamp.mtime(), stamp.mtime_nsec()),
+                (usr.mtime(), usr.mtime_nsec())
+            );
+        }
         let getty = fs::read_to_string(
             dir.path()
                 .join("etc/systemd/system/serial-getty@ttyS1.service.d/vmrepro.conf"),

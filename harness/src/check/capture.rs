@@ -11,6 +11,11 @@ use crate::guest::net;
 use crate::guest::vm::Vm;
 use crate::spec::{CaptureKind, CaptureSpec, Normalizer};
 
+/// How much of each output stream the harness's own commands in a round
+/// of captures bring back (evidence of a whole boot is larger than most
+/// captures).
+const EXTRA_MAX_OUTPUT: u64 = 4 << 20;
+
 /// How long one capture command may take.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -121,7 +126,7 @@ pub(crate) fn take(
     scripts.extend(
         extra
             .iter()
-            .map(|(what, script)| (what.as_str(), script.as_str(), default)),
+            .map(|(what, script)| (what.as_str(), script.as_str(), EXTRA_MAX_OUTPUT)),
     );
     let mut outputs = console.run_all_limited(&scripts, CAPTURE_TIMEOUT)?;
     let extra_outputs = outputs.split_off(outputs.len().saturating_sub(extra.len()));

@@ -4,6 +4,7 @@
 //! ([`report`]).
 
 pub mod capture;
+pub mod evidence;
 pub mod outcome;
 pub mod report;
 pub mod snapshot;

@@ -64,6 +64,9 @@ pub struct Outcome {
     pub captures: Vec<Capture>,
     /// What did not survive the last reboot.
     pub(crate) changes: Vec<Change>,
+    /// What the last reboot changed that the harness read on its own
+    /// (`None`: no reboot that came back, or no evidence read).
+    pub reboot_changes: Option<crate::check::evidence::Changes>,
     /// Unit → `systemctl is-active` answer, for the expected units.
     pub(crate) units: BTreeMap<String, String>,
     /// The expectations that applied to this cell.
@@ -262,6 +265,7 @@ pub(crate) fn persistence_diff(before: &[Capture], after: &[Capture]) -> Vec<Cha
 pub(crate) fn check_expectations(
     expect: &Expectations,
     not_back: Option<&NotBack>,
+    reboot_changes: Option<&crate::check::evidence::Changes>,
     units: &BTreeMap<String, String>,
     before: &[Capture],
     after: &[Capture],
@@ -295,6 +299,41 @@ pub(crate) fn check_expectations(
                 ));
             }
             return failures;
+        }
+    }
+    for name in &expect.unchanged {
+        let (source, item) = match name.split_once(':') {
+            Some((source, item)) => (source, Some(item)),
+            None => (name.as_str(), None),
+        };
+        let Some(changes) =
+            reboot_changes.filter(|c| c.compared.iter().any(|s| s.name() == source))
+        else {
+            failures.push(format!(
+                "{name} could not be compared: the {source} evidence was not read on both sides of the reboot"
+            ));
+            continue;
+        };
+        let mut changed: Vec<String> = changes
+            .changes
+            .iter()
+            .filter(|c| c.source.name() == source && item.is_none_or(|i| c.item == i))
+            .map(|c| c.describe())
+            .collect();
+        if source == "units" {
+            changed.extend(
+                changes
+                    .failed_units
+                    .iter()
+                    .filter(|(unit, _)| item.is_none_or(|i| unit == i))
+                    .map(|(unit, _)| format!("units {unit}: failed")),
+            );
+        }
+        if !changed.is_empty() {
+            failures.push(format!(
+                "the reboot changed {name} — {}",
+                changed.join("; ")
+            ));
         }
     }
     for name in &expect.survive_reboot {

@@ -42,6 +42,7 @@ pub(crate) fn markdown(
     write_environment(&mut md, scenario, outcome, qemu_version);
     write_steps(&mut md, outcome);
 
+    write_reboot_changes(&mut md, outcome);
     let _ = writeln!(md, "\n## What did not survive the reboot\n");
     if let Some(not_back) = &outcome.not_back {
         let _ = writeln!(
@@ -346,19 +347,113 @@ fn explaining_lines(outcome: &Outcome) -> Vec<String> {
         "could not",
         "Dependency",
     ];
-    let examined = match outcome.not_back.as_ref().and_then(|n| n.examined.as_ref()) {
-        Some(Examined::Shell { journal, .. }) => journal.as_str(),
-        _ => "",
-    };
+    // What the journal itself ranks warning or worse: the failed units'
+    // lines and the boot's new warnings, read on the harness's own.
+    if let Some(changes) = outcome.reboot_changes.as_ref().filter(|c| {
+        c.compared
+            .contains(&crate::check::evidence::Source::Journal)
+    }) {
+        return changes
+            .failed_units
+            .iter()
+            .flat_map(|(unit, lines)| lines.iter().map(move |l| format!("{unit}: {l}")))
+            .chain(
+                changes
+                    .changes
+                    .iter()
+                    .filter(|c| c.source == crate::check::evidence::Source::Journal)
+                    .filter_map(|c| c.after.as_ref().map(|m| format!("{}: {m}", c.item))),
+            )
+            .collect();
+    }
+    // A guest that did not come back: the warnings of its boot, as its
+    // emergency shell listed them.
+    if let Some(Examined::Shell { journal, .. }) =
+        outcome.not_back.as_ref().and_then(|n| n.examined.as_ref())
+    {
+        return journal.lines().map(str::to_owned).collect();
+    }
     outcome
         .captures
         .iter()
         .filter(|c| c.name.starts_with("journal"))
         .flat_map(|c| c.raw.lines())
-        .chain(examined.lines())
         .filter(|line| SIGNS.iter().any(|sign| line.contains(sign)))
         .map(str::to_owned)
         .collect()
+}
+
+/// What the harness found the last reboot changed, most telling first:
+/// failed units with their journal lines, new warnings, then settings,
+/// firewall, mounts, network and modules.
+fn write_reboot_changes(md: &mut String, outcome: &Outcome) {
+    let Some(changes) = &outcome.reboot_changes else {
+        return;
+    };
+    let _ = writeln!(md, "\n## What the reboot changed\n");
+    let compared = changes
+        .compared
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if changes.is_empty() {
+        let _ = writeln!(
+            md,
+            "Nothing that vmrepro reads on its own ({compared}) differs between the boot before the last reboot and the boot after it."
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Read by vmrepro before the last reboot and after it, without the scenario asking ({compared}); only what differs:\n"
+    );
+    for (unit, lines) in &changes.failed_units {
+        let _ = writeln!(md, "- **{unit} failed** after the reboot");
+        if !lines.is_empty() {
+            let _ = writeln!(md, "  ```");
+            for line in lines {
+                let _ = writeln!(md, "  {line}");
+            }
+            let _ = writeln!(md, "  ```");
+        }
+    }
+    for source in crate::check::evidence::Source::ALL {
+        let of_source: Vec<_> = changes
+            .changes
+            .iter()
+            .filter(|c| c.source == source)
+            .collect();
+        if of_source.is_empty() {
+            continue;
+        }
+        let heading = match source {
+            crate::check::evidence::Source::Units => "Units whose state changed",
+            crate::check::evidence::Source::Journal => {
+                "New journal entries of priority warning or worse"
+            }
+            crate::check::evidence::Source::Sysctl => "Kernel settings",
+            crate::check::evidence::Source::Firewall => "Firewall",
+            crate::check::evidence::Source::Mounts => "Mounts",
+            crate::check::evidence::Source::Network => "Addresses and routes",
+            crate::check::evidence::Source::Modules => "Kernel modules",
+        };
+        let _ = writeln!(md, "- **{heading}**");
+        for change in of_source {
+            let line = match source {
+                crate::check::evidence::Source::Firewall
+                | crate::check::evidence::Source::Journal => {
+                    match (&change.before, &change.after) {
+                        (Some(before), None) => format!("{}: lost `{before}`", change.item),
+                        (None, Some(after)) => format!("{}: `{after}`", change.item),
+                        _ => change.describe(),
+                    }
+                }
+                _ => format!("`{}`", change.describe()),
+            };
+            let _ = writeln!(md, "  - {line}");
+        }
+    }
 }
 
 /// What was read from a guest that did not come back, or why nothing was.
@@ -428,6 +523,11 @@ pub struct Row {
     /// the flow has no reboot or did not get that far.
     #[serde(default)]
     pub boot: String,
+    /// What the last reboot changed, found by the harness on its own, in
+    /// short (`failed: x.service, 2 kernel settings`); `nothing` when it
+    /// changed nothing the evidence shows, empty when none was read.
+    #[serde(default)]
+    pub reboot_changed: String,
 }
 
 impl Row {
@@ -501,6 +601,17 @@ impl Row {
                 .unwrap_or_default();
             after_reboot = format!("did not come back: {}{why}", not_back.ended.end.name());
         }
+        let reboot_changed = match &outcome.reboot_changes {
+            Some(changes) if changes.is_empty() => "nothing".to_owned(),
+            Some(changes) => changes.short(),
+            None => String::new(),
+        };
+        if !reboot_changed.is_empty() && reboot_changed != "nothing" {
+            after_reboot = match after_reboot.as_str() {
+                "-" => format!("changed: {reboot_changed}"),
+                _ => format!("{after_reboot}; changed: {reboot_changed}"),
+            };
+        }
         let units: Vec<String> = outcome
             .units
             .iter()
@@ -524,6 +635,11 @@ impl Row {
             }
             (true, Ok(())) => (Status::Pass, "pass".to_owned()),
         };
+        let verdict = if reboot_changed.is_empty() || reboot_changed == "nothing" {
+            verdict
+        } else {
+            format!("{verdict} (the reboot changed: {reboot_changed})")
+        };
         Row {
             scenario: outcome.scenario.clone(),
             release: outcome.cell.release.clone(),
@@ -539,6 +655,7 @@ impl Row {
             status,
             verdict,
             accel: outcome.accel.accel.name().to_owned(),
+            reboot_changed,
             boot: match &outcome.not_back {
                 Some(not_back) => not_back.ended.end.name().to_owned(),
                 None if outcome.steps.iter().any(|s| s.action == Action::Reboot) => "up".into(),
@@ -571,6 +688,7 @@ impl Row {
             verdict,
             accel: String::new(),
             boot: String::new(),
+            reboot_changed: String::new(),
         }
     }
 }
@@ -805,7 +923,8 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             image_origin: "mmdebstrap".into(),
             steps: Vec::new(),
             changes: run::persistence_diff(&before, &captures),
-            failures: run::check_expectations(&expect, None, &units, &before, &captures),
+            reboot_changes: None,
+            failures: run::check_expectations(&expect, None, None, &units, &before, &captures),
             before_reboot: before,
             captures,
             units,
@@ -924,7 +1043,14 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             examined: None,
         };
         let judge = |o: &Outcome, not_back: Option<&run::NotBack>| {
-            run::check_expectations(&o.expect, not_back, &o.units, &o.before_reboot, &o.captures)
+            run::check_expectations(
+                &o.expect,
+                not_back,
+                None,
+                &o.units,
+                &o.before_reboot,
+                &o.captures,
+            )
         };
         let mut o = outcome("bookworm", "", &[]);
         o.steps = vec![crate::check::outcome::StepRecord {

@@ -9,6 +9,7 @@ use crate::build::cache::Cache;
 use crate::build::image::{self, ImageError};
 use crate::build::kernel::{self, KernelError};
 use crate::check::capture::{self, Capture, GuestFacts};
+use crate::check::evidence;
 use crate::check::outcome::{
     check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
 };
@@ -588,10 +589,12 @@ fn run_steps(
         .rposition(|s| s.action == Action::Reboot);
     let total = scenario.steps.len();
     let mut before_reboot = Vec::new();
+    let mut evidence_before = None;
+    let evidence = evidence_scripts(scenario, "before the reboot");
     for (i, step) in scenario.steps.iter().enumerate() {
         let index = i + 1;
         let what = format!("step {index}/{total} ({})", step.title);
-        if Some(i) == last_reboot && !scenario.captures.is_empty() {
+        if Some(i) == last_reboot && (!scenario.captures.is_empty() || !evidence.is_empty()) {
             guest
                 .events
                 .note(label, "capturing state before the reboot");
@@ -601,10 +604,11 @@ fn run_steps(
                 &mut guest.vm,
                 &scenario.captures,
                 "before the reboot",
-                &[],
+                &evidence,
             )?;
             guest.kernel_release = Some(taken.facts.kernel_release);
             before_reboot = taken.captures;
+            evidence_before = taken.extra.first().map(|out| out.stdout.clone());
             timings.captures_before += capturing.elapsed().as_secs_f64();
         }
         guest.events.note(label, &what);
@@ -686,6 +690,7 @@ fn run_steps(
                         });
                         return Ok(Flow {
                             before_reboot,
+                            evidence_before,
                             not_back: Some(NotBack {
                                 step: index,
                                 ended: *ended,
@@ -785,14 +790,32 @@ fn run_steps(
     }
     Ok(Flow {
         before_reboot,
+        evidence_before,
         not_back: None,
     })
+}
+
+/// The harness's own reading of what a reboot can change, as an extra
+/// script for a round of captures (`when` says which), for a scenario that
+/// reboots and keeps any source.
+fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
+    let sources = &scenario.evidence.sources;
+    if sources.is_empty() || !scenario.steps.iter().any(|s| s.action == Action::Reboot) {
+        return Vec::new();
+    }
+    vec![(
+        format!("reading what a reboot can change ({when})"),
+        evidence::script(sources),
+    )]
 }
 
 /// How the steps went, when none failed.
 struct Flow {
     /// The captures taken just before the last reboot.
     before_reboot: Vec<Capture>,
+    /// The evidence read just before the last reboot, as the guest printed
+    /// it.
+    evidence_before: Option<String>,
     /// A reboot whose boot did not reach the shell; the flow ended there.
     not_back: Option<NotBack>,
 }
@@ -858,9 +881,18 @@ done
     )
 }
 
+/// The evidence of the boots before and after the last reboot, as the
+/// guest printed it, and what differs.
+struct Read {
+    before: String,
+    after: String,
+    changes: evidence::Changes,
+}
+
 /// What [`drive`] found out.
 struct Driven {
     before_reboot: Vec<Capture>,
+    evidence: Option<Read>,
     not_back: Option<NotBack>,
     captures: Vec<Capture>,
     units: BTreeMap<String, String>,
@@ -879,6 +911,7 @@ fn drive(
 ) -> Result<Driven, RunError> {
     let Flow {
         before_reboot,
+        evidence_before,
         not_back,
     } = run_steps(guest, scenario, cell, label, steps)?;
     if let Some(mut not_back) = not_back {
@@ -891,6 +924,7 @@ fn drive(
         captures.extend(taken);
         return Ok(Driven {
             before_reboot,
+            evidence: None,
             captures,
             units: BTreeMap::new(),
             facts: GuestFacts {
@@ -913,12 +947,18 @@ fn drive(
             )
         })
         .collect();
+    let evidence = if evidence_before.is_some() {
+        evidence_scripts(scenario, "at the end")
+    } else {
+        Vec::new()
+    };
+    let extra: Vec<(String, String)> = unit_scripts.into_iter().chain(evidence).collect();
     let taken = capture::take(
         &mut guest.console,
         &mut guest.vm,
         &scenario.captures,
         "at the end",
-        &unit_scripts,
+        &extra,
     )?;
     guest.timings.captures_after = capturing.elapsed().as_secs_f64();
     let units = expect
@@ -927,8 +967,21 @@ fn drive(
         .zip(&taken.extra)
         .map(|(unit, out)| (unit.clone(), out.stdout.trim().to_owned()))
         .collect();
+    let evidence = evidence_before.and_then(|before| {
+        let after = taken.extra.get(expect.units.len())?.stdout.clone();
+        let changes = evidence::compare(
+            &evidence::Evidence::parse(&before),
+            &evidence::Evidence::parse(&after),
+        );
+        Some(Read {
+            before,
+            after,
+            changes,
+        })
+    });
     Ok(Driven {
         before_reboot,
+        evidence,
         not_back: None,
         captures: taken.captures,
         units,
@@ -1032,6 +1085,7 @@ pub(crate) fn run_cell_keeping(
         before_reboot: Vec::new(),
         captures: Vec::new(),
         changes: Vec::new(),
+        reboot_changes: None,
         units: BTreeMap::new(),
         expect: expect.clone(),
         failures: Vec::new(),
@@ -1045,8 +1099,9 @@ pub(crate) fn run_cell_keeping(
     };
     let Driven {
         before_reboot,
+        evidence,
         not_back,
-        captures,
+        mut captures,
         units,
         facts,
     } = match driven {
@@ -1066,16 +1121,29 @@ pub(crate) fn run_cell_keeping(
         }
     };
     guest.kernel_release = Some(facts.kernel_release.clone());
+    let reboot_changes = evidence.map(|read| {
+        for (name, text) in [("before-reboot", &read.before), ("after", &read.after)] {
+            let _ = std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text);
+        }
+        read.changes
+    });
+    if scenario.evidence.snapshot {
+        if let Some(changes) = &reboot_changes {
+            captures.push(evidence::as_capture(changes));
+        }
+    }
     write_artifacts(&artifacts, &before_reboot, &captures);
     let mut outcome = Outcome {
         changes: persistence_diff(&before_reboot, &captures),
         failures: check_expectations(
             &expect,
             not_back.as_ref(),
+            reboot_changes.as_ref(),
             &units,
             &before_reboot,
             &captures,
         ),
+        reboot_changes,
         not_back,
         before_reboot,
         captures,

@@ -294,6 +294,7 @@ mod tests {
             packages_line: None,
             versions: Vec::new(),
             disks: Vec::new(),
+            evidence: Default::default(),
         };
         scenario
             .matrix

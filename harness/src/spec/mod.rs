@@ -73,6 +73,27 @@ pub struct Scenario {
     /// Disks attached besides the root disk (`[[disk]]`), throwaway per
     /// trial.
     pub(crate) disks: Vec<DiskSpec>,
+    /// What the harness reads on its own, before the last reboot and at
+    /// the end, to say what the reboot changed (`[evidence]`).
+    pub(crate) evidence: EvidenceSpec,
+}
+
+/// The `[evidence]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EvidenceSpec {
+    /// The sources read: all but those the scenario skips.
+    pub(crate) sources: Vec<EvidenceSource>,
+    /// Whether what the reboot changed goes into the snapshot too.
+    pub(crate) snapshot: bool,
+}
+
+impl Default for EvidenceSpec {
+    fn default() -> EvidenceSpec {
+        EvidenceSpec {
+            sources: EvidenceSource::ALL.to_vec(),
+            snapshot: false,
+        }
+    }
 }
 
 /// A `[[disk]]` table: a disk the guest has besides its root disk, made on
@@ -377,6 +398,66 @@ pub(crate) struct CaptureSpec {
     pub(crate) max_output: u64,
 }
 
+/// A source of evidence, as scenarios name it in `[evidence]` and in
+/// `expect.unchanged` (`"sysctl:net.ipv4.ip_forward"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EvidenceSource {
+    /// Units' states, and the units failed after the reboot.
+    Units,
+    /// The boot's journal entries of priority warning or worse.
+    Journal,
+    /// Kernel settings: every readable key under `/proc/sys`.
+    Sysctl,
+    /// What is mounted where.
+    Mounts,
+    /// Addresses and routes.
+    Network,
+    /// Loaded kernel modules.
+    Modules,
+    /// The firewall: `iptables-save`, `ip6tables-save`, `nft list ruleset`.
+    Firewall,
+}
+
+impl EvidenceSource {
+    /// Every source, most telling first (the report's order).
+    pub const ALL: [EvidenceSource; 7] = [
+        EvidenceSource::Units,
+        EvidenceSource::Journal,
+        EvidenceSource::Sysctl,
+        EvidenceSource::Firewall,
+        EvidenceSource::Mounts,
+        EvidenceSource::Network,
+        EvidenceSource::Modules,
+    ];
+
+    /// The name scenarios use.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvidenceSource::Units => "units",
+            EvidenceSource::Journal => "journal",
+            EvidenceSource::Sysctl => "sysctl",
+            EvidenceSource::Mounts => "mounts",
+            EvidenceSource::Network => "network",
+            EvidenceSource::Modules => "modules",
+            EvidenceSource::Firewall => "firewall",
+        }
+    }
+
+    /// The source a scenario names.
+    pub fn named(name: &str) -> Option<EvidenceSource> {
+        EvidenceSource::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for EvidenceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How a guest stopped running the flow without being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GuestEnd {
@@ -551,6 +632,9 @@ pub struct Expectations {
     /// How the boot after a reboot step must end when the guest is not to
     /// come back (`boot = "emergency"`); `None`: it must come back.
     pub boot: Option<GuestEnd>,
+    /// Evidence the last reboot must not change: a source (`"firewall"`)
+    /// or one item of it (`"sysctl:net.ipv4.ip_forward"`).
+    pub(crate) unchanged: Vec<String>,
 }
 
 /// Expectations for some cells only.
@@ -568,6 +652,8 @@ pub(crate) struct CellExpectations {
     pub(crate) contains: BTreeMap<String, Vec<String>>,
     /// Replaces `boot` when given (`Some(None)`: `boot = "up"`).
     pub(crate) boot: Option<Option<GuestEnd>>,
+    /// Replaces `unchanged` when given.
+    pub(crate) unchanged: Option<Vec<String>>,
 }
 
 impl Scenario {
@@ -592,6 +678,9 @@ impl Scenario {
             if let Some(boot) = over.boot {
                 expect.boot = boot;
             }
+            if let Some(unchanged) = &over.unchanged {
+                expect.unchanged = unchanged.clone();
+            }
             for (capture, texts) in &over.contains {
                 expect
                     .contains
@@ -601,6 +690,14 @@ impl Scenario {
             }
         }
         expect
+    }
+
+    /// The same scenario with no evidence read on the harness's own: what
+    /// a benchmark sets beside it to learn what the evidence costs.
+    pub fn without_evidence(&self) -> Scenario {
+        let mut bare = self.clone();
+        bare.evidence.sources.clear();
+        bare
     }
 
     /// The guest TCP ports the scenario probes from the host; the guest

@@ -635,6 +635,33 @@ impl Scenario {
             }
             Ok(end)
         };
+        // Evidence items an expectation names: a source, or `source:item`.
+        let check_unchanged = |key: &str,
+                               names: &[Spanned<String>]|
+         -> Result<Vec<String>, ScenarioError> {
+            let mut out = Vec::new();
+            for name in names {
+                let text = name.get_ref();
+                let source = text.split_once(':').map_or(text.as_str(), |(s, _)| s);
+                if EvidenceSource::named(source).is_none() {
+                    return Err(invalid(
+                            Some(name.span()),
+                            format!(
+                                "key `{key}`: {text:?} does not name evidence: give a source ({}) or `source:item`, such as \"sysctl:net.ipv4.ip_forward\"",
+                                EvidenceSource::ALL.map(|s| s.name()).join(", ")
+                            ),
+                        ));
+                }
+                if !has_reboot {
+                    return Err(invalid(
+                        Some(name.span()),
+                        format!("key `{key}`: the scenario has no reboot step"),
+                    ));
+                }
+                out.push(text.clone());
+            }
+            Ok(out)
+        };
         if let Some(raw_expect) = &raw.expect {
             expect.survive_reboot =
                 check_names("expect.survive_reboot", &raw_expect.survive_reboot)?;
@@ -648,6 +675,7 @@ impl Scenario {
             if let Some(boot) = &raw_expect.boot {
                 expect.boot = boot_end("expect.boot", boot)?;
             }
+            expect.unchanged = check_unchanged("expect.unchanged", &raw_expect.unchanged)?;
             for cell in &raw_expect.cell {
                 let raw_cell = cell.get_ref();
                 expect_cells.push(CellExpectations {
@@ -676,6 +704,11 @@ impl Scenario {
                         .as_ref()
                         .map(|b| boot_end("expect.cell.boot", b))
                         .transpose()?,
+                    unchanged: raw_cell
+                        .unchanged
+                        .as_ref()
+                        .map(|n| check_unchanged("expect.cell.unchanged", n))
+                        .transpose()?,
                 });
             }
         }
@@ -699,6 +732,24 @@ impl Scenario {
             .map(|p| line_column(text, p.span().start).0);
         let versions = raw.versions.clone().unwrap_or_else(|| packages.clone());
 
+        let mut evidence = EvidenceSpec::default();
+        if let Some(raw_evidence) = &raw.evidence {
+            for skipped in &raw_evidence.get_ref().skip {
+                let source = EvidenceSource::named(skipped.get_ref()).ok_or_else(|| {
+                    invalid(
+                        Some(skipped.span()),
+                        format!(
+                            "key `evidence.skip`: {:?} is not a source of evidence; use {}",
+                            skipped.get_ref(),
+                            EvidenceSource::ALL.map(|s| s.name()).join(", ")
+                        ),
+                    )
+                })?;
+                evidence.sources.retain(|s| *s != source);
+            }
+            evidence.snapshot = raw_evidence.get_ref().snapshot;
+        }
+
         Ok(Scenario {
             name,
             packages,
@@ -713,6 +764,7 @@ impl Scenario {
             expect_cells,
             first_boot: raw.first_boot,
             disks,
+            evidence,
         })
     }
 }
@@ -849,6 +901,16 @@ struct RawScenario {
     versions: Option<Vec<String>>,
     #[serde(rename = "disk", default)]
     disks: Vec<Spanned<RawDisk>>,
+    evidence: Option<Spanned<RawEvidence>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvidence {
+    #[serde(default)]
+    skip: Vec<Spanned<String>>,
+    #[serde(default)]
+    snapshot: bool,
 }
 
 #[derive(Deserialize)]
@@ -972,6 +1034,8 @@ struct RawExpect {
     contains: BTreeMap<Spanned<String>, Vec<String>>,
     boot: Option<Spanned<String>>,
     #[serde(default)]
+    unchanged: Vec<Spanned<String>>,
+    #[serde(default)]
     cell: Vec<Spanned<RawCellExpect>>,
 }
 
@@ -987,6 +1051,7 @@ struct RawCellExpect {
     #[serde(default)]
     contains: BTreeMap<Spanned<String>, Vec<String>>,
     boot: Option<Spanned<String>>,
+    unchanged: Option<Vec<Spanned<String>>>,
 }
 
 #[cfg(test)]
@@ -1226,6 +1291,36 @@ reboot = true
                 other => panic!("{files}: expected an error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn evidence_sources_can_be_skipped_and_named_by_expectations() {
+        let s = parse(DISKS).expect("valid");
+        assert_eq!(s.evidence, EvidenceSpec::default());
+        assert_eq!(s.evidence.sources.len(), 7);
+        let text = format!(
+            "{DISKS}\n[evidence]\nskip = [\"journal\", \"modules\"]\nsnapshot = true\n\n[expect]\nunchanged = [\"firewall\", \"sysctl:net.ipv4.ip_forward\"]\n"
+        );
+        let s = parse(&text).expect("valid");
+        assert!(s.evidence.snapshot);
+        assert!(!s.evidence.sources.contains(&EvidenceSource::Journal));
+        assert_eq!(s.evidence.sources.len(), 5);
+        assert_eq!(
+            s.expect.unchanged,
+            vec!["firewall", "sysctl:net.ipv4.ip_forward"]
+        );
+        let (line, message) = error_of(&text.replace("\"modules\"]", "\"modles\"]"));
+        assert_eq!(line, 25, "{message}");
+        assert!(
+            message.contains("key `evidence.skip`: \"modles\" is not a source"),
+            "{message}"
+        );
+        let (line, message) = error_of(&text.replace("\"firewall\",", "\"firewal:x\","));
+        assert_eq!(line, 29, "{message}");
+        assert!(
+            message.contains("\"firewal:x\" does not name evidence"),
+            "{message}"
+        );
     }
 
     #[test]
