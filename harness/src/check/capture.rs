@@ -136,6 +136,15 @@ pub(crate) fn take(
         .map(|out| GuestFacts::parse(&out))
         .unwrap_or_default();
     let up = if probes { outputs.next_back() } else { None };
+    let probe_ports: Vec<(String, u16)> = specs
+        .iter()
+        .zip(&names)
+        .filter_map(|(spec, what)| match spec.what {
+            CaptureKind::ProbeTcp(port) => Some((what.clone(), port)),
+            CaptureKind::Run(_) => None,
+        })
+        .collect();
+    let mut probed = probe(up.as_ref(), vm, &probe_ports).into_iter();
     let captures = specs
         .iter()
         .zip(&names)
@@ -148,7 +157,13 @@ pub(crate) fn take(
                     })?,
                     None,
                 ),
-                CaptureKind::ProbeTcp(port) => (probe(up.as_ref(), vm, what, *port)?, Some(*port)),
+                CaptureKind::ProbeTcp(port) => (
+                    probed.next().ok_or_else(|| ConsoleError::Protocol {
+                        what: what.clone(),
+                        message: "no probe result".into(),
+                    })??,
+                    Some(*port),
+                ),
             };
             let mut raw = out.stdout.clone();
             if !out.stderr.trim().is_empty() {
@@ -185,39 +200,75 @@ pub(crate) fn take(
 /// up (`up`: how bringing it up went). The text is the port's state; a
 /// guest that could not bring its card up gives that error instead
 /// (non-zero status), never a made-up state.
+/// Probes every port at once from the host (see [`net::probe_tcp_all`]),
+/// once the network card is up; one result per `(what, port)`, in order.
 fn probe(
     up: Option<&CommandOutput>,
     vm: &mut Vm,
-    what: &str,
-    port: u16,
-) -> Result<CommandOutput, ConsoleError> {
-    let io = |message: String| ConsoleError::Io {
+    ports: &[(String, u16)],
+) -> Vec<Result<CommandOutput, ConsoleError>> {
+    let io = |what: &str, message: String| ConsoleError::Io {
         what: what.to_owned(),
         message,
     };
-    let up = up.ok_or_else(|| io("the network card was not brought up".into()))?;
-    if up.status != 0 {
-        return Ok(up.clone());
+    if ports.is_empty() {
+        return Vec::new();
     }
-    let host_port = *vm
-        .forwarded()
-        .get(&port)
-        .ok_or_else(|| io(format!("tcp/{port} is not forwarded to the guest")))?;
-    // A monitor that does not answer leaves only the bytes to go by.
-    let mut accepted = || {
-        vm.usernet()
-            .is_ok_and(|table| net::accepted_in_usernet(&table, host_port, port))
+    let Some(up) = up else {
+        return ports
+            .iter()
+            .map(|(what, _)| Err(io(what, "the network card was not brought up".into())))
+            .collect();
     };
-    let state = net::probe_tcp(host_port, net::PROBE_WAIT, &mut accepted).map_err(|e| {
-        io(format!(
-            "connecting to 127.0.0.1:{host_port} (the guest's tcp/{port}): {e}"
-        ))
-    })?;
-    Ok(CommandOutput {
-        stdout: format!("{}\n", state.word()),
-        stderr: String::new(),
-        status: 0,
-    })
+    if up.status != 0 {
+        return ports.iter().map(|_| Ok(up.clone())).collect();
+    }
+    let mut host_ports = Vec::new();
+    for (what, port) in ports {
+        match vm.forwarded().get(port) {
+            Some(host) => host_ports.push(*host),
+            None => {
+                return ports
+                    .iter()
+                    .map(|_| {
+                        Err(io(
+                            what,
+                            format!("tcp/{port} is not forwarded to the guest"),
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+    // A monitor that does not answer leaves only the bytes to go by.
+    let mut accepted = |undecided: &[usize]| -> Vec<usize> {
+        let Ok(table) = vm.usernet() else {
+            return Vec::new();
+        };
+        undecided
+            .iter()
+            .copied()
+            .filter(|&i| net::accepted_in_usernet(&table, host_ports[i], ports[i].1))
+            .collect()
+    };
+    let states = net::probe_tcp_all(&host_ports.clone(), net::PROBE_WAIT, &mut accepted);
+    states
+        .into_iter()
+        .zip(ports.iter().zip(&host_ports))
+        .map(|(state, ((what, port), host_port))| {
+            let state = state.map_err(|e| {
+                io(
+                    what,
+                    format!("connecting to 127.0.0.1:{host_port} (the guest's tcp/{port}): {e}"),
+                )
+            })?;
+            Ok(CommandOutput {
+                stdout: format!("{}\n", state.word()),
+                stderr: String::new(),
+                status: 0,
+            })
+        })
+        .collect()
 }
 
 fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {

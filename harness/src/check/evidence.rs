@@ -85,9 +85,11 @@ const VOLATILE_SYSCTL: &[&str] = &[
     "net.netfilter.nf_conntrack_count",
 ];
 
-/// Units that exist for the harness's own login, numbered per boot.
+/// Units left out: the harness's own login session, numbered per boot,
+/// and slices, which only group the units that ran in them (a template's
+/// slice appears once an instance has run, whenever that was).
 fn harness_unit(unit: &str) -> bool {
-    unit.starts_with("session-") && unit.ends_with(".scope")
+    (unit.starts_with("session-") && unit.ends_with(".scope")) || unit.ends_with(".slice")
 }
 
 impl Evidence {
@@ -272,9 +274,11 @@ fn timing_dependent(message: &str) -> bool {
         || message.starts_with("tsc:")
         || message.starts_with("TSC ")
         || message.contains("Marking clocksource")
-        // arch/x86/kernel/apic/apic.c, lapic_cal_handler's verification
-        // against the PIT tick, seen with the Linode-style kernel.
+        // arch/x86/kernel/apic/apic.c, the local APIC timer's calibration
+        // and its check against the PIT and PM timer (seen on bookworm's
+        // Linode-style and bullseye's stock kernel).
         || message.starts_with("APIC timer disabled due to verification failure")
+        || message.starts_with("APIC calibration not consistent with PM-Timer")
 }
 
 /// Modules the guest's udev loads for the emulated CPU's virtualisation
@@ -343,8 +347,15 @@ fn unescape_mount(path: &str) -> String {
 }
 
 /// An address or route line without what ticks down (lifetimes, expiry)
-/// or numbers the links per boot.
+/// or numbers the links per boot; empty for what QEMU's user-mode network
+/// hands out on its own schedule: its router advertisements for fec0::/64
+/// (libslirp's default IPv6 prefix) and what the guest makes of them
+/// (`proto ra` routes, `dynamic` addresses), which arrive a varying time
+/// after the card comes up.
 fn network_line(line: &str) -> String {
+    if line.contains("fec0:") || line.contains("proto ra") || line.contains(" dynamic ") {
+        return String::new();
+    }
     let mut words: Vec<&str> = Vec::new();
     let mut skip = 0;
     for (i, word) in line.split_whitespace().enumerate() {
@@ -361,7 +372,8 @@ fn network_line(line: &str) -> String {
         }
         match word {
             "valid_lft" | "preferred_lft" | "expires" => skip = 1,
-            "\\" => {}
+            // Duplicate address detection still running, or done.
+            "\\" | "tentative" | "dadfailed" => {}
             _ => words.push(word),
         }
     }
@@ -632,15 +644,31 @@ pub(crate) fn compare(before: &Evidence, after: &Evidence) -> Changes {
             .filter(|(_, state)| state.starts_with("failed/"))
             .map(|(unit, _)| unit)
             .collect();
-        changes
-            .changes
-            .retain(|c| !(c.source == Source::Journal && failed.contains(&c.item)));
+        changes.changes.retain(|c| {
+            !(c.source == Source::Journal
+                && failed.iter().any(|unit| {
+                    let program = unit.rsplit_once('.').map_or(unit.as_str(), |(p, _)| p);
+                    c.item == **unit
+                        || c.item == program
+                        || c.after
+                            .as_deref()
+                            .is_some_and(|m| m.contains(unit.as_str()))
+                }))
+        });
         for (unit, state) in &after.units {
             if state.starts_with("failed/") {
+                // Early in a boot, before journald runs, systemd and the
+                // units it starts log to the kernel's buffer, from which
+                // journald imports their lines with an identifier and no
+                // unit: a line is the unit's by unit, by the identifier of
+                // its program, or by naming it.
+                let program = unit.rsplit_once('.').map_or(unit.as_str(), |(p, _)| p);
                 let lines = after
                     .journal
                     .iter()
-                    .filter(|((who, _), _)| who == unit)
+                    .filter(|((who, _), message)| {
+                        who == unit || who == program || message.contains(unit.as_str())
+                    })
                     .map(|(_, message)| message.clone())
                     .collect();
                 changes.failed_units.push((unit.clone(), lines));
@@ -730,6 +758,54 @@ loop 32768 0 - Live 0xffffffffc0{module_base}\n\
         assert_eq!(
             changes.short(),
             "failed: hello.service, 1 kernel setting, 2 modules"
+        );
+    }
+
+    #[test]
+    fn a_failed_units_early_lines_are_its_own_whoever_logged_them() {
+        let failed = "● systemd-modules-load.service loaded failed failed Load Kernel Modules\n";
+        let early = "{\"PRIORITY\":\"3\",\"SYSLOG_IDENTIFIER\":\"systemd-modules-load\",\"MESSAGE\":\"Failed to find module 'loop'\"}\n\
+{\"PRIORITY\":\"3\",\"SYSLOG_IDENTIFIER\":\"systemd\",\"MESSAGE\":\"Failed to start systemd-modules-load.service - Load Kernel Modules.\"}\n\
+{\"PRIORITY\":\"4\",\"SYSLOG_IDENTIFIER\":\"systemd\",\"MESSAGE\":\"Dependency failed for netfilter-persistent.service.\"}\n";
+        let after = bookworm(failed, "0", "1").replace(
+            "@@vmrepro-evidence sysctl",
+            &format!("{early}@@vmrepro-evidence sysctl"),
+        );
+        let changes = compare(
+            &Evidence::parse(&bookworm("", "0", "1")),
+            &Evidence::parse(&after),
+        );
+        assert_eq!(changes.failed_units.len(), 1);
+        assert_eq!(
+            changes.failed_units[0].1.len(),
+            2,
+            "{:?}",
+            changes.failed_units
+        );
+        let journal: Vec<&Change> = changes
+            .changes
+            .iter()
+            .filter(|c| c.source == Source::Journal)
+            .collect();
+        assert_eq!(journal.len(), 1, "{journal:?}");
+        assert!(journal[0]
+            .describe()
+            .contains("Dependency failed for netfilter-persistent"));
+    }
+
+    #[test]
+    fn router_advertisements_and_address_detection_are_not_changes() {
+        assert_eq!(
+            network_line("default via fe80::2 dev enp0s2 proto ra metric 1024"),
+            ""
+        );
+        assert_eq!(
+            network_line("fec0::/64 dev enp0s2 proto kernel metric 256 pref medium"),
+            ""
+        );
+        assert_eq!(
+            network_line("2: enp0s2    inet6 fe80::5054:ff:fe12:3456/64 scope link tentative \\       valid_lft forever preferred_lft forever"),
+            network_line("2: enp0s2    inet6 fe80::5054:ff:fe12:3456/64 scope link \\       valid_lft forever preferred_lft forever")
         );
     }
 

@@ -85,43 +85,102 @@ const PROBE_TICK: Duration = Duration::from_millis(20);
 /// Connects to 127.0.0.1:`host_port` (forwarded to the guest) and waits up
 /// to `wait` for the guest to accept, refuse or say something.
 /// `accepted` says whether the guest has accepted the connection yet (see
-/// [`accepted_in_usernet`]); it is asked between looks at the socket.
-pub(crate) fn probe_tcp(
+/// [`accepted_in_usernet`]); it is asked between looks at the socket. The
+/// harness probes all of a round's ports at once with [`probe_tcp_all`].
+#[cfg(test)]
+fn probe_tcp(
     host_port: u16,
     wait: Duration,
     accepted: &mut dyn FnMut() -> bool,
 ) -> std::io::Result<PortState> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+    let mut states = probe_tcp_all(&[host_port], wait, &mut |_| {
+        if accepted() {
+            vec![0]
+        } else {
+            Vec::new()
+        }
+    });
+    states.pop().unwrap_or(Ok(PortState::NoAnswer))
+}
+
+/// [`probe_tcp`] for several ports at once: every connection is made
+/// first, then all wait together, so that ports that do not answer cost
+/// `wait` once, not once each. `accepted` is given the indexes of the ports
+/// still undecided and returns those whose connection the guest has
+/// accepted (one look at the connection table serves them all).
+pub(crate) fn probe_tcp_all(
+    host_ports: &[u16],
+    wait: Duration,
+    accepted: &mut dyn FnMut(&[usize]) -> Vec<usize>,
+) -> Vec<std::io::Result<PortState>> {
     let deadline = Instant::now() + wait;
     // QEMU accepts for the guest; a refused connect means QEMU is not
     // listening there, which is the harness's trouble, not the guest's.
-    let mut stream = TcpStream::connect_timeout(&address, wait)?;
-    let mut byte = [0u8; 1];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(PortState::NoAnswer);
-        }
-        stream.set_read_timeout(Some(left.min(PROBE_TICK)))?;
-        match stream.read(&mut byte) {
-            Ok(0) => return Ok(PortState::Refused),
-            Ok(_) => return Ok(PortState::Open),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Ok(PortState::Refused)
+    let mut streams: Vec<Option<TcpStream>> = Vec::new();
+    let mut states: Vec<Option<std::io::Result<PortState>>> = Vec::new();
+    for &port in host_ports {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        match TcpStream::connect_timeout(&address, wait).and_then(|s| {
+            s.set_nonblocking(true)?;
+            Ok(s)
+        }) {
+            Ok(stream) => {
+                streams.push(Some(stream));
+                states.push(None);
             }
-            Err(e) => return Err(e),
-        }
-        if accepted() {
-            return Ok(PortState::Open);
+            Err(e) => {
+                streams.push(None);
+                states.push(Some(Err(e)));
+            }
         }
     }
+    let mut byte = [0u8; 1];
+    loop {
+        for (i, stream) in streams.iter_mut().enumerate() {
+            if states[i].is_some() {
+                continue;
+            }
+            let Some(stream) = stream.as_mut() else {
+                continue;
+            };
+            states[i] = match stream.read(&mut byte) {
+                Ok(0) => Some(Ok(PortState::Refused)),
+                Ok(_) => Some(Ok(PortState::Open)),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+                Err(e) if e.kind() == ErrorKind::Interrupted => None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    Some(Ok(PortState::Refused))
+                }
+                Err(e) => Some(Err(e)),
+            };
+        }
+        let undecided: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_none()).collect();
+        if undecided.is_empty() {
+            break;
+        }
+        for i in accepted(&undecided) {
+            if let Some(state @ None) = states.get_mut(i) {
+                *state = Some(Ok(PortState::Open));
+            }
+        }
+        if states.iter().all(Option::is_some) {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(PROBE_TICK));
+    }
+    states
+        .into_iter()
+        .map(|s| s.unwrap_or(Ok(PortState::NoAnswer)))
+        .collect()
 }
 
 /// Whether QEMU's `info usernet` text shows a connection from host port
@@ -200,6 +259,37 @@ mod tests {
             probe_tcp(port, Duration::from_millis(500), never).expect("probe"),
             PortState::NoAnswer
         );
+    }
+
+    #[test]
+    fn ports_that_do_not_answer_are_waited_for_together() {
+        let (_quiet_a, a) = listener();
+        let (_quiet_b, b) = listener();
+        let (talker, c) = listener();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = talker.accept().expect("accept");
+            conn.write_all(b"hi").expect("write");
+            // Held open until the probe has read.
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let wait = Duration::from_millis(600);
+        let started = Instant::now();
+        let states = probe_tcp_all(&[a, b, c], wait, &mut |_| Vec::new());
+        let took = started.elapsed();
+        server.join().expect("server");
+        let states: Vec<PortState> = states.into_iter().map(|s| s.expect("probe")).collect();
+        assert_eq!(
+            states,
+            vec![PortState::NoAnswer, PortState::NoAnswer, PortState::Open]
+        );
+        // Once for both silent ports, not twice: well under 2 × wait.
+        assert!(took < wait * 2 - Duration::from_millis(100), "{took:?}");
+        // The connection table's answer counts for the port it names.
+        let states = probe_tcp_all(&[a, b], wait, &mut |undecided| {
+            undecided.iter().copied().filter(|&i| i == 1).collect()
+        });
+        let states: Vec<PortState> = states.into_iter().map(|s| s.expect("probe")).collect();
+        assert_eq!(states, vec![PortState::NoAnswer, PortState::Open]);
     }
 
     #[test]
