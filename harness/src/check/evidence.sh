@@ -52,8 +52,13 @@ evidence_firewall() {
   fi
   for tool in iptables ip6tables; do
     command -v "$tool-save" >/dev/null 2>&1 || continue
-    case "$("$tool-save" --version 2>/dev/null)" in
-      *nf_tables*) [ -n "$nft" ] || continue ;;
+    # Which backend, from the file the command resolves to (Debian's
+    # alternatives: xtables-nft-multi or xtables-legacy-multi from 1.8,
+    # xtables-multi before), not by running it: an old iptables-save's
+    # option loop has no case for an option it does not know, and it goes
+    # on to dump the tables.
+    case "$(readlink -f "$(command -v "$tool-save")")" in
+      *nft*) [ -n "$nft" ] || continue ;;
       *)
         if [ "$tool" = iptables ]; then
           [ -e /proc/net/ip_tables_names ] || continue
