@@ -200,16 +200,42 @@ fn zizmor_passes() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Every `.sh` file under `harness/src`.
+fn guest_scripts() -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&root().join("harness/src"), &mut found);
+    found.sort();
+    found
+}
+
 fn shellcheck_passes() -> Result<(), Failed> {
+    let scripts_in_guests = guest_scripts();
+    if scripts_in_guests.len() < 3 {
+        return Err(format!("guest scripts not found: {scripts_in_guests:?}").into());
+    }
     let output = run(Command::new("shellcheck")
         .arg("-x")
         .arg("-P")
         .arg(root().join(".github/scripts"))
         .args(scripts())
         .arg(root().join(".ci/run"))
-        // The guest side of the control channel, and the evidence reader.
-        .arg(root().join("harness/src/guest/runner.sh"))
-        .arg(root().join("harness/src/check/evidence.sh")))?;
+        // What the harness runs in guests: the control channel's runner,
+        // the evidence reader, the wait after a resume; all of them, so
+        // that a new one cannot be left out.
+        .args(&scripts_in_guests))?;
     if !output.status.success() {
         return Err(format!("shellcheck found problems:\n{}", text(&output)).into());
     }

@@ -532,6 +532,29 @@ pub(crate) fn as_capture(changes: &Changes) -> crate::check::capture::Capture {
     }
 }
 
+/// Whether a unit's change of state is the time of day rather than the
+/// reboot: a timer that is running its service or waiting for the next time
+/// (both `active`), and the service a timer starts, which runs when the
+/// clock says whichever boot it is. A timer starts the service of its own
+/// name unless its `Unit=` says otherwise (systemd.timer(5)), as Debian's
+/// all do. Such a service failing after the reboot still shows, among the
+/// failed units.
+fn on_the_clock(
+    unit: &str,
+    before: Option<&String>,
+    after: Option<&String>,
+    timers: &BTreeSet<&str>,
+) -> bool {
+    fn active(state: &str) -> &str {
+        state.split('/').next().unwrap_or_default()
+    }
+    if unit.ends_with(".timer") {
+        return matches!((before, after), (Some(b), Some(a)) if active(b) == active(a));
+    }
+    unit.strip_suffix(".service")
+        .is_some_and(|stem| timers.contains(stem))
+}
+
 /// What differs between the boot before the reboot and the boot after it,
 /// in the sources both read in full.
 pub(crate) fn compare(before: &Evidence, after: &Evidence) -> Changes {
@@ -555,14 +578,22 @@ pub(crate) fn compare(before: &Evidence, after: &Evidence) -> Changes {
         }
     };
     if both(Source::Units) {
+        let timers: BTreeSet<&str> = before
+            .units
+            .keys()
+            .chain(after.units.keys())
+            .filter_map(|unit| unit.strip_suffix(".timer"))
+            .collect();
         for (unit, state) in &after.units {
-            if state.starts_with("failed/") {
+            if state.starts_with("failed/")
+                || on_the_clock(unit, before.units.get(unit), Some(state), &timers)
+            {
                 continue;
             }
             push(Source::Units, unit, before.units.get(unit), Some(state));
         }
         for (unit, state) in &before.units {
-            if !after.units.contains_key(unit) {
+            if !after.units.contains_key(unit) && !on_the_clock(unit, Some(state), None, &timers) {
                 push(Source::Units, unit, Some(state), None);
             }
         }
@@ -709,6 +740,46 @@ local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1\n\
 loop 32768 0 - Live 0xffffffffc0{module_base}\n\
 @@vmrepro-evidence firewall\n"
         )
+    }
+
+    #[test]
+    fn a_timer_that_came_due_is_the_clock_not_the_reboot() {
+        // dpkg-db-backup.timer came due just before the reboot (its
+        // service still starting) and was waiting again after it.
+        let before = Evidence::parse(&bookworm(
+            "  dpkg-db-backup.timer loaded active running Daily dpkg database backup timer\n\
+  dpkg-db-backup.service loaded activating start Daily dpkg database backup service\n",
+            "0",
+            "460000",
+        ));
+        let after = Evidence::parse(&bookworm(
+            "  dpkg-db-backup.timer loaded active waiting Daily dpkg database backup timer\n\
+  dpkg-db-backup.service loaded inactive dead Daily dpkg database backup service\n\
+  fstrim.timer loaded inactive dead Discard unused blocks once a week\n",
+            "0",
+            "729000",
+        ));
+        let changes = compare(&before, &after);
+        // A timer that is no longer active is the reboot's doing.
+        assert_eq!(
+            changes
+                .changes
+                .iter()
+                .map(|c| c.item.as_str())
+                .collect::<Vec<_>>(),
+            ["fstrim.timer"],
+            "{changes:#?}"
+        );
+        // A timer's service that fails after the reboot still shows.
+        let failed = Evidence::parse(&bookworm(
+            "  dpkg-db-backup.timer loaded active waiting Daily dpkg database backup timer\n\
+  dpkg-db-backup.service loaded failed failed Daily dpkg database backup service\n",
+            "0",
+            "729000",
+        ));
+        let changes = compare(&before, &failed);
+        assert_eq!(changes.failed_units.len(), 1, "{changes:#?}");
+        assert_eq!(changes.failed_units[0].0, "dpkg-db-backup.service");
     }
 
     #[test]

@@ -212,6 +212,9 @@ impl Timings {
         ));
         if !resumed {
             phases.push(("settling after the boot", self.start_settle));
+        } else if self.start_settle > 0.0 {
+            // Always some: the check that no timer came due.
+            phases.push(("timers due while the state was saved", self.start_settle));
         }
         phases.push(("steps", self.steps));
         if self.reboot_to_shell > 0.0 {

@@ -104,6 +104,10 @@ pub(crate) struct Resumed {
     pub(crate) console: Console,
     /// Seconds from QEMU start to the ready shell, clock set.
     pub(crate) seconds: f64,
+    /// What the clock's jump set off, run to its end before returning.
+    pub(crate) caught_up: CaughtUp,
+    /// Seconds spent waiting for it.
+    pub(crate) catch_up_seconds: f64,
 }
 
 /// The cache key of the saved state for `config` (whose `keep_overlay` and
@@ -340,11 +344,76 @@ pub(crate) fn resume(
             message: format!("date exited {}: {}", set.status, set.stderr.trim()),
         }));
     }
+    let seconds = vm.uptime().as_secs_f64();
+    let catching_up = Instant::now();
+    let caught_up = catch_up(&mut console, CATCH_UP_LIMIT).map_err(console_error)?;
     Ok(Resumed {
-        seconds: vm.uptime().as_secs_f64(),
+        seconds,
+        caught_up,
+        catch_up_seconds: catching_up.elapsed().as_secs_f64(),
         vm,
         console,
     })
+}
+
+/// How long the jobs of timers that came due while a state was saved may
+/// run before the flow starts anyway (and the report says which still ran).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+
+/// What the clock's jump forward set off in a resumed guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Units whose jobs were queued after the clock was set (the services
+    /// of timers that came due while the state was saved), in the order
+    /// they were first seen.
+    pub ran: Vec<String>,
+    /// Those still queued when the wait ran out: the flow started with
+    /// them running.
+    pub still_running: Vec<String>,
+}
+
+impl CaughtUp {
+    /// Reads `catch_up.sh`'s output.
+    fn parse(stdout: &str) -> Self {
+        let mut caught = CaughtUp::default();
+        for line in stdout.lines() {
+            match line.split_once(' ') {
+                Some(("ran", unit)) => caught.ran.push(unit.to_owned()),
+                Some(("still", unit)) => caught.still_running.push(unit.to_owned()),
+                _ => {}
+            }
+        }
+        caught
+    }
+
+    /// One line for reports, empty when nothing ran.
+    pub fn describe(&self) -> String {
+        if self.ran.is_empty() {
+            return String::new();
+        }
+        let mut text = format!(
+            "the clock moved forward and the timers due meanwhile ran first: {}",
+            self.ran.join(", ")
+        );
+        if !self.still_running.is_empty() {
+            text.push_str(&format!(
+                " ({} still running when the flow started)",
+                self.still_running.join(", ")
+            ));
+        }
+        text
+    }
+}
+
+/// Waits for the jobs the clock's jump queued (see `catch_up.sh`).
+fn catch_up(console: &mut Console, limit: Duration) -> Result<CaughtUp, ConsoleError> {
+    let script = include_str!("catch_up.sh").replace("@LIMIT@", &limit.as_secs().to_string());
+    let out = console.run(
+        "waiting for the timers due while the state was saved",
+        &script,
+        limit + Duration::from_secs(30),
+    )?;
+    Ok(CaughtUp::parse(&out.stdout))
 }
 
 /// How a trial's guest reached its first shell.
@@ -356,6 +425,8 @@ pub enum Start {
     Warm {
         /// The saved state's cache key.
         key: String,
+        /// What the clock's jump to now set off in the guest.
+        caught_up: CaughtUp,
     },
     /// A real boot, because resuming the saved state failed.
     ColdAfterWarmFailed {
@@ -369,7 +440,14 @@ impl Start {
     pub fn describe(&self) -> String {
         match self {
             Start::Cold => "cold (booted from power-on)".into(),
-            Start::Warm { key } => format!("warm (resumed saved state {key})"),
+            Start::Warm { key, caught_up } => {
+                let caught = caught_up.describe();
+                if caught.is_empty() {
+                    format!("warm (resumed saved state {key})")
+                } else {
+                    format!("warm (resumed saved state {key}; {caught})")
+                }
+            }
             Start::ColdAfterWarmFailed { reason } => {
                 format!("cold, because resuming the saved state failed: {reason}")
             }
@@ -380,6 +458,37 @@ impl Start {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_clock_set_off_is_read_and_told() {
+        let none = CaughtUp::parse("");
+        assert_eq!(none, CaughtUp::default());
+        assert_eq!(none.describe(), "");
+        let caught = CaughtUp::parse(
+            "still man-db.service\nran dpkg-db-backup.service\nran man-db.service\nnoise\n",
+        );
+        assert_eq!(caught.ran, ["dpkg-db-backup.service", "man-db.service"]);
+        assert_eq!(caught.still_running, ["man-db.service"]);
+        assert_eq!(
+            caught.describe(),
+            "the clock moved forward and the timers due meanwhile ran first: \
+dpkg-db-backup.service, man-db.service (man-db.service still running when the flow started)"
+        );
+        let warm = Start::Warm {
+            key: "k".into(),
+            caught_up: caught,
+        };
+        assert!(warm
+            .describe()
+            .starts_with("warm (resumed saved state k; the clock"));
+    }
+
+    #[test]
+    fn the_catch_up_script_gets_its_limit() {
+        let script = include_str!("catch_up.sh").replace("@LIMIT@", "120");
+        assert!(script.contains("limit=120\n"), "{script}");
+        assert!(!script.contains('@'));
+    }
     use crate::build::kernel::Kernel;
     use crate::guest::vm::{Accel, AccelChoice, MachineOptions};
     use crate::spec::KernelFlavour;

@@ -515,14 +515,25 @@ fn boot(
                     label,
                     &format!("shell after {:.1}s (resumed)", resumed.seconds),
                 );
+                let caught = resumed.caught_up.describe();
+                if !caught.is_empty() {
+                    config.events.note(
+                        label,
+                        &format!("{caught} ({:.1}s)", resumed.catch_up_seconds),
+                    );
+                }
                 return Ok(Guest {
                     vm: resumed.vm,
                     events: config.events.clone(),
                     console: resumed.console,
-                    start: Start::Warm { key: saved.key },
+                    start: Start::Warm {
+                        key: saved.key,
+                        caught_up: resumed.caught_up,
+                    },
                     timings: Timings {
                         prepare: (resuming - began).as_secs_f64(),
-                        start: resuming.elapsed().as_secs_f64(),
+                        start: resuming.elapsed().as_secs_f64() - resumed.catch_up_seconds,
+                        start_settle: resumed.catch_up_seconds,
                         ..Timings::default()
                     },
                     packages,
