@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use vmrepro::cache::Cache;
 use vmrepro::project::Project;
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::settings::Settings;
 use vmrepro::trial::{self, BootTimes, Outcome, RunOptions, Start};
 use vmrepro::vm::{self, Firmware, MachineOptions};
 use vmrepro::{image, progress, snapshot, tools};
@@ -111,10 +112,15 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     std::env::set_var("INSTA_OUTPUT", "none");
     // Progress as plain lines, between the figures.
     let events = progress::Events::new(std::sync::Arc::new(progress::Terminal::new(false, false)));
-    let project = Project::open(&root)?;
-    tools::ensure_tools(&events)?;
-    let accel = vm::choose_accel()?;
-    let options = RunOptions::new(Cache::from_env().with_events(events.clone()), accel.clone());
+    let settings = Settings::from_env()?;
+    let project = settings.project_at(&root)?;
+    tools::ensure_tools(&events, settings.install)?;
+    let accel = settings.accel()?;
+    // Each section chooses warm or cold itself.
+    let options = RunOptions {
+        first_boot: FirstBoot::Warm,
+        ..settings.run_options(settings.cache().with_events(events.clone()), accel.clone())
+    };
     let rounds: usize = std::env::var("VMREPRO_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -195,7 +201,7 @@ fn flood(root: &Path, options: &RunOptions) -> Result<Vec<String>, Error> {
             ),
         )?;
     }
-    let project = Project::open(dir.path())?;
+    let project = Settings::from_env()?.project_at(dir.path())?;
     let cell = cell(KernelFlavour::stock());
     let peak_kib = || -> u64 {
         std::fs::read_to_string("/proc/self/status")

@@ -34,6 +34,8 @@ mod run;
 mod spec;
 mod text;
 
+pub mod settings;
+
 /// Scenario files and their matrices.
 pub mod scenario {
     pub use crate::spec::{trials_of, Cell, FirstBoot, KernelFlavour, Known, Scenario, Shard};
@@ -74,7 +76,7 @@ pub mod warm {
 /// The virtual machine: accelerator and virtual hardware.
 pub mod vm {
     pub use crate::guest::vm::{
-        choose_accel, Accel, AccelChoice, Firmware, MachineOptions, VmError,
+        choose_accel, Accel, AccelChoice, AccelWanted, Firmware, MachineOptions, VmError,
     };
 }
 
@@ -89,7 +91,7 @@ pub mod trial {
     };
     pub use crate::run::{
         check, check_all, check_keeping, default_jobs, kernels_to_build, longest_first, reachable,
-        required, Checked,
+        Checked, Required,
     };
 }
 
@@ -173,5 +175,56 @@ mod layering {
             }
         }
         assert!(wrong.is_empty(), "upward uses:\n{}", wrong.join("\n"));
+        // Nothing below the settings uses them: each layer is given its part.
+        let mut files = Vec::new();
+        for (layer, _) in BELOW {
+            sources(&src.join(layer), &mut files);
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                !text.contains("crate::settings"),
+                "{} uses the settings",
+                file.display()
+            );
+        }
+    }
+
+    #[test]
+    fn the_environment_is_read_in_one_module() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        // The settings read it; `PATH` is where host commands are found;
+        // insta is configured through its own variables, by the binary.
+        // (Spelt in pieces, so that this test does not find itself.)
+        let env = concat!("env", "::");
+        let allowed = [
+            ("settings.rs", format!("{env}vars_os()")),
+            ("host/mod.rs", format!("{env}var_os(\"PATH\")")),
+            ("main.rs", format!("{env}set_var(\"INSTA_")),
+        ];
+        let calls =
+            ["var(", "var_os(", "vars", "set_var(", "remove_var("].map(|c| format!("{env}{c}"));
+        let mut wrong = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let name = file.strip_prefix(&src).unwrap_or(file).to_string_lossy();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                let reads = calls.iter().any(|call| code.contains(call.as_str()));
+                let fine = allowed
+                    .iter()
+                    .any(|(f, call)| name == *f && code.contains(call.as_str()));
+                if reads && !fine {
+                    wrong.push(format!("{name}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "the environment read outside the settings:\n{}",
+            wrong.join("\n")
+        );
     }
 }

@@ -13,6 +13,7 @@ use vmrepro::cache::Cache;
 use vmrepro::progress::{Events, Terminal};
 use vmrepro::project::{Project, ProjectError};
 use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario, Shard};
+use vmrepro::settings::{AccelWanted, Settings, SettingsError};
 use vmrepro::trial::{self, RunError, RunOptions};
 use vmrepro::{image, kernel, report, tools, vm};
 
@@ -68,32 +69,20 @@ struct Cli {
     cold: bool,
     /// How guests reach their first shell: resumed from a saved, booted
     /// state (warm) or booted from power-on (cold).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "VMREPRO_FIRST_BOOT",
-        value_name = "HOW"
-    )]
+    #[arg(long, global = true, value_enum, value_name = "HOW")]
     first_boot: Option<FirstBootArg>,
     /// The accelerator: kvm (refused where KVM cannot run guests), tcg, or
     /// auto (KVM where it works, else TCG).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "VMREPRO_ACCEL",
-        value_name = "ACCEL"
-    )]
+    #[arg(long, global = true, value_enum, value_name = "ACCEL")]
     accel: Option<AccelArg>,
     /// The image and kernel cache (default: $XDG_CACHE_HOME/vmrepro, else ~/.cache/vmrepro).
-    #[arg(long, global = true, env = "VMREPRO_CACHE", value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// The project directory (default: found from the current directory).
-    #[arg(long, global = true, env = "VMREPRO_ROOT", value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     project: Option<PathBuf>,
     /// Never install host packages; print the commands instead.
-    #[arg(long, global = true, env = "VMREPRO_NO_INSTALL", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    #[arg(long, global = true)]
     no_install: bool,
     /// When to colour the outcome table. `auto` colours a terminal unless
     /// NO_COLOR is set; CLICOLOR_FORCE=1 colours even a pipe.
@@ -112,10 +101,19 @@ both over skips.
 Verdicts: pass, reproduced (the cell asserts the state is lost, and it is), new (no committed snapshot: \
 read it, then `vmrepro accept`), fail, error (the host could not run it), skipped.
 
-Environment: every option above with an [env: …] reads that variable; also VMREPRO_MIRROR and
-VMREPRO_MIRROR_<RELEASE> (Debian mirror or apt proxy to bootstrap from), VMREPRO_SHARD=K/N (as --shard),
-VMREPRO_REQUIRE_ALL=1 and VMREPRO_REQUIRE=bookworm,trixie (a release that cannot be fetched is an error,
-not a skip), NO_COLOR and CLICOLOR_FORCE.";
+Environment (an option given wins over its variable; an empty variable counts as unset):
+  VMREPRO_ACCEL=auto|kvm|tcg   as --accel
+  VMREPRO_FIRST_BOOT=warm|cold as --first-boot
+  VMREPRO_CACHE=DIR            as --cache
+  VMREPRO_ROOT=DIR             as --project
+  VMREPRO_NO_INSTALL=1         as --no-install (1/0, true/false, yes/no, on/off)
+  VMREPRO_SHARD=K/N            as `run --shard`
+  VMREPRO_ARTIFACTS=DIR        where reports and rows go, relative to the project (default target/vmrepro)
+  VMREPRO_MIRROR, VMREPRO_MIRROR_<RELEASE>   Debian mirror or apt proxy to bootstrap from
+  VMREPRO_REQUIRE_ALL=1, VMREPRO_REQUIRE=bookworm,trixie   a release that cannot be fetched is an
+                               error, not a skip
+  NO_COLOR, CLICOLOR_FORCE     see --color
+A value a variable does not accept is a usage error (exit status 2) that names it.";
 
 /// `--first-boot`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -149,14 +147,13 @@ enum ColorArg {
 }
 
 impl ColorArg {
-    fn wanted(self) -> bool {
+    fn wanted(self, settings: &Settings) -> bool {
         use std::io::IsTerminal as _;
-        let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
         match self {
             ColorArg::Always => true,
             ColorArg::Never => false,
-            ColorArg::Auto if set("NO_COLOR") => false,
-            ColorArg::Auto if set("CLICOLOR_FORCE") => true,
+            ColorArg::Auto if settings.no_color => false,
+            ColorArg::Auto if settings.clicolor_force => true,
             ColorArg::Auto => std::io::stdout().is_terminal(),
         }
     }
@@ -209,7 +206,7 @@ enum Command {
         /// cell of the selected scenarios before --release and --kernel
         /// filter them), to split a suite across machines; the same split as
         /// `VMREPRO_SHARD` in `cargo test`.
-        #[arg(long, value_name = "K/N", value_parser = Shard::parse, env = "VMREPRO_SHARD")]
+        #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
         shard: Option<Shard>,
         /// With a selection of exactly one cell: when it fails, keep the
         /// guest and open a root shell in it (as `repro --shell-fail`).
@@ -396,44 +393,58 @@ fn main() -> ExitCode {
     // Progress is rendered here, on standard error: live lines on a
     // terminal, plain ones with -v or off a terminal, none with -q.
     let terminal = Arc::new(Terminal::new(cli.quiet, !cli.verbose));
-    // The library reads these settings from the environment; the options
-    // (which clap already filled from the same variables) win. Set here,
-    // before any thread starts.
-    match cli.accel {
-        Some(AccelArg::Kvm) => std::env::set_var("VMREPRO_ACCEL", "kvm"),
-        Some(AccelArg::Tcg) => std::env::set_var("VMREPRO_ACCEL", "tcg"),
-        Some(AccelArg::Auto) => std::env::remove_var("VMREPRO_ACCEL"),
-        None => {}
-    }
-    if let Some(cache) = &cli.cache {
-        std::env::set_var("VMREPRO_CACHE", cache);
-    }
-    if let Some(project) = &cli.project {
-        std::env::set_var("VMREPRO_ROOT", project);
-    }
-    if cli.no_install {
-        std::env::set_var("VMREPRO_NO_INSTALL", "1");
-    } else {
-        std::env::remove_var("VMREPRO_NO_INSTALL");
-    }
-    let cold = cli.cold || cli.first_boot == Some(FirstBootArg::Cold);
-    // `--first-boot` was read from VMREPRO_FIRST_BOOT already.
-    std::env::remove_var("VMREPRO_FIRST_BOOT");
-    let outputs = Outputs {
-        colour: cli.color.wanted(),
-        events: Events::new(terminal.clone()),
-        terminal,
-    };
     // `exec` passes the command's status through, so its own failures
     // need a status no command is likely to give.
     let exec = matches!(cli.command, Command::Exec { .. });
-    match dispatch(cli.command, cold, outputs) {
+    let settings = match settings(&cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("vmrepro: {e}");
+            return ExitCode::from(if exec { EXIT_EXEC } else { EXIT_USAGE });
+        }
+    };
+    let outputs = Outputs {
+        colour: cli.color.wanted(&settings),
+        events: Events::new(terminal.clone()),
+        terminal,
+        settings,
+    };
+    match dispatch(cli.command, outputs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vmrepro: {e:#}");
             ExitCode::from(if exec { EXIT_EXEC } else { classify(&e) })
         }
     }
+}
+
+/// The run's settings: the environment's, and the options over them.
+fn settings(cli: &Cli) -> Result<Settings, SettingsError> {
+    let mut settings = Settings::from_env()?;
+    match cli.accel {
+        Some(AccelArg::Auto) => settings.accel = AccelWanted::Auto,
+        Some(AccelArg::Kvm) => settings.accel = AccelWanted::Kvm,
+        Some(AccelArg::Tcg) => settings.accel = AccelWanted::Tcg,
+        None => {}
+    }
+    match cli.first_boot {
+        Some(FirstBootArg::Warm) => settings.first_boot = FirstBoot::Warm,
+        Some(FirstBootArg::Cold) => settings.first_boot = FirstBoot::Cold,
+        None => {}
+    }
+    if cli.cold {
+        settings.first_boot = FirstBoot::Cold;
+    }
+    if let Some(cache) = &cli.cache {
+        settings.cache = cache.clone();
+    }
+    if let Some(project) = &cli.project {
+        settings.project = Some(project.clone());
+    }
+    if cli.no_install {
+        settings.install = false;
+    }
+    Ok(settings)
 }
 
 /// Maps an error to the documented exit status.
@@ -473,7 +484,8 @@ fn classify(error: &anyhow::Error) -> u8 {
 #[error("{0}")]
 struct UsageError(String);
 
-/// How results and progress are shown.
+/// What every command is given: the run's settings, and how results and
+/// progress are shown.
 #[derive(Clone)]
 struct Outputs {
     colour: bool,
@@ -481,24 +493,32 @@ struct Outputs {
     events: Events,
     /// Renders `events`; the interactive shell stops its live lines.
     terminal: Arc<Terminal>,
+    /// The environment's settings with the options over them.
+    settings: Settings,
 }
 
 impl Outputs {
     /// The cache, reporting its builds to the terminal.
     fn cache(&self) -> Cache {
-        Cache::from_env().with_events(self.events.clone())
+        self.settings.cache().with_events(self.events.clone())
     }
 }
 
-fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
+fn dispatch(command: Command, outputs: Outputs) -> Result<u8> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     // The host commands need no project: they check and fix this machine.
     match command {
         Command::Setup => return setup(&outputs),
-        Command::Doctor { format } => return doctor(Project::discover(&cwd).ok().as_ref(), format),
+        Command::Doctor { format } => {
+            return doctor(
+                outputs.settings.project(&cwd).ok().as_ref(),
+                format,
+                &outputs,
+            )
+        }
         _ => {}
     }
-    let project = Project::discover(&cwd)?;
+    let project = outputs.settings.project(&cwd)?;
     // insta would otherwise ask `cargo metadata` where the workspace is.
     std::env::set_var("INSTA_WORKSPACE_ROOT", &project.root);
     // insta's own output is written for `cargo test` users (hints about
@@ -545,7 +565,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
         Command::Setup | Command::Doctor { .. } => unreachable!("answered above"),
         Command::Shell { guest } => {
             let (scenario, cell) = guest_of(&project, &guest)?;
-            let options = run_options(cold, &outputs)?;
+            let options = run_options(&outputs)?;
             let terminal = outputs.terminal.clone();
             trial::shell(&project, scenario.as_ref(), &cell, &options, |stream| {
                 // The terminal is the shell's now.
@@ -588,7 +608,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             command,
         } => {
             let (scenario, cell) = guest_of(&project, &guest)?;
-            let options = run_options(cold, &outputs)?;
+            let options = run_options(&outputs)?;
             let out = trial::exec(
                 &project,
                 scenario.as_ref(),
@@ -614,7 +634,7 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
             if shell_fail {
                 need_terminal()?;
             }
-            let options = run_options(cold, &outputs)?;
+            let options = run_options(&outputs)?;
             // The same path as `run` and the test target, so the same cell
             // gets the same verdict and exit status through all three.
             let (checked, kept) =
@@ -658,10 +678,10 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
                 .as_deref()
                 .map(|k| parse_kernel(&project, k))
                 .transpose()?;
-            let options = run_options(cold, &outputs)?;
+            let options = run_options(&outputs)?;
             let cells = vmrepro::scenario::trials_of(&selected);
             // Sharded first, as the test target does, then filtered.
-            let cells = match shard {
+            let cells = match shard.or(outputs.settings.shard) {
                 Some(shard) => shard.select(cells),
                 None => cells,
             };
@@ -713,21 +733,15 @@ fn dispatch(command: Command, cold: bool, outputs: Outputs) -> Result<u8> {
     }
 }
 
-fn run_options(cold: bool, outputs: &Outputs) -> Result<RunOptions> {
-    tools::ensure_tools(&outputs.events)?;
-    let accel = vm::choose_accel()?;
+fn run_options(outputs: &Outputs) -> Result<RunOptions> {
+    tools::ensure_tools(&outputs.events, outputs.settings.install)?;
+    let accel = outputs.settings.accel()?;
     outputs.events.line(&format!(
         "vmrepro: accelerator {} ({})",
         accel.accel.name(),
         accel.reason
     ));
-    let mut options = RunOptions::new(outputs.cache(), accel)
-        .with_first_boot_from_env()
-        .map_err(UsageError)?;
-    if cold {
-        options.first_boot = FirstBoot::Cold;
-    }
-    Ok(options)
+    Ok(outputs.settings.run_options(outputs.cache(), accel))
 }
 
 /// The cell (and the scenario whose steps run first) that `shell` and
@@ -893,7 +907,7 @@ fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Resul
             kernel_only,
             no_kernel,
         } => {
-            tools::ensure_tools(&outputs.events)?;
+            tools::ensure_tools(&outputs.events, outputs.settings.install)?;
             if !no_kernel {
                 for (name, recipe) in built_kernels(project) {
                     let kernel = kernel::built(&cache, name, recipe)?;
@@ -983,7 +997,7 @@ fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Resul
             Ok(EXIT_PASS)
         }
         ImagesCommand::Import { release, file } => {
-            tools::ensure_tools(&outputs.events)?;
+            tools::ensure_tools(&outputs.events, outputs.settings.install)?;
             let recipe = recipe_of(&release)?;
             let imported = image::import(&cache, recipe, &file)?;
             out!(
@@ -999,21 +1013,18 @@ fn images(project: &Project, command: ImagesCommand, outputs: &Outputs) -> Resul
 
 /// `vmrepro setup`: installs what the host lacks and says what it has.
 fn setup(outputs: &Outputs) -> Result<u8> {
-    tools::ensure_tools(&outputs.events)?;
+    tools::ensure_tools(&outputs.events, outputs.settings.install)?;
     for tool in tools::TOOLS {
         let version = tools::tool_version(tool.command).unwrap_or_else(|| "installed".into());
         out!("{:<20} {version}", tool.command);
     }
-    let accel = vm::choose_accel()?;
+    let accel = outputs.settings.accel()?;
     out!(
         "accelerator          {} ({})",
         accel.accel.name(),
         accel.reason
     );
-    out!(
-        "cache                {}",
-        Cache::from_env().root().display()
-    );
+    out!("cache                {}", outputs.settings.cache.display());
     Ok(EXIT_PASS)
 }
 
@@ -1054,7 +1065,7 @@ struct DoctorRelease {
     unreachable: Option<String>,
 }
 
-fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
+fn doctor(project: Option<&Project>, format: ListFormat, outputs: &Outputs) -> Result<u8> {
     let tools: Vec<DoctorTool> = tools::TOOLS
         .iter()
         .map(|tool| {
@@ -1086,7 +1097,7 @@ fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
             fix: None,
         })
     });
-    let cache = Cache::from_env();
+    let cache = outputs.cache();
     let entries = cache.list();
     let releases = project
         .map(|p| {
@@ -1103,7 +1114,9 @@ fn doctor(project: Option<&Project>, format: ListFormat) -> Result<u8> {
                 .collect()
         })
         .unwrap_or_default();
-    let accelerator = vm::choose_accel()
+    let accelerator = outputs
+        .settings
+        .accel()
         .map(|a| format!("{} ({})", a.accel.name(), a.reason))
         .map_err(|e| e.to_string());
     let problems =

@@ -13,18 +13,18 @@ use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::Instant;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmrepro::cache::Cache;
 use vmrepro::project::Project;
 use vmrepro::trial;
 use vmrepro::verdict::{EXIT_FAIL, EXIT_PASS, EXIT_SKIPPED};
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let guests = match Project::open(&root())
+    let guests = match common::settings()
+        .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "bookworm"))
+        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "bookworm"))
     {
-        Err(why) if !trial::required("bookworm") => Some(why),
+        Err(why) if !common::settings().required.contains("bookworm") => Some(why),
         _ => None,
     };
     let with_guests = |name: &str, test: fn() -> Result<(), Failed>| {
@@ -96,7 +96,7 @@ fn vmrepro_saying(project: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmrepro"));
     command
         .env("VMREPRO_ROOT", project)
-        .env("VMREPRO_CACHE", Cache::from_env().root())
+        .env("VMREPRO_CACHE", common::settings().cache().root())
         // Pending snapshots are written even where CI is set.
         .env("INSTA_UPDATE", "new")
         .env_remove("INSTA_FORCE_PASS")
@@ -141,12 +141,13 @@ fn nextest_trial() -> Trial {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let unreachable = Project::open(&root())
+    let unreachable = common::settings()
+        .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "jessie"))
+        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "jessie"))
         .is_err();
     let trial = Trial::test(name, nextest_skips);
-    if installed && unreachable && !trial::required("jessie") {
+    if installed && unreachable && !common::settings().required.contains("jessie") {
         trial
     } else {
         eprintln!("cli: {name} skipped: needs cargo-nextest and a host that cannot fetch jessie");
@@ -312,9 +313,10 @@ fn exit_statuses() -> Result<(), Failed> {
     let dir = common::scratch_project(&[("passing.toml", PASSING)])?;
     let project = dir.path();
     // Where jessie can be fetched, its cell runs instead of being skipped.
-    let jessie_skips = Project::open(project)
+    let jessie_skips = common::settings()
+        .project_at(project)
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "jessie"))
+        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "jessie"))
         .is_err();
 
     // A release that cannot be fetched is found out in seconds.
@@ -430,7 +432,7 @@ fn exec_status() -> Result<(), Failed> {
         .ok()
         .and_then(|p| match p.kernels.get("linode") {
             Some(vmrepro::recipe::KernelSource::Recipe(recipe)) => {
-                vmrepro::kernel::lookup_built(&Cache::from_env(), "linode", recipe)
+                vmrepro::kernel::lookup_built(&common::settings().cache(), "linode", recipe)
             }
             _ => None,
         });
@@ -848,7 +850,7 @@ survive_reboot = ["kept"]
 fn kernel_by_path() -> Result<(), Failed> {
     let dir = common::scratch_project(&[("provider.toml", ON_A_PROVIDERS_KERNEL)])?;
     let project = dir.path();
-    let cache = Cache::from_env();
+    let cache = common::settings().cache();
     let p = Project::open(project).map_err(|e| e.to_string())?;
     let image = vmrepro::image::image(&cache, p.recipe("bookworm").map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -893,13 +895,29 @@ fn repro_misbehaving(
     let name = file.trim_end_matches(".toml");
     let started = Instant::now();
     let output = vmrepro(dir.path()).args(["repro", name]).output()?;
-    let took = started.elapsed().as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    let took = guest_worked(&report).unwrap_or(wall);
     eprintln!(
-        "cli: {name}: exit {:?} after {took:.1}s",
+        "cli: {name}: exit {:?} after {wall:.1}s, the guest's part {took:.1}s",
         output.status.code()
     );
     Ok((dir, output, report, took))
+}
+
+/// The seconds the guest worked in a trial, from its report's time table
+/// ("The guest worked 29.0s of it"): the trial without what was built for
+/// it first (an image, the kernel), which a fresh machine pays once, in
+/// whichever test comes first. What the checks against it catch is a wait
+/// for a timeout (minutes), not slowness.
+fn guest_worked(report: &str) -> Option<f64> {
+    report
+        .split("The guest worked ")
+        .nth(1)?
+        .split_once("s of it")?
+        .0
+        .parse()
+        .ok()
 }
 
 /// The pending snapshot a first run wrote.
@@ -1240,11 +1258,12 @@ fn detached_disk() -> Result<(), Failed> {
     std::fs::write(data.join("hello.txt"), "hello from the data disk\n")?;
     let started = Instant::now();
     let output = vmrepro(dir.path()).args(["repro", "detached"]).output()?;
-    let took = started.elapsed().as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     let said = said(&output);
+    let took = guest_worked(&report).ok_or_else(|| lacks("report", "its time table", &said))?;
     eprintln!(
-        "cli: detached: exit {:?} after {took:.1}s",
+        "cli: detached: exit {:?} after {wall:.1}s, the guest's part {took:.1}s",
         output.status.code()
     );
     for needle in [
@@ -1268,7 +1287,7 @@ fn detached_disk() -> Result<(), Failed> {
         return Err(lacks("snapshot", "the root disk alone", &snapshot));
     }
     if took > 240.0 {
-        return Err(format!("took {took:.1}s:\n{said}").into());
+        return Err(format!("the guest's part took {took:.1}s:\n{said}").into());
     }
     Ok(())
 }

@@ -23,34 +23,48 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use vmrepro::cache::Cache;
 use vmrepro::progress::{Events, Terminal};
 use vmrepro::project::Project;
-use vmrepro::scenario::{Cell, Scenario, Shard};
+use vmrepro::scenario::{Cell, Scenario};
+use vmrepro::settings::Settings;
 use vmrepro::trial::RunOptions;
 use vmrepro::verdict::Status;
 use vmrepro::vm::MachineOptions;
-use vmrepro::{report, tools, trial, vm};
+use vmrepro::{report, tools, trial};
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // As many guests at once as cores and free memory allow, as `vmrepro run`.
     args.test_threads
         .get_or_insert_with(|| trial::default_jobs(MachineOptions::default().memory_mib));
-    let root = std::env::var_os("VMREPRO_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            manifest.parent().map(PathBuf::from).unwrap_or(manifest)
-        });
+    // The settings, read once from the environment as `vmrepro` reads them.
+    let settings = match Settings::from_env() {
+        Ok(settings) => Arc::new(settings),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let root = settings.project.clone().unwrap_or_else(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+    });
     // insta would otherwise ask `cargo metadata` for the workspace.
     std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
 
     // Loading errors end the run here, before any filter could hide them.
-    let loaded = Project::open(&root)
+    let loaded = settings
+        .project_at(&root)
         .and_then(|p| p.scenarios().map(|s| (p, s)))
         .map_err(|e| e.to_string())
-        .and_then(|(project, scenarios)| Ok((project, cells_of_this_shard(scenarios)?)));
+        .map(|(project, scenarios)| {
+            let cells = vmrepro::scenario::trials_of(&scenarios);
+            let cells = match settings.shard {
+                Some(shard) => shard.select(cells),
+                None => cells,
+            };
+            (project, cells)
+        });
     let (project, cells) = match loaded {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -59,7 +73,11 @@ fn main() -> ExitCode {
         }
     };
     let project = Arc::new(project);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        settings,
+        host: OnceLock::new(),
+        rows: Mutex::default(),
+    });
     let trials = trials(&project, cells, &shared, &args);
     let listing = args.list;
     let conclusion = libtest_mimic::run(&args, trials);
@@ -96,15 +114,6 @@ fn print_table(shared: &Shared) {
     }
 }
 
-fn cells_of_this_shard(scenarios: Vec<Scenario>) -> Result<Vec<(Scenario, Cell)>, String> {
-    let cells = vmrepro::scenario::trials_of(&scenarios);
-    let Ok(spec) = std::env::var("VMREPRO_SHARD") else {
-        return Ok(cells);
-    };
-    let shard = Shard::parse(&spec).map_err(|e| format!("VMREPRO_SHARD={e}"))?;
-    Ok(shard.select(cells))
-}
-
 /// One trial per scenario × cell, likely-longest first (as `vmrepro run`
 /// orders them), so that two guests stay busy to the end. Trials of a
 /// release that cannot be fetched here are listed as ignored, and when this
@@ -116,7 +125,7 @@ fn trials(
     shared: &Arc<Shared>,
     args: &Arguments,
 ) -> Vec<Trial> {
-    let cache = Cache::from_env();
+    let cache = shared.settings.cache();
     let order = trial::longest_first(&cells, &trial::kernels_to_build(project, &cache));
     let mut said = std::collections::BTreeSet::new();
     order
@@ -124,7 +133,7 @@ fn trials(
         .map(|i| {
             let (scenario, cell) = cells[i].clone();
             let name = format!("{}::{}::{}", scenario.name, cell.release, cell.kernel);
-            let skip = if trial::required(&cell.release) {
+            let skip = if shared.settings.required.contains(&cell.release) {
                 None
             } else {
                 trial::reachable(project, &cache, &cell.release).err()
@@ -153,8 +162,8 @@ fn trials(
 }
 
 /// Work done once per test run, whichever trial needs it first.
-#[derive(Default)]
 struct Shared {
+    settings: Arc<Settings>,
     host: OnceLock<Result<RunOptions, String>>,
     rows: Mutex<Vec<report::Row>>,
 }
@@ -182,16 +191,16 @@ impl Shared {
         self.host
             .get_or_init(|| {
                 let events = Events::new(Arc::new(Terminal::new(false, false)));
-                tools::ensure_tools(&events).map_err(|e| e.to_string())?;
-                let accel = vm::choose_accel().map_err(|e| e.to_string())?;
+                let settings = &self.settings;
+                tools::ensure_tools(&events, settings.install).map_err(|e| e.to_string())?;
+                let accel = settings.accel().map_err(|e| e.to_string())?;
                 eprintln!(
                     "vmrepro: accelerator {} ({})",
                     accel.accel.name(),
                     accel.reason
                 );
                 // Progress as plain lines, in the test output.
-                RunOptions::new(Cache::from_env().with_events(events), accel)
-                    .with_first_boot_from_env()
+                Ok(settings.run_options(settings.cache().with_events(events), accel))
             })
             .clone()
     }

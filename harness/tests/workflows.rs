@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmrepro::cache::Cache;
 use vmrepro::project::Project;
 use vmrepro::report::{self, Row};
 use vmrepro::scenario::{Cell, KernelFlavour};
@@ -256,7 +255,7 @@ fn script(name: &str, args: &[&str], github: &Path) -> Command {
         .env("GITHUB_PATH", github.join("path"))
         .env("GITHUB_STEP_SUMMARY", github.join("summary"))
         // The harness's own cache, so nothing is built twice.
-        .env("VMREPRO_CACHE", Cache::from_env().root())
+        .env("VMREPRO_CACHE", common::settings().cache().root())
         .env_remove("VMREPRO_SHARD");
     command
 }
@@ -319,7 +318,7 @@ fn empty_selection_fails() -> Result<(), Failed> {
 /// anything is built; otherwise it names the accelerator.
 fn kvm_check() -> Result<(), Failed> {
     let github = tempfile::tempdir()?;
-    let kvm_here = vmrepro::vm::choose_accel()
+    let kvm_here = vmrepro::vm::choose_accel(vmrepro::vm::AccelWanted::Auto)
         .is_ok_and(|a| a.accel.name() == "kvm" && std::env::var("VMREPRO_ACCEL").is_err());
     let output = run(script("check-kvm.sh", &[], github.path()).env("VMREPRO_ACCEL", "kvm"))?;
     let said = text(&output);
@@ -403,7 +402,7 @@ fn summary() -> Result<(), Failed> {
 /// already built here must exist).
 fn cache_keys() -> Result<(), Failed> {
     let project = Project::open(&root())?;
-    let cache = Cache::from_env();
+    let cache = common::settings().cache();
     for (what, kind) in [
         ("bookworm", "images"),
         ("jessie", "images"),
@@ -472,11 +471,12 @@ fn cache_keys() -> Result<(), Failed> {
 /// A trial that boots bookworm guests: listed as ignored where bookworm
 /// cannot be had (and is not required).
 fn guest_trial(name: &'static str, test: fn() -> Result<(), Failed>) -> Trial {
-    let reachable = Project::open(&root())
+    let reachable = common::settings()
+        .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &Cache::from_env(), "bookworm"));
+        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "bookworm"));
     match reachable {
-        Err(why) if !trial::required("bookworm") => {
+        Err(why) if !common::settings().required.contains("bookworm") => {
             eprintln!("workflows: {name} skipped: {why}");
             // Run anyway (`--include-ignored`), it fails: a trial that
             // could not run is not a pass.
@@ -516,7 +516,7 @@ fn matrix_job() -> Result<(), Failed> {
     let env = read(&github.path().join("env"));
     if !env.contains(&format!(
         "VMREPRO_CACHE={}",
-        Cache::from_env().root().display()
+        common::settings().cache().root().display()
     )) {
         return Err(format!("host-tools.sh must export the cache it uses:\n{env}").into());
     }

@@ -25,6 +25,9 @@ pub struct Cache {
     root: PathBuf,
     /// Where builds report their progress.
     events: Events,
+    /// Whether builds may install the host packages they need (as root,
+    /// with apt-get) rather than say which to install.
+    install: bool,
 }
 
 /// Why the cache failed.
@@ -78,27 +81,15 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 }
 
 impl Cache {
-    /// `VMREPRO_CACHE`, else `$XDG_CACHE_HOME/vmrepro`, else `~/.cache/vmrepro`.
-    pub fn from_env() -> Cache {
-        let root = std::env::var_os("VMREPRO_CACHE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|d| PathBuf::from(d).join("vmrepro"))
-            })
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vmrepro")))
-            .unwrap_or_else(|| std::env::temp_dir().join("vmrepro-cache"));
-        Cache {
-            root,
-            events: Events::silent(),
-        }
-    }
-
     /// The same cache, with builds reporting their progress to `events`.
     pub fn with_events(mut self, events: Events) -> Cache {
         self.events = events;
+        self
+    }
+
+    /// The same cache, its builds allowed to install host packages or not.
+    pub fn allowing_install(mut self, install: bool) -> Cache {
+        self.install = install;
         self
     }
 
@@ -107,12 +98,19 @@ impl Cache {
         &self.events
     }
 
-    /// A cache at an explicit directory (a test's or a benchmark's own,
-    /// for builds that must really happen).
+    /// Whether the work done for this cache may install host packages.
+    pub(crate) fn may_install(&self) -> bool {
+        self.install
+    }
+
+    /// The cache at `root` (the settings' own, or a test's or a
+    /// benchmark's for builds that must really happen), silent, its builds
+    /// allowed to install host packages.
     pub fn at(root: impl Into<PathBuf>) -> Cache {
         Cache {
             root: root.into(),
             events: Events::silent(),
+            install: true,
         }
     }
 

@@ -103,15 +103,12 @@ impl ImageRecipe {
         KeyHash::new().part(IMAGE_FORMAT).last(canonical)
     }
 
-    /// The mirror to bootstrap from: `VMREPRO_MIRROR_<RELEASE>`, then
-    /// `VMREPRO_MIRROR`, then the recipe's own, then the host's apt sources.
-    /// `None` leaves the choice to the bootstrap tool.
+    /// The mirror to bootstrap from: the settings' (`VMREPRO_MIRROR_<RELEASE>`,
+    /// then `VMREPRO_MIRROR`), then the recipe's own, then the host's apt
+    /// sources. `None` leaves the choice to the bootstrap tool.
     pub fn mirror(&self) -> Option<String> {
-        let specific = format!("VMREPRO_MIRROR_{}", self.release.to_uppercase());
-        std::env::var(&specific)
-            .ok()
-            .or_else(|| std::env::var("VMREPRO_MIRROR").ok())
-            .filter(|m| !m.trim().is_empty())
+        self.mirror_override
+            .clone()
             .or_else(|| self.mirror.clone())
             .or_else(host::host_mirror)
     }
@@ -804,9 +801,9 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
 
     #[test]
     fn bootstrap_command_preseeds_debconf_and_names_the_mirror() {
-        std::env::set_var("VMREPRO_MIRROR_BOOKWORM", "http://mirror.example/debian");
-        let command = bookworm().bootstrap_command(Path::new("/tmp/x/root"));
-        std::env::remove_var("VMREPRO_MIRROR_BOOKWORM");
+        let mut recipe = bookworm();
+        recipe.mirror_override = Some("http://mirror.example/debian".into());
+        let command = recipe.bootstrap_command(Path::new("/tmp/x/root"));
         let args = args(&command);
         assert_eq!(args[0], "--variant=minbase");
         assert_eq!(
@@ -871,12 +868,14 @@ debconf = ["iptables-persistent iptables-persistent/autosave_v4 boolean false"]
             ]
         );
         // A user's mirror (a local copy of the archive) still wins.
-        std::env::set_var("VMREPRO_MIRROR_JESSIE", "http://proxy.local:3142/debian");
+        let mut jessie = jessie;
+        jessie.mirror_override = Some("http://proxy.local:3142/debian".into());
         assert_eq!(
             jessie.mirror().as_deref(),
             Some("http://proxy.local:3142/debian")
         );
-        std::env::remove_var("VMREPRO_MIRROR_JESSIE");
+        // Without changing which image it is.
+        assert_eq!(jessie.hash(), committed_jessie().hash());
     }
 
     #[test]

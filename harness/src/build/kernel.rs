@@ -109,6 +109,7 @@ pub fn key(cache: &Cache, name: &str, recipe: &KernelRecipe) -> Result<String, K
         .collect();
     host::ensure_packages(
         cache.events(),
+        cache.may_install(),
         &format!("building kernel {name}"),
         &packages,
     )?;

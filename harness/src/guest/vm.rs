@@ -57,26 +57,49 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// Chooses the accelerator: `VMREPRO_ACCEL` if set, else KVM only when
+/// The accelerator asked for: `auto`, `kvm` or `tcg`, everywhere (the
+/// `--accel` flag, `VMREPRO_ACCEL`, the workflows' `accel` input).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccelWanted {
+    /// KVM where it can run guests, else TCG.
+    #[default]
+    Auto,
+    /// KVM, or an error: for machines where a silent fall back to TCG
+    /// would hide a broken runner (CI).
+    Kvm,
+    /// QEMU's emulator.
+    Tcg,
+}
+
+impl AccelWanted {
+    /// Reads `auto`, `kvm` or `tcg`, in any case.
+    pub fn parse(text: &str) -> Option<AccelWanted> {
+        match text.trim().to_lowercase().as_str() {
+            "auto" => Some(AccelWanted::Auto),
+            "kvm" => Some(AccelWanted::Kvm),
+            "tcg" => Some(AccelWanted::Tcg),
+            _ => None,
+        }
+    }
+}
+
+/// Chooses the accelerator: the one asked for, or with `auto` KVM only when
 /// `/dev/kvm` can be opened *and* the CPU advertises VMX or SVM. A present
 /// `/dev/kvm` alone is not enough: on some hosts it exists and guests hang.
-pub fn choose_accel() -> Result<AccelChoice, VmError> {
-    let kvm = kvm_usable();
-    match std::env::var("VMREPRO_ACCEL").ok().as_deref() {
-        // Insisting on KVM is for machines where a silent fall back to TCG
-        // would hide a broken runner (CI): refuse rather than run slowly.
-        Some("kvm") => match kvm {
+pub fn choose_accel(wanted: AccelWanted) -> Result<AccelChoice, VmError> {
+    match wanted {
+        AccelWanted::Kvm => match kvm_usable() {
             Ok(()) => Ok(AccelChoice {
                 accel: Accel::Kvm,
-                reason: "VMREPRO_ACCEL=kvm, and /dev/kvm is usable with VMX/SVM".into(),
+                reason: "KVM asked for, and /dev/kvm is usable with VMX/SVM".into(),
             }),
             Err(why) => Err(VmError::KvmRequired(why)),
         },
-        Some("tcg") => Ok(AccelChoice {
+        AccelWanted::Tcg => Ok(AccelChoice {
             accel: Accel::Tcg,
-            reason: "forced by VMREPRO_ACCEL=tcg".into(),
+            reason: "TCG asked for".into(),
         }),
-        Some("") | None => Ok(match kvm {
+        AccelWanted::Auto => Ok(match kvm_usable() {
             Ok(()) => AccelChoice {
                 accel: Accel::Kvm,
                 reason: "/dev/kvm is usable and the CPU has VMX/SVM".into(),
@@ -86,7 +109,6 @@ pub fn choose_accel() -> Result<AccelChoice, VmError> {
                 reason: format!("{why}; using TCG"),
             },
         }),
-        Some(other) => Err(VmError::BadAccel(other.to_owned())),
     }
 }
 
@@ -318,11 +340,8 @@ fn network_args(machine: &MachineOptions, forwarded: &BTreeMap<u16, u16>) -> Vec
 /// Why a guest could not be started or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// `VMREPRO_ACCEL` has a value other than `kvm` or `tcg`.
-    #[error("VMREPRO_ACCEL={0:?}: use kvm or tcg")]
-    BadAccel(String),
-    /// `VMREPRO_ACCEL=kvm`, but KVM cannot run guests here.
-    #[error("VMREPRO_ACCEL=kvm, but KVM cannot run guests here: {0}")]
+    /// KVM was asked for, but cannot run guests here.
+    #[error("KVM was asked for (--accel kvm, VMREPRO_ACCEL=kvm), but cannot run guests here: {0}")]
     KvmRequired(String),
     /// Creating the overlay failed.
     #[error("creating the overlay: {0}")]
@@ -981,10 +1000,10 @@ mod tests {
 
     #[test]
     fn accel_can_be_forced() {
-        std::env::set_var("VMREPRO_ACCEL", "tcg");
-        let choice = choose_accel().expect("tcg is valid");
-        std::env::remove_var("VMREPRO_ACCEL");
+        let choice = choose_accel(AccelWanted::Tcg).expect("tcg is always there");
         assert_eq!(choice.accel, Accel::Tcg);
-        assert!(choice.reason.contains("forced"));
+        assert!(choice.reason.contains("asked for"));
+        assert_eq!(AccelWanted::parse(" KVM "), Some(AccelWanted::Kvm));
+        assert_eq!(AccelWanted::parse("hvf"), None);
     }
 }

@@ -116,16 +116,16 @@ pub(crate) fn missing_tools() -> Vec<Tool> {
 
 /// Makes sure every tool is present, installing them when allowed.
 ///
-/// Installing is allowed when running as root on a host with `apt-get`,
-/// unless `VMREPRO_NO_INSTALL=1`.
-pub fn ensure_tools(events: &Events) -> Result<(), HostError> {
+/// Installing is allowed when `install` says so (the settings' `install`:
+/// not `--no-install`) and the harness runs as root on a host with `apt-get`.
+pub fn ensure_tools(events: &Events, install: bool) -> Result<(), HostError> {
     let missing = missing_tools();
     if missing.is_empty() {
         return Ok(());
     }
     let plan = InstallPlan::for_host();
     let names: Vec<String> = missing.iter().map(|t| t.command.to_owned()).collect();
-    if let Some(why) = install_refusal() {
+    if let Some(why) = install_refusal(install) {
         return Err(HostError::Missing {
             missing: names,
             hint: format!(
@@ -294,6 +294,7 @@ pub fn package_version(package: &str) -> Option<String> {
 /// (as [`ensure_tools`] does for the basic tools).
 pub(crate) fn ensure_packages(
     events: &Events,
+    install: bool,
     purpose: &str,
     packages: &[&str],
 ) -> Result<(), HostError> {
@@ -310,7 +311,7 @@ pub(crate) fn ensure_packages(
         return Ok(());
     }
     let command = format!("apt-get update && apt-get install -y {}", missing.join(" "));
-    if let Some(why) = install_refusal() {
+    if let Some(why) = install_refusal(install) {
         return Err(HostError::Missing {
             missing: missing.iter().map(|p| p.to_string()).collect(),
             hint: format!("{purpose} needs them; vmrepro does not install them because {why}. Run, as root:\n{command}"),
@@ -345,10 +346,10 @@ fn apt_get(events: &Events, what: &str, args: &[&str]) -> Result<(), HostError> 
 }
 
 /// Why installing is not allowed here, if it is not.
-fn install_refusal() -> Option<&'static str> {
+fn install_refusal(install: bool) -> Option<&'static str> {
     let root = nix::unistd::geteuid().is_root();
-    if std::env::var("VMREPRO_NO_INSTALL").is_ok_and(|v| v == "1") {
-        Some("VMREPRO_NO_INSTALL=1 is set")
+    if !install {
+        Some("it was told not to (--no-install, VMREPRO_NO_INSTALL=1)")
     } else if find_command("apt-get").is_none() {
         Some("this host has no apt-get")
     } else if !root {

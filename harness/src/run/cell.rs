@@ -40,6 +40,9 @@ pub struct RunOptions {
     /// `Cold` boots every guest from power-on, even where the scenario
     /// allows a warm start (`--cold`, `VMREPRO_FIRST_BOOT=cold`).
     pub first_boot: FirstBoot,
+    /// Releases that must boot: one whose archive cannot be reached is an
+    /// error instead of a skip.
+    pub required: crate::run::Required,
 }
 
 impl RunOptions {
@@ -50,17 +53,8 @@ impl RunOptions {
             accel,
             machine: MachineOptions::default(),
             first_boot: FirstBoot::Warm,
+            required: crate::run::Required::default(),
         }
-    }
-
-    /// Reads `VMREPRO_FIRST_BOOT` (`warm` or `cold`) into `first_boot`.
-    pub fn with_first_boot_from_env(mut self) -> Result<RunOptions, String> {
-        match std::env::var("VMREPRO_FIRST_BOOT").ok().as_deref() {
-            None | Some("") | Some("warm") => self.first_boot = FirstBoot::Warm,
-            Some("cold") => self.first_boot = FirstBoot::Cold,
-            Some(other) => return Err(format!("VMREPRO_FIRST_BOOT={other:?}: use warm or cold")),
-        }
-        Ok(self)
     }
 }
 

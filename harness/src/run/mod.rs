@@ -38,13 +38,20 @@ impl Checked {
     }
 }
 
-/// Whether a release must really boot in this run (`VMREPRO_REQUIRE_ALL=1`,
-/// or named in `VMREPRO_REQUIRE=bookworm,trixie`), so that an unreachable
-/// archive is an error instead of a skip.
-pub fn required(release: &str) -> bool {
-    std::env::var("VMREPRO_REQUIRE_ALL").is_ok_and(|v| v == "1")
-        || std::env::var("VMREPRO_REQUIRE")
-            .is_ok_and(|list| list.split(',').any(|r| r.trim() == release))
+/// Releases that must boot in this run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Required {
+    /// Every release (`VMREPRO_REQUIRE_ALL=1`).
+    pub all: bool,
+    /// These releases (`VMREPRO_REQUIRE=bookworm,trixie`).
+    pub releases: std::collections::BTreeSet<String>,
+}
+
+impl Required {
+    /// Whether `release` must boot.
+    pub fn contains(&self, release: &str) -> bool {
+        self.all || self.releases.contains(release)
+    }
 }
 
 /// Whether a release can be had here: in the cache already, or its archive
@@ -116,7 +123,7 @@ pub fn check_keeping(
             (row, snapshot, report)
         }
         Err(e) => {
-            let (status, why) = match (e.unreachable(), required(&cell.release)) {
+            let (status, why) = match (e.unreachable(), options.required.contains(&cell.release)) {
                 (Some(reason), false) => (Status::Skipped, reason.to_owned()),
                 (Some(reason), true) => (
                     Status::Error,

@@ -69,6 +69,8 @@ pub enum ProjectError {
 pub struct Project {
     /// The project root.
     pub root: PathBuf,
+    /// Where runs put their artifacts (see [`Project::artifacts_root`]).
+    artifacts: PathBuf,
     /// Release recipes by release name.
     pub recipes: BTreeMap<String, ImageRecipe>,
     /// Kernel flavours other than `stock`, by name (`images/kernels/`).
@@ -76,18 +78,38 @@ pub struct Project {
 }
 
 impl Project {
-    /// Opens the project at `VMREPRO_ROOT`, or the first directory at or above
-    /// `start` that has `scenarios/`.
+    /// Opens the first directory at or above `start` that has `scenarios/`.
     pub fn discover(start: &Path) -> Result<Project, ProjectError> {
-        let root = match std::env::var_os("VMREPRO_ROOT") {
-            Some(root) => PathBuf::from(root),
-            None => start
-                .ancestors()
-                .find(|d| d.join("scenarios").is_dir())
-                .map(Path::to_path_buf)
-                .ok_or_else(|| ProjectError::NotFound(start.to_owned()))?,
-        };
+        let root = start
+            .ancestors()
+            .find(|d| d.join("scenarios").is_dir())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| ProjectError::NotFound(start.to_owned()))?;
         Project::open(&root)
+    }
+
+    /// The same project with its artifacts in `dir` (relative to the
+    /// project, or absolute): a second run that must not overwrite the
+    /// first (CI's cold re-run) names its own.
+    pub fn with_artifacts(mut self, dir: &Path) -> Project {
+        self.artifacts = self.root.join(dir);
+        self
+    }
+
+    /// The same project with its releases bootstrapped from `mirror`, or
+    /// from the release's own entry in `by_release` (lower-case names),
+    /// instead of the recipes' mirrors.
+    pub fn with_mirrors(
+        mut self,
+        mirror: Option<&str>,
+        by_release: &BTreeMap<String, String>,
+    ) -> Project {
+        for (release, recipe) in &mut self.recipes {
+            if let Some(chosen) = by_release.get(release).map(String::as_str).or(mirror) {
+                recipe.mirror_override = Some(chosen.to_owned());
+            }
+        }
+        self
     }
 
     /// Opens the project at `root`.
@@ -97,6 +119,7 @@ impl Project {
         let kernels = recipe::load_kernels(&images)?;
         Ok(Project {
             root: root.to_owned(),
+            artifacts: root.join("target/vmrepro"),
             recipes,
             kernels,
         })
@@ -154,14 +177,10 @@ impl Project {
         self.artifacts_root().join(scenario).join(cell)
     }
 
-    /// The folder of every cell's artifacts: `VMREPRO_ARTIFACTS` (relative
-    /// to the project), else `target/vmrepro`. A second run that must not
-    /// overwrite the first (CI's cold re-run) names its own.
+    /// The folder of every cell's artifacts: `target/vmrepro` in the
+    /// project unless [`Project::with_artifacts`] says otherwise.
     pub fn artifacts_root(&self) -> PathBuf {
-        match std::env::var_os("VMREPRO_ARTIFACTS").filter(|v| !v.is_empty()) {
-            Some(dir) => self.root.join(dir),
-            None => self.root.join("target/vmrepro"),
-        }
+        self.artifacts.clone()
     }
 
     /// Every scenario file, sorted by name.

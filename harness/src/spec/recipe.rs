@@ -134,6 +134,11 @@ pub struct ImageRecipe {
     /// shares one image.
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub(crate) extra_packages: Vec<String>,
+    /// The mirror the run's settings give for this release, over the
+    /// recipe's own; not in the hash: the same release from another mirror
+    /// is the same image.
+    #[serde(skip)]
+    pub(crate) mirror_override: Option<String>,
 }
 
 fn default_disk_mib() -> u64 {

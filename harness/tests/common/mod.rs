@@ -5,6 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
+/// The settings this test process's environment gives, read as `vmrepro`
+/// reads them; a value it does not accept stops the test with its name.
+pub fn settings() -> vmrepro::settings::Settings {
+    match vmrepro::settings::Settings::from_env() {
+        Ok(settings) => settings,
+        Err(e) => panic!("the environment's settings: {e}"),
+    }
+}
+
 /// The project's root: the folder above the harness crate.
 pub fn root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
