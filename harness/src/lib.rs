@@ -98,7 +98,8 @@ pub mod trial {
 /// Verdicts and exit statuses.
 pub mod verdict {
     pub use crate::check::verdict::{
-        exit_code, Status, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_SKIPPED, EXIT_USAGE,
+        decide, exit_code, Ended, Status, Unfinished, Verdict, EXIT_ENV, EXIT_FAIL, EXIT_PASS,
+        EXIT_SKIPPED, EXIT_USAGE,
     };
 }
 

@@ -459,14 +459,19 @@ fn classify(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<tools::HostError>().is_some() {
             return EXIT_ENV;
         }
-        // A flow that broke (`shell`): the same verdict as `run` gives it,
-        // except that a release that cannot be fetched is the host's
-        // problem here, not a skip.
+        // A flow that broke (`shell`, `exec`): the verdict `run` gives it,
+        // with the release required: one that cannot be fetched is the
+        // host's problem here, not a skip.
         if let Some(e) = cause.downcast_ref::<RunError>() {
-            return match e.status() {
-                verdict::Status::Fail => EXIT_FAIL,
-                _ => EXIT_ENV,
-            };
+            let message = e.to_string();
+            return verdict::decide(verdict::Ended::Unfinished {
+                why: e.unfinished(),
+                message: &message,
+                release: "the release",
+                required: true,
+            })
+            .status
+            .exit_code();
         }
         // Building an image or a kernel (`images build`, `images import`)
         // failed, or QEMU did: the host's problem, as in a trial.

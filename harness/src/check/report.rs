@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::check::capture::Capture;
 use crate::check::outcome::{Examined, NotBack, Outcome};
 use crate::check::snapshot::SnapshotError;
-use crate::check::verdict::Status;
+use crate::check::verdict::{self, Ended, Status, Verdict};
 use crate::spec::{Action, Scenario, StepStatus};
 
 /// Renders a finished trial; `row` is its row of the outcome table, whose
@@ -618,28 +618,10 @@ impl Row {
             .filter(|(_, state)| state.as_str() != "active")
             .map(|(unit, state)| format!("{} {state}", unit.trim_end_matches(".service")))
             .collect();
-        let (status, verdict) = match (outcome.passed(), snapshot) {
-            (false, _) => (
-                Status::Fail,
-                format!("FAIL: {}", outcome.failures.join("; ")),
-            ),
-            (true, Err(SnapshotError::New { name, path })) => (
-                Status::New,
-                format!("NEW: every expectation held; no committed snapshot yet: read {path}.new, then `vmrepro accept {name}`"),
-            ),
-            (true, Err(e @ SnapshotError::Differs { .. })) => (Status::Fail, format!("FAIL: {e}")),
-            (true, Ok(()))
-                if !outcome.expect.lost_on_reboot.is_empty() || outcome.expect.boot.is_some() =>
-            {
-                (Status::Reproduced, "reproduced".to_owned())
-            }
-            (true, Ok(())) => (Status::Pass, "pass".to_owned()),
-        };
-        let verdict = if reboot_changed.is_empty() || reboot_changed == "nothing" {
-            verdict
-        } else {
-            format!("{verdict} (the reboot changed: {reboot_changed})")
-        };
+        let Verdict {
+            status,
+            text: verdict,
+        } = verdict::decide(Ended::Checked { outcome, snapshot });
         Row {
             scenario: outcome.scenario.clone(),
             release: outcome.cell.release.clone(),

@@ -6,6 +6,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::outcome::Outcome;
+use crate::check::snapshot::SnapshotError;
+
 /// The verdict of one trial (a scenario on one matrix cell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +86,107 @@ impl fmt::Display for Status {
     }
 }
 
+/// Whose doing it was that a trial's flow could not run to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfinished {
+    /// The guest's: a step with the wrong exit status, a guest that
+    /// stopped answering, rebooted, powered off or panicked in a step.
+    Guest,
+    /// The host's: an image, a kernel or QEMU that cannot be had.
+    Host,
+    /// Nobody's here: the release's archive cannot be reached.
+    Unreachable,
+}
+
+/// How a trial ended, for [`decide`].
+#[derive(Debug, Clone, Copy)]
+pub enum Ended<'a> {
+    /// The flow ran (to its end, or to a boot that did not come back) and
+    /// its outcome was compared with the committed snapshot.
+    Checked {
+        /// What the trial found.
+        outcome: &'a Outcome,
+        /// The comparison with the committed snapshot.
+        snapshot: &'a Result<(), SnapshotError>,
+    },
+    /// The flow could not run to its end.
+    Unfinished {
+        /// Whose doing it was.
+        why: Unfinished,
+        /// What happened, in one line.
+        message: &'a str,
+        /// The cell's release.
+        release: &'a str,
+        /// Whether the release must boot in this run (an unreachable
+        /// archive is then an error, not a skip).
+        required: bool,
+    },
+}
+
+/// A trial's verdict: its status and the line that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The status, from which the exit status follows.
+    pub status: Status,
+    /// The verdict line of the table and the report.
+    pub text: String,
+}
+
+/// Decides a trial's verdict. This is the one place that does: the table's
+/// rows, the reports, the JSON, `cargo test` and the exit status all take
+/// it from here.
+pub fn decide(ended: Ended<'_>) -> Verdict {
+    let (status, text) = match ended {
+        Ended::Unfinished {
+            why: Unfinished::Unreachable,
+            message,
+            release,
+            required: true,
+        } => (
+            Status::Error,
+            format!("{release} is required here and cannot be fetched: {message}"),
+        ),
+        Ended::Unfinished { why, message, .. } => (
+            match why {
+                Unfinished::Guest => Status::Fail,
+                Unfinished::Host => Status::Error,
+                Unfinished::Unreachable => Status::Skipped,
+            },
+            message.to_owned(),
+        ),
+        Ended::Checked { outcome, snapshot } => {
+            let (status, text) = match (outcome.passed(), snapshot) {
+                (false, _) => (
+                    Status::Fail,
+                    format!("FAIL: {}", outcome.failures.join("; ")),
+                ),
+                (true, Err(SnapshotError::New { name, path })) => (
+                    Status::New,
+                    format!("NEW: every expectation held; no committed snapshot yet: read {path}.new, then `vmrepro accept {name}`"),
+                ),
+                (true, Err(e)) => (Status::Fail, format!("FAIL: {e}")),
+                // A cell that asserts a loss, or how the boot ends,
+                // proves the bug when every expectation holds.
+                (true, Ok(()))
+                    if !outcome.expect.lost_on_reboot.is_empty()
+                        || outcome.expect.boot.is_some() =>
+                {
+                    (Status::Reproduced, "reproduced".to_owned())
+                }
+                (true, Ok(())) => (Status::Pass, "pass".to_owned()),
+            };
+            match outcome.reboot_changes.as_ref().filter(|c| !c.is_empty()) {
+                Some(changes) => (
+                    status,
+                    format!("{text} (the reboot changed: {})", changes.short()),
+                ),
+                None => (status, text),
+            }
+        }
+    };
+    Verdict { status, text }
+}
+
 /// Exit status: every trial passed (or reproduced the bug it asserts).
 pub const EXIT_PASS: u8 = 0;
 /// Exit status: a trial failed, or has no committed snapshot yet (new).
@@ -144,6 +248,31 @@ mod tests {
     fn only_pass_and_reproduced_are_passes() {
         let passes: Vec<Status> = Status::ALL.iter().copied().filter(|s| s.passed()).collect();
         assert_eq!(passes, [Status::Pass, Status::Reproduced]);
+    }
+
+    #[test]
+    fn an_unfinished_trial_is_judged_by_whose_doing_it_was() {
+        let judge = |why, required| {
+            decide(Ended::Unfinished {
+                why,
+                message: "it broke",
+                release: "jessie",
+                required,
+            })
+        };
+        assert_eq!(judge(Unfinished::Guest, true).status, Status::Fail);
+        assert_eq!(judge(Unfinished::Host, false).status, Status::Error);
+        assert_eq!(
+            judge(Unfinished::Unreachable, false).status,
+            Status::Skipped
+        );
+        assert_eq!(judge(Unfinished::Unreachable, false).text, "it broke");
+        let required = judge(Unfinished::Unreachable, true);
+        assert_eq!(required.status, Status::Error);
+        assert_eq!(
+            required.text,
+            "jessie is required here and cannot be fetched: it broke"
+        );
     }
 
     #[test]

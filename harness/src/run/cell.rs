@@ -13,7 +13,7 @@ use crate::check::evidence;
 use crate::check::outcome::{
     check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
 };
-use crate::check::verdict::Status;
+use crate::check::verdict::Unfinished;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
 use crate::guest::warm::{self, Start, WarmError};
@@ -59,15 +59,15 @@ impl RunOptions {
 }
 
 impl RunError {
-    /// The verdict of a trial that could not run to the end: a guest that
-    /// stopped answering or a step with the wrong exit status is the
-    /// guest's doing (a failure); an image, kernel or QEMU that cannot be
-    /// had is the host's (an error); a release that cannot be fetched is
-    /// skipped.
-    pub fn status(&self) -> Status {
+    /// Whose doing it was that the flow could not run to its end, for
+    /// [`crate::check::verdict::decide`]: a guest that stopped answering or
+    /// a step with the wrong exit status is the guest's; an image, kernel
+    /// or QEMU that cannot be had is the host's; a release that cannot be
+    /// fetched is nobody's here.
+    pub fn unfinished(&self) -> Unfinished {
         match self {
-            RunError::Stopped { cause, .. } => cause.status(),
-            RunError::Image(ImageError::Unreachable { .. }) => Status::Skipped,
+            RunError::Stopped { cause, .. } => cause.unfinished(),
+            RunError::Image(ImageError::Unreachable { .. }) => Unfinished::Unreachable,
             RunError::Project(_)
             | RunError::UnknownPackages { .. }
             | RunError::QemuEnded { .. }
@@ -75,8 +75,8 @@ impl RunError {
             | RunError::Kernel(_)
             | RunError::Disk(_)
             | RunError::Vm(_)
-            | RunError::Warm(_) => Status::Error,
-            RunError::Console(_) | RunError::Step { .. } => Status::Fail,
+            | RunError::Warm(_) => Unfinished::Host,
+            RunError::Console(_) | RunError::Step { .. } => Unfinished::Guest,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use crate::check::outcome::Outcome;
 use crate::check::report::{self, Row};
 use crate::check::snapshot::{self, SnapshotError};
-use crate::check::verdict::Status;
+use crate::check::verdict::{self, Ended, Status, Verdict};
 use crate::host;
 use crate::run::cell::{RunError, RunOptions};
 use crate::spec::project::Project;
@@ -123,20 +123,13 @@ pub fn check_keeping(
             (row, snapshot, report)
         }
         Err(e) => {
-            let (status, why) = match (e.unreachable(), options.required.contains(&cell.release)) {
-                (Some(reason), false) => (Status::Skipped, reason.to_owned()),
-                (Some(reason), true) => (
-                    Status::Error,
-                    format!(
-                        "{} is required here and cannot be fetched: {reason}",
-                        cell.release
-                    ),
-                ),
-                (None, _) => (
-                    e.status(),
-                    e.to_string().lines().next().unwrap_or("").to_owned(),
-                ),
-            };
+            let first_line = e.to_string().lines().next().unwrap_or("").to_owned();
+            let Verdict { status, text: why } = verdict::decide(Ended::Unfinished {
+                why: e.unfinished(),
+                message: e.unreachable().unwrap_or(&first_line),
+                release: &cell.release,
+                required: options.required.contains(&cell.release),
+            });
             // The report says what the row says: a required release that
             // cannot be fetched is an error there too, not a skip.
             let report = report::markdown_error(
