@@ -113,7 +113,7 @@ Environment (an option given wins over its variable; an empty variable counts as
   VMREPRO_REQUIRE_ALL=1, VMREPRO_REQUIRE=bookworm,trixie   a release that cannot be fetched is an
                                error, not a skip
   NO_COLOR, CLICOLOR_FORCE     see --color
-A value a variable does not accept is a usage error (exit status 2) that names it.";
+A value a variable does not accept is a usage error that names it (exit status 2; 255 for exec).";
 
 /// `--first-boot`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

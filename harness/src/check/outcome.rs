@@ -212,8 +212,9 @@ impl Timings {
         ));
         if !resumed {
             phases.push(("settling after the boot", self.start_settle));
-        } else if self.start_settle > 0.0 {
-            // Always some: the check that no timer came due.
+        } else {
+            // After a resume: the wait for the timers its clock's jump set
+            // off (never nothing: at least the look that none did).
             phases.push(("timers due while the state was saved", self.start_settle));
         }
         phases.push(("steps", self.steps));
