@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
+# Usage: host-tools.sh [rust]
 # Host tools for a matrix job in a debian:bookworm container: a C toolchain,
-# Rust, and what vmrepro itself needs (QEMU, qemu-img, mke2fs, mmdebstrap,
+# Rust (all that `rust` installs: the build job needs no more), and what
+# vmrepro itself needs (QEMU, qemu-img, mke2fs, mmdebstrap,
 # installed by `vmrepro setup`, the routine `cargo test` and the CLI use).
 # Also points VMREPRO_CACHE at the workspace, where actions/cache looks: in
 # a container job `${{ github.workspace }}` is the host's path, not the
@@ -9,8 +11,11 @@
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-# The Rust release the workflows build with; raise it on purpose.
-RUST_TOOLCHAIN=${RUST_TOOLCHAIN:-1.95.0}
+mode=${1:-all}
+case "$mode" in
+  all | rust) ;;
+  *) die "usage: host-tools.sh [rust]" ;;
+esac
 
 apt_install() {
   local missing=()
@@ -25,13 +30,17 @@ apt_install() {
 apt_install ca-certificates curl git zstd build-essential
 
 if ! command -v cargo >/dev/null; then
-  # rustup's own installer; the toolchain is pinned, so a new stable
-  # release cannot turn clippy or the build red without a commit.
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+  # rustup's own installer, from where https://sh.rustup.rs serves it
+  # (static.rust-lang.org, which also serves the toolchains it fetches: a
+  # machine that reaches only the package registries reaches it too). The
+  # toolchain is pinned, so a new stable release cannot turn clippy or the
+  # build red without a commit.
+  curl --proto '=https' --tlsv1.2 -sSf https://static.rust-lang.org/rustup/rustup-init.sh |
     sh -s -- -y --profile minimal --default-toolchain "$RUST_TOOLCHAIN"
   export PATH="$HOME/.cargo/bin:$PATH"
   [ -n "${GITHUB_PATH:-}" ] && echo "$HOME/.cargo/bin" >> "$GITHUB_PATH"
 fi
+[ "$mode" = rust ] && exit 0
 
 if [ -z "${VMREPRO_CACHE:-}" ]; then
   [ -n "${GITHUB_WORKSPACE:-}" ] || die "neither VMREPRO_CACHE nor GITHUB_WORKSPACE is set"

@@ -10,6 +10,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
+# The Rust release the workflows build with; raise it on purpose (ci.yml
+# sets the same in its env).
+RUST_TOOLCHAIN=${RUST_TOOLCHAIN:-1.95.0}
+
 # Every cargo command runs with the committed lock file.
 vmrepro() {
   cargo run --locked --quiet --bin vmrepro -- "$@"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Usage: summary.sh ROWS_DIR CELLS_RESULT
 # The one required check: renders every cell's rows (the rows.md files the
-# cells uploaded) as one Markdown outcome table in the job summary, and
-# fails unless every cell job succeeded (CELLS_RESULT is needs.cell.result).
+# cells uploaded) as one Markdown outcome table in the job summary and in
+# the job's log, and fails unless every cell job succeeded (CELLS_RESULT is
+# needs.cell.result) and left rows: cells that succeeded without any rows
+# reaching here mean the artifacts are wired wrong.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 rows=${1:?usage: summary.sh ROWS_DIR CELLS_RESULT}
 result=${2:?usage: summary.sh ROWS_DIR CELLS_RESULT}
-summary=${GITHUB_STEP_SUMMARY:-/dev/stdout}
+summary=${GITHUB_STEP_SUMMARY:-/dev/null}
 # No cell may have uploaded anything (all died before their rows).
 mkdir -p "$rows"
 
@@ -37,6 +39,8 @@ mkdir -p "$rows"
   done
   echo
   echo "Cell jobs: **$result**."
-} >> "$summary"
+} | tee -a "$summary"
 
 [ "$result" = success ] || die "the cell jobs did not all succeed ($result)"
+[ -n "$(find "$rows" -name '*.md' -print -quit)" ] ||
+  die "the cell jobs succeeded, but no rows reached $rows: the rows artifacts and this job's download do not match"

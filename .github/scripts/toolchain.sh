@@ -4,6 +4,5 @@
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-RUST_TOOLCHAIN=${RUST_TOOLCHAIN:-1.95.0}
 rustup toolchain install "$RUST_TOOLCHAIN" --profile minimal --component rustfmt,clippy
 rustup default "$RUST_TOOLCHAIN"

