@@ -77,9 +77,14 @@ docker_cli=$(command -v docker || true)
 
 # --- dockerd ---------------------------------------------------------------
 pids=()
+act_pid=""
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  if [ -n "$act_pid" ]; then
+    kill "$act_pid" 2>/dev/null || true
+    wait "$act_pid" 2>/dev/null || true
+  fi
   if [ -S "$socket" ]; then
     # Jobs act left behind (a killed run), then the daemon.
     mapfile -t ids < <(DOCKER_HOST=unix://$socket docker ps -aq 2>/dev/null || true)
@@ -216,12 +221,21 @@ act_run() {
   rm -rf "$store_root/artifacts"
   mkdir -p "$store_root/artifacts"
   step "$name: act $*"
+  # In the background, so that a signal reaches the traps at once (bash
+  # runs them only after a foreground command ends) and the cleanup stops
+  # act and its containers, and with them every guest.
   "$act" push "$@" \
     -P ubuntu-24.04=vmrepro-act/ubuntu-24.04 --pull=false --rm \
     --container-daemon-socket - --action-offline-mode \
     --action-cache-path "$state/act-actions" --no-cache-server \
     "${stand_ins[@]}" --env "VMREPRO_ACT_STORE=$store" \
-    < /dev/null 2>&1 | tee "$log_dir/$name.log" || status=$?
+    < /dev/null > "$log_dir/$name.log" 2>&1 &
+  act_pid=$!
+  tail --pid="$act_pid" -n +1 -f "$log_dir/$name.log" &
+  local tail_pid=$!
+  wait "$act_pid" || status=$?
+  act_pid=""
+  wait "$tail_pid" || true
   return "$status"
 }
 
