@@ -48,150 +48,221 @@ impl Scenario {
     }
 
     /// Parses scenario text; `path` is only used in messages and the result.
-    pub fn parse(path: &Path, text: &str, known_names: &Known) -> Result<Scenario, ScenarioError> {
-        let known_releases = &known_names.releases;
-        let invalid = |span: Option<Range<usize>>, message: String| {
-            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
-            ScenarioError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                message,
-            }
-        };
-        let raw: RawScenario =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+    ///
+    /// Each section has its reader below, in the order of a scenario file:
+    /// the name and matrix, disks, steps, captures, expectations, packages
+    /// and evidence; an error names the first problem in that order.
+    pub fn parse(path: &Path, text: &str, known: &Known) -> Result<Scenario, ScenarioError> {
+        let reader = Reader { path, text, known };
+        let raw: RawScenario = toml::from_str(text)
+            .map_err(|e| reader.invalid(e.span(), e.message().trim().to_owned()))?;
+        let name = reader.name(&raw)?;
+        let matrix = reader.matrix(&raw)?;
+        let disks = reader.disks(&raw)?;
+        let steps = reader.steps(&raw, &disks)?;
+        let captures = reader.captures(&raw)?;
+        let (expect, expect_cells) = Expect {
+            reader: &reader,
+            captures: &captures,
+            has_reboot: steps.iter().any(|s| s.action == Action::Reboot),
+        }
+        .read(&raw)?;
+        let (packages, packages_line) = reader.packages(&raw)?;
+        let versions = raw.versions.clone().unwrap_or_else(|| packages.clone());
+        let evidence = reader.evidence(&raw)?;
+        Ok(Scenario {
+            name,
+            packages,
+            packages_line,
+            versions,
+            description: raw.description.trim().to_owned(),
+            path: path.to_owned(),
+            matrix,
+            steps,
+            captures,
+            expect,
+            expect_cells,
+            first_boot: raw.first_boot,
+            disks,
+            evidence,
+        })
+    }
+}
 
+/// Reads a scenario file's sections, with what each needs: the file's path
+/// and text (errors name the line and column) and the releases and kernel
+/// flavours the project knows.
+struct Reader<'a> {
+    path: &'a Path,
+    text: &'a str,
+    known: &'a Known,
+}
+
+impl Reader<'_> {
+    /// An error at `span` (the file's start without one).
+    fn invalid(&self, span: Option<Range<usize>>, message: String) -> ScenarioError {
+        let (line, column) = line_column(self.text, span.map(|s| s.start).unwrap_or(0));
+        ScenarioError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// `name`: letters, digits, `-` and `_`.
+    fn name(&self, raw: &RawScenario) -> Result<String, ScenarioError> {
         let name = raw.name.get_ref().trim().to_owned();
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(invalid(
-                Some(raw.name.span()),
-                format!("key `name`: {name:?} must be non-empty and use only letters, digits, `-` and `_`"),
-            ));
+            return Err(self.invalid(
+            Some(raw.name.span()),
+            format!("key `name`: {name:?} must be non-empty and use only letters, digits, `-` and `_`"),
+        ));
         }
+        Ok(name)
+    }
 
-        // A release without a recipe, wherever a scenario names one.
-        let known = |key: &str, release: &Spanned<String>| {
-            if known_releases.contains(release.get_ref()) {
-                Ok(release.get_ref().clone())
-            } else {
-                Err(invalid(
-                    Some(release.span()),
-                    format!(
-                        "key `{key}`: no image recipe for release {:?} (known: {})",
-                        release.get_ref(),
-                        known_releases.join(", ")
-                    ),
-                ))
-            }
-        };
+    /// A release without a recipe, wherever a scenario names one.
+    fn release(&self, key: &str, release: &Spanned<String>) -> Result<String, ScenarioError> {
+        if self.known.releases.contains(release.get_ref()) {
+            Ok(release.get_ref().clone())
+        } else {
+            Err(self.invalid(
+                Some(release.span()),
+                format!(
+                    "key `{key}`: no image recipe for release {:?} (known: {})",
+                    release.get_ref(),
+                    self.known.releases.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// A kernel flavour without a file, wherever a scenario names one.
+    fn kernel(&self, key: &str, kernel: &Spanned<String>) -> Result<KernelFlavour, ScenarioError> {
+        if self.known.kernels.contains(kernel.get_ref()) {
+            Ok(KernelFlavour::named(kernel.get_ref()))
+        } else {
+            Err(self.invalid(
+                Some(kernel.span()),
+                format!(
+                    "key `{key}`: unknown kernel flavour {:?} (known: {})",
+                    kernel.get_ref(),
+                    self.known.kernels.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// `[matrix]`: at least one release and one kernel flavour, all known.
+    fn matrix(&self, raw: &RawScenario) -> Result<Matrix, ScenarioError> {
         let mut releases = Vec::new();
         for release in &raw.matrix.get_ref().releases {
-            releases.push(known("matrix.releases", release)?);
+            releases.push(self.release("matrix.releases", release)?);
         }
         if releases.is_empty() {
-            return Err(invalid(
+            return Err(self.invalid(
                 Some(raw.matrix.span()),
                 "key `matrix.releases`: name at least one release".into(),
             ));
         }
-        // A kernel flavour without a file, wherever a scenario names one.
-        let known_kernel = |key: &str, kernel: &Spanned<String>| {
-            if known_names.kernels.contains(kernel.get_ref()) {
-                Ok(KernelFlavour::named(kernel.get_ref()))
-            } else {
-                Err(invalid(
-                    Some(kernel.span()),
-                    format!(
-                        "key `{key}`: unknown kernel flavour {:?} (known: {})",
-                        kernel.get_ref(),
-                        known_names.kernels.join(", ")
-                    ),
-                ))
-            }
-        };
         let kernels: Vec<KernelFlavour> = raw
             .matrix
             .get_ref()
             .kernels
             .iter()
-            .map(|k| known_kernel("matrix.kernels", k))
+            .map(|k| self.kernel("matrix.kernels", k))
             .collect::<Result<_, _>>()?;
         if kernels.is_empty() {
-            return Err(invalid(
+            return Err(self.invalid(
                 Some(raw.matrix.span()),
                 "key `matrix.kernels`: name at least one kernel flavour".into(),
             ));
         }
 
-        let cell_filter = |key: &str,
-                           releases: &Option<Vec<Spanned<String>>>,
-                           kernels: &Option<Vec<Spanned<String>>>|
-         -> Result<CellFilter, ScenarioError> {
-            let release_key = format!("{key}.releases");
-            let kernel_key = format!("{key}.kernels");
-            Ok(CellFilter {
-                releases: releases
-                    .as_ref()
-                    .map(|r| r.iter().map(|s| known(&release_key, s)).collect())
-                    .transpose()?,
-                kernels: kernels
-                    .as_ref()
-                    .map(|k| k.iter().map(|s| known_kernel(&kernel_key, s)).collect())
-                    .transpose()?,
-            })
-        };
-        let step_status = |index: usize, raw: &Spanned<RawStatus>| {
-            match raw.get_ref() {
+        Ok(Matrix { releases, kernels })
+    }
+
+    /// The `releases` and `kernels` of a `cell` table.
+    fn cell_filter(
+        &self,
+        key: &str,
+        releases: &Option<Vec<Spanned<String>>>,
+        kernels: &Option<Vec<Spanned<String>>>,
+    ) -> Result<CellFilter, ScenarioError> {
+        let release_key = format!("{key}.releases");
+        let kernel_key = format!("{key}.kernels");
+        Ok(CellFilter {
+            releases: releases
+                .as_ref()
+                .map(|r| r.iter().map(|s| self.release(&release_key, s)).collect())
+                .transpose()?,
+            kernels: kernels
+                .as_ref()
+                .map(|k| k.iter().map(|s| self.kernel(&kernel_key, s)).collect())
+                .transpose()?,
+        })
+    }
+
+    /// A step's `status`: an exit status, or "any".
+    fn step_status(
+        &self,
+        index: usize,
+        raw: &Spanned<RawStatus>,
+    ) -> Result<StepStatus, ScenarioError> {
+        match raw.get_ref() {
             RawStatus::Code(code) if (0..=255).contains(code) => {
                 Ok(StepStatus::Exactly(*code as i32))
             }
             RawStatus::Word(word) if word == "any" => Ok(StepStatus::Any),
-            RawStatus::Code(code) => Err(invalid(
+            RawStatus::Code(code) => Err(self.invalid(
                 Some(raw.span()),
                 format!("step {index}: key `status`: {code} is not an exit status (0 to 255)"),
             )),
-            RawStatus::Word(word) => Err(invalid(
+            RawStatus::Word(word) => Err(self.invalid(
                 Some(raw.span()),
                 format!("step {index}: key `status`: {word:?} is neither an exit status (0 to 255) nor \"any\""),
             )),
         }
-        };
+    }
 
-        // What `systemctl is-active` can answer, in any release from
-        // jessie's 215 (which says "unknown" for a unit it cannot find;
-        // later ones say "inactive") to trixie's 257 ("maintenance" since
-        // 246, "refreshing" since 254): a state outside these would never
-        // be read, so a wait for it could only time out.
-        let unit_state = |key: &str, state: &Spanned<String>| -> Result<String, ScenarioError> {
-            const STATES: &[&str] = &[
-                "active",
-                "inactive",
-                "failed",
-                "activating",
-                "deactivating",
-                "reloading",
-                "maintenance",
-                "refreshing",
-                "unknown",
-            ];
-            let word = state.get_ref();
-            if STATES.contains(&word.as_str()) {
-                Ok(word.clone())
-            } else {
-                Err(invalid(
-                    Some(state.span()),
-                    format!(
-                        "{key}: {word:?} is not a state `systemctl is-active` reports; use one of {}",
-                        STATES.join(", ")
-                    ),
-                ))
-            }
-        };
+    /// What `systemctl is-active` can answer, in any release from
+    /// jessie's 215 (which says "unknown" for a unit it cannot find;
+    /// later ones say "inactive") to trixie's 257 ("maintenance" since
+    /// 246, "refreshing" since 254): a state outside these would never
+    /// be read, so a wait for it could only time out.
+    fn unit_state(&self, key: &str, state: &Spanned<String>) -> Result<String, ScenarioError> {
+        const STATES: &[&str] = &[
+            "active",
+            "inactive",
+            "failed",
+            "activating",
+            "deactivating",
+            "reloading",
+            "maintenance",
+            "refreshing",
+            "unknown",
+        ];
+        let word = state.get_ref();
+        if STATES.contains(&word.as_str()) {
+            Ok(word.clone())
+        } else {
+            Err(self.invalid(
+                Some(state.span()),
+                format!(
+                    "{key}: {word:?} is not a state `systemctl is-active` reports; use one of {}",
+                    STATES.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// `[[disk]]`: names, sizes, file systems, labels and files.
+    fn disks(&self, raw: &RawScenario) -> Result<Vec<DiskSpec>, ScenarioError> {
         let mut disks: Vec<DiskSpec> = Vec::new();
         for spanned in &raw.disks {
             let disk = spanned.get_ref();
@@ -205,36 +276,36 @@ impl Scenario {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
             {
-                return Err(invalid(
-                    Some(disk.name.span()),
-                    format!("key `disk.name`: {name:?} must be 1 to 20 lower-case letters, digits, `-` or `_`"),
-                ));
+                return Err(self.invalid(
+                Some(disk.name.span()),
+                format!("key `disk.name`: {name:?} must be 1 to 20 lower-case letters, digits, `-` or `_`"),
+            ));
             }
             if disks.iter().any(|d| &d.name == name) {
-                return Err(invalid(
+                return Err(self.invalid(
                     Some(disk.name.span()),
                     format!("key `disk.name`: {name:?} is used twice"),
                 ));
             }
             let size = disk.size.get_ref().size().filter(|b| DISK_SIZE_RANGE.contains(b)).ok_or_else(|| {
-                invalid(
-                    Some(disk.size.span()),
-                    format!("disk {name:?}: key `size`: give a size from 1 MiB to 64 GiB, such as \"64 MiB\" or \"2 GiB\""),
-                )
-            })?;
+            self.invalid(
+                Some(disk.size.span()),
+                format!("disk {name:?}: key `size`: give a size from 1 MiB to 64 GiB, such as \"64 MiB\" or \"2 GiB\""),
+            )
+        })?;
             let kind = match (&disk.filesystem, &disk.label, &disk.files) {
-                (None, None, None) => None,
-                (None, _, _) => Some("ext4".to_owned()),
-                (Some(fs), _, _) if ["ext2", "ext3", "ext4"].contains(&fs.get_ref().as_str()) => {
-                    Some(fs.get_ref().clone())
-                }
-                (Some(fs), _, _) => {
-                    return Err(invalid(
-                        Some(fs.span()),
-                        format!("disk {name:?}: key `filesystem`: {:?} is not one vmrepro makes; use \"ext2\", \"ext3\" or \"ext4\"", fs.get_ref()),
-                    ))
-                }
-            };
+            (None, None, None) => None,
+            (None, _, _) => Some("ext4".to_owned()),
+            (Some(fs), _, _) if ["ext2", "ext3", "ext4"].contains(&fs.get_ref().as_str()) => {
+                Some(fs.get_ref().clone())
+            }
+            (Some(fs), _, _) => {
+                return Err(self.invalid(
+                    Some(fs.span()),
+                    format!("disk {name:?}: key `filesystem`: {:?} is not one vmrepro makes; use \"ext2\", \"ext3\" or \"ext4\"", fs.get_ref()),
+                ))
+            }
+        };
             if let Some(label) = &disk.label {
                 let text = label.get_ref();
                 // e2label(8): an ext label is at most 16 bytes.
@@ -242,16 +313,16 @@ impl Scenario {
                     || text.len() > 16
                     || text.chars().any(|c| c.is_control() || c == '/')
                 {
-                    return Err(invalid(
-                        Some(label.span()),
-                        format!("disk {name:?}: key `label`: {text:?} must be 1 to 16 bytes, without `/` or control characters"),
-                    ));
+                    return Err(self.invalid(
+                    Some(label.span()),
+                    format!("disk {name:?}: key `label`: {text:?} must be 1 to 16 bytes, without `/` or control characters"),
+                ));
                 }
             }
             let files = match &disk.files {
                 None => None,
                 Some(written) => {
-                    let source = copy_source(path, written.get_ref())
+                    let source = copy_source(self.path, written.get_ref())
                         .and_then(|source| {
                             if source.is_dir() {
                                 Ok(source)
@@ -260,7 +331,7 @@ impl Scenario {
                             }
                         })
                         .map_err(|why| {
-                            invalid(
+                            self.invalid(
                                 Some(written.span()),
                                 format!("disk {name:?}: key `files`: {why}"),
                             )
@@ -278,6 +349,11 @@ impl Scenario {
                 }),
             });
         }
+        Ok(disks)
+    }
+
+    /// `[[step]]`: one action each, with its own keys only.
+    fn steps(&self, raw: &RawScenario, disks: &[DiskSpec]) -> Result<Vec<Step>, ScenarioError> {
         // Which step detached each disk, so that a second detach is an
         // error here rather than in the guest.
         let mut detached: BTreeMap<String, usize> = BTreeMap::new();
@@ -286,22 +362,22 @@ impl Scenario {
         for (index, spanned) in raw.steps.iter().enumerate() {
             let step = spanned.get_ref();
             let timeout = match &step.timeout {
-                None if step.reboot == Some(true) => super::DEFAULT_REBOOT_TIMEOUT,
-                None => DEFAULT_STEP_TIMEOUT,
-                Some(t) if *t.get_ref() >= 1 && *t.get_ref() <= MAX_STEP_TIMEOUT_SECS => {
-                    Duration::from_secs(*t.get_ref() as u64)
-                }
-                Some(t) => {
-                    return Err(invalid(
-                        Some(t.span()),
-                        format!(
-                            "step {}: key `timeout`: {} is not a number of seconds from 1 to {MAX_STEP_TIMEOUT_SECS}",
-                            index + 1,
-                            t.get_ref()
-                        ),
-                    ))
-                }
-            };
+            None if step.reboot == Some(true) => super::DEFAULT_REBOOT_TIMEOUT,
+            None => DEFAULT_STEP_TIMEOUT,
+            Some(t) if *t.get_ref() >= 1 && *t.get_ref() <= MAX_STEP_TIMEOUT_SECS => {
+                Duration::from_secs(*t.get_ref() as u64)
+            }
+            Some(t) => {
+                return Err(self.invalid(
+                    Some(t.span()),
+                    format!(
+                        "step {}: key `timeout`: {} is not a number of seconds from 1 to {MAX_STEP_TIMEOUT_SECS}",
+                        index + 1,
+                        t.get_ref()
+                    ),
+                ))
+            }
+        };
             let given: Vec<&str> = [
                 step.run.as_ref().map(|_| "run"),
                 step.write.as_ref().map(|_| "write"),
@@ -316,135 +392,135 @@ impl Scenario {
             .collect();
             let here = Some(spanned.span());
             let action = match given.as_slice() {
-                ["run"] => Action::Run {
-                    command: step.run.clone().unwrap_or_default(),
-                    status: step
-                        .status
-                        .as_ref()
-                        .map(|s| step_status(index + 1, s))
-                        .transpose()?
-                        .unwrap_or(StepStatus::Exactly(0)),
-                },
-                ["write"] => {
-                    let content = step.content.clone().ok_or_else(|| {
-                        invalid(
-                            here.clone(),
-                            format!("step {}: key `content` is missing (a `write` step needs the file's content)", index + 1),
-                        )
-                    })?;
-                    let path = step.write.clone().unwrap_or_default();
-                    if !path.starts_with('/') {
-                        return Err(invalid(
-                            here,
-                            format!(
-                                "step {}: key `write`: {path:?} must be an absolute path",
-                                index + 1
-                            ),
-                        ));
-                    }
-                    let mode = match &step.mode {
-                        None => 0o644,
-                        Some(m) => u32::from_str_radix(m, 8).map_err(|_| {
-                            invalid(
-                                here.clone(),
-                                format!("step {}: key `mode`: {m:?} is not an octal mode such as \"0644\"", index + 1),
-                            )
-                        })?,
-                    };
-                    Action::Write {
-                        path,
-                        content,
-                        mode,
-                    }
-                }
-                ["reboot"] => Action::Reboot,
-                ["copy"] => {
-                    let from = step.copy.clone().unwrap_or_default();
-                    let to = step.to.clone().ok_or_else(|| {
-                        invalid(
-                            here.clone(),
-                            format!("step {}: key `to` is missing (a `copy` step needs the absolute path in the guest)", index + 1),
-                        )
-                    })?;
-                    if !to.starts_with('/') {
-                        return Err(invalid(
-                            here,
-                            format!("step {}: key `to`: {to:?} must be an absolute path in the guest", index + 1),
-                        ));
-                    }
-                    let source = copy_source(path, &from).map_err(|why| {
-                        invalid(here.clone(), format!("step {}: key `copy`: {why}", index + 1))
-                    })?;
-                    Action::Copy { from, source, to }
-                }
-                ["wait_for_unit"] => {
-                    let unit = step.wait_for_unit.clone().unwrap_or_default();
-                    if unit.trim().is_empty() || unit.chars().any(char::is_whitespace) {
-                        return Err(invalid(
-                            here,
-                            format!("step {}: key `wait_for_unit`: {unit:?} is not a unit name", index + 1),
-                        ));
-                    }
-                    Action::WaitForUnit {
-                        unit,
-                        state: match &step.state {
-                            Some(state) => {
-                                unit_state(&format!("step {}: key `state`", index + 1), state)?
-                            }
-                            None => "active".into(),
-                        },
-                    }
-                }
-                ["wait_until"] => Action::WaitUntil {
-                    command: step.wait_until.clone().unwrap_or_default(),
-                },
-                ["detach"] => {
-                    let disk = step.detach.clone().unwrap_or_default();
-                    if !disks.iter().any(|d| d.name == disk) {
-                        return Err(invalid(
-                            here,
-                            format!(
-                                "step {}: key `detach`: no `[[disk]]` is named {disk:?}{}",
-                                index + 1,
-                                if disks.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(
-                                        " (disks: {})",
-                                        disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
-                                    )
-                                }
-                            ),
-                        ));
-                    }
-                    if let Some(before) = detached.insert(disk.clone(), index + 1) {
-                        return Err(invalid(
-                            here,
-                            format!("step {}: key `detach`: disk {disk:?} is already detached by step {before}", index + 1),
-                        ));
-                    }
-                    Action::Detach { disk }
-                }
-                [] => {
-                    return Err(invalid(
+            ["run"] => Action::Run {
+                command: step.run.clone().unwrap_or_default(),
+                status: step
+                    .status
+                    .as_ref()
+                    .map(|s| self.step_status(index + 1, s))
+                    .transpose()?
+                    .unwrap_or(StepStatus::Exactly(0)),
+            },
+            ["write"] => {
+                let content = step.content.clone().ok_or_else(|| {
+                    self.invalid(
+                        here.clone(),
+                        format!("step {}: key `content` is missing (a `write` step needs the file's content)", index + 1),
+                    )
+                })?;
+                let path = step.write.clone().unwrap_or_default();
+                if !path.starts_with('/') {
+                    return Err(self.invalid(
                         here,
                         format!(
-                            "step {}: give one of the keys `run`, `write`, `copy`, `reboot = true`, `wait_for_unit`, `wait_until` or `detach`",
+                            "step {}: key `write`: {path:?} must be an absolute path",
                             index + 1
                         ),
-                    ))
+                    ));
                 }
-                several => {
-                    return Err(invalid(
+                let mode = match &step.mode {
+                    None => 0o644,
+                    Some(m) => u32::from_str_radix(m, 8).map_err(|_| {
+                        self.invalid(
+                            here.clone(),
+                            format!("step {}: key `mode`: {m:?} is not an octal mode such as \"0644\"", index + 1),
+                        )
+                    })?,
+                };
+                Action::Write {
+                    path,
+                    content,
+                    mode,
+                }
+            }
+            ["reboot"] => Action::Reboot,
+            ["copy"] => {
+                let from = step.copy.clone().unwrap_or_default();
+                let to = step.to.clone().ok_or_else(|| {
+                    self.invalid(
+                        here.clone(),
+                        format!("step {}: key `to` is missing (a `copy` step needs the absolute path in the guest)", index + 1),
+                    )
+                })?;
+                if !to.starts_with('/') {
+                    return Err(self.invalid(
+                        here,
+                        format!("step {}: key `to`: {to:?} must be an absolute path in the guest", index + 1),
+                    ));
+                }
+                let source = copy_source(self.path, &from).map_err(|why| {
+                    self.invalid(here.clone(), format!("step {}: key `copy`: {why}", index + 1))
+                })?;
+                Action::Copy { from, source, to }
+            }
+            ["wait_for_unit"] => {
+                let unit = step.wait_for_unit.clone().unwrap_or_default();
+                if unit.trim().is_empty() || unit.chars().any(char::is_whitespace) {
+                    return Err(self.invalid(
+                        here,
+                        format!("step {}: key `wait_for_unit`: {unit:?} is not a unit name", index + 1),
+                    ));
+                }
+                Action::WaitForUnit {
+                    unit,
+                    state: match &step.state {
+                        Some(state) => {
+                            self.unit_state(&format!("step {}: key `state`", index + 1), state)?
+                        }
+                        None => "active".into(),
+                    },
+                }
+            }
+            ["wait_until"] => Action::WaitUntil {
+                command: step.wait_until.clone().unwrap_or_default(),
+            },
+            ["detach"] => {
+                let disk = step.detach.clone().unwrap_or_default();
+                if !disks.iter().any(|d| d.name == disk) {
+                    return Err(self.invalid(
                         here,
                         format!(
-                            "step {}: keys `{}` cannot be combined; one action per step",
+                            "step {}: key `detach`: no `[[disk]]` is named {disk:?}{}",
                             index + 1,
-                            several.join("`, `")
+                            if disks.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " (disks: {})",
+                                    disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                                )
+                            }
                         ),
-                    ))
+                    ));
                 }
-            };
+                if let Some(before) = detached.insert(disk.clone(), index + 1) {
+                    return Err(self.invalid(
+                        here,
+                        format!("step {}: key `detach`: disk {disk:?} is already detached by step {before}", index + 1),
+                    ));
+                }
+                Action::Detach { disk }
+            }
+            [] => {
+                return Err(self.invalid(
+                    here,
+                    format!(
+                        "step {}: give one of the keys `run`, `write`, `copy`, `reboot = true`, `wait_for_unit`, `wait_until` or `detach`",
+                        index + 1
+                    ),
+                ))
+            }
+            several => {
+                return Err(self.invalid(
+                    here,
+                    format!(
+                        "step {}: keys `{}` cannot be combined; one action per step",
+                        index + 1,
+                        several.join("`, `")
+                    ),
+                ))
+            }
+        };
             let stray: Vec<&str> = [
                 (
                     step.status.is_some() && !matches!(action, Action::Run { .. }),
@@ -472,7 +548,7 @@ impl Scenario {
             .filter_map(|(bad, key)| bad.then_some(key))
             .collect();
             if let Some(key) = stray.first() {
-                return Err(invalid(
+                return Err(self.invalid(
                     here,
                     format!(
                         "step {}: key `{key}` does not apply to a `{}` step",
@@ -494,8 +570,8 @@ impl Scenario {
             for raw_cell in &step.cell {
                 let raw_cell = raw_cell.get_ref();
                 cells.push(StepCell {
-                    cells: cell_filter("step.cell", &raw_cell.releases, &raw_cell.kernels)?,
-                    status: step_status(index + 1, &raw_cell.status)?,
+                    cells: self.cell_filter("step.cell", &raw_cell.releases, &raw_cell.kernels)?,
+                    status: self.step_status(index + 1, &raw_cell.status)?,
                 });
             }
             steps.push(Step {
@@ -506,11 +582,16 @@ impl Scenario {
             });
         }
 
+        Ok(steps)
+    }
+
+    /// `[[capture]]`: a command or a probe each, names used once.
+    fn captures(&self, raw: &RawScenario) -> Result<Vec<CaptureSpec>, ScenarioError> {
         let mut captures: Vec<CaptureSpec> = Vec::new();
         for spanned in &raw.captures {
             let capture = spanned.get_ref();
             if captures.iter().any(|c| c.name == capture.name) {
-                return Err(invalid(
+                return Err(self.invalid(
                     Some(spanned.span()),
                     format!("key `capture.name`: {:?} is used twice", capture.name),
                 ));
@@ -520,7 +601,7 @@ impl Scenario {
                 (None, Some(port)) => match u16::try_from(*port.get_ref()) {
                     Ok(port) if port > 0 => CaptureKind::ProbeTcp(port),
                     _ => {
-                        return Err(invalid(
+                        return Err(self.invalid(
                             Some(port.span()),
                             format!(
                                 "capture {:?}: key `probe_tcp`: {} is not a TCP port (1 to 65535)",
@@ -531,7 +612,7 @@ impl Scenario {
                     }
                 },
                 (run, _) => {
-                    return Err(invalid(
+                    return Err(self.invalid(
                         Some(spanned.span()),
                         format!(
                             "capture {:?}: {}",
@@ -546,19 +627,19 @@ impl Scenario {
                 }
             };
             let max_output = match &capture.max_output {
-                None => super::DEFAULT_MAX_OUTPUT,
-                Some(size) => size.get_ref().bytes().ok_or_else(|| {
-                    invalid(
-                        Some(size.span()),
-                        format!(
-                            "capture {:?}: key `max_output`: give bytes from 2 to 64 MiB, as a number or as \"64 KiB\" or \"2 MiB\"",
-                            capture.name
-                        ),
-                    )
-                })?,
-            };
+            None => super::DEFAULT_MAX_OUTPUT,
+            Some(size) => size.get_ref().bytes().ok_or_else(|| {
+                self.invalid(
+                    Some(size.span()),
+                    format!(
+                        "capture {:?}: key `max_output`: give bytes from 2 to 64 MiB, as a number or as \"64 KiB\" or \"2 MiB\"",
+                        capture.name
+                    ),
+                )
+            })?,
+        };
             if matches!(what, CaptureKind::ProbeTcp(_)) && !capture.normalize.is_empty() {
-                return Err(invalid(
+                return Err(self.invalid(
                     Some(spanned.span()),
                     format!(
                         "capture {:?}: key `normalize` does not apply to a probe",
@@ -574,150 +655,17 @@ impl Scenario {
             });
         }
 
-        let has_reboot = steps.iter().any(|s| s.action == Action::Reboot);
-        let check_names =
-            |key: &str, names: &[Spanned<String>]| -> Result<Vec<String>, ScenarioError> {
-                let mut out = Vec::new();
-                for name in names {
-                    if !captures.iter().any(|c| &c.name == name.get_ref()) {
-                        return Err(invalid(
-                            Some(name.span()),
-                            format!("key `{key}`: no capture is named {:?}", name.get_ref()),
-                        ));
-                    }
-                    if !has_reboot {
-                        return Err(invalid(
-                            Some(name.span()),
-                            format!("key `{key}`: the scenario has no reboot step"),
-                        ));
-                    }
-                    out.push(name.get_ref().clone());
-                }
-                Ok(out)
-            };
-        let check_contains = |contains: &BTreeMap<Spanned<String>, Vec<String>>| -> Result<BTreeMap<String, Vec<String>>, ScenarioError> {
-            let mut out = BTreeMap::new();
-            for (name, texts) in contains {
-                if !captures.iter().any(|c| &c.name == name.get_ref()) {
-                    return Err(invalid(
-                        Some(name.span()),
-                        format!("key `contains`: no capture is named {:?}", name.get_ref()),
-                    ));
-                }
-                out.insert(name.get_ref().clone(), texts.clone());
-            }
-            Ok(out)
-        };
-        let mut expect = Expectations::default();
-        let mut expect_cells = Vec::new();
-        // How a boot may end: "up" (it comes back), or one of the ends the
-        // console shows; only a scenario that reboots can ask.
-        let boot_end = |key: &str,
-                        word: &Spanned<String>|
-         -> Result<Option<GuestEnd>, ScenarioError> {
-            let end = match word.get_ref().as_str() {
-                "up" => None,
-                other => Some(GuestEnd::named(other).ok_or_else(|| {
-                    invalid(
-                        Some(word.span()),
-                        format!(
-                            "key `{key}`: {other:?} is not how a boot ends; use \"up\" or one of {}",
-                            GuestEnd::ALL.iter().map(|e| format!("{:?}", e.name())).collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                })?),
-            };
-            if end.is_some() && !has_reboot {
-                return Err(invalid(
-                    Some(word.span()),
-                    format!("key `{key}`: the scenario has no reboot step"),
-                ));
-            }
-            Ok(end)
-        };
-        // Evidence items an expectation names: a source, or `source:item`.
-        let check_unchanged = |key: &str,
-                               names: &[Spanned<String>]|
-         -> Result<Vec<String>, ScenarioError> {
-            let mut out = Vec::new();
-            for name in names {
-                let text = name.get_ref();
-                let source = text.split_once(':').map_or(text.as_str(), |(s, _)| s);
-                if EvidenceSource::named(source).is_none() {
-                    return Err(invalid(
-                            Some(name.span()),
-                            format!(
-                                "key `{key}`: {text:?} does not name evidence: give a source ({}) or `source:item`, such as \"sysctl:net.ipv4.ip_forward\"",
-                                EvidenceSource::ALL.map(|s| s.name()).join(", ")
-                            ),
-                        ));
-                }
-                if !has_reboot {
-                    return Err(invalid(
-                        Some(name.span()),
-                        format!("key `{key}`: the scenario has no reboot step"),
-                    ));
-                }
-                out.push(text.clone());
-            }
-            Ok(out)
-        };
-        if let Some(raw_expect) = &raw.expect {
-            expect.survive_reboot =
-                check_names("expect.survive_reboot", &raw_expect.survive_reboot)?;
-            expect.lost_on_reboot =
-                check_names("expect.lost_on_reboot", &raw_expect.lost_on_reboot)?;
-            expect.contains = check_contains(&raw_expect.contains)?;
-            for (unit, state) in &raw_expect.units {
-                let state = unit_state(&format!("key `expect.units`: {unit:?}"), state)?;
-                expect.units.insert(unit.clone(), state);
-            }
-            if let Some(boot) = &raw_expect.boot {
-                expect.boot = boot_end("expect.boot", boot)?;
-            }
-            expect.unchanged = check_unchanged("expect.unchanged", &raw_expect.unchanged)?;
-            for cell in &raw_expect.cell {
-                let raw_cell = cell.get_ref();
-                expect_cells.push(CellExpectations {
-                    cells: cell_filter("expect.cell", &raw_cell.releases, &raw_cell.kernels)?,
-                    survive_reboot: raw_cell
-                        .survive_reboot
-                        .as_ref()
-                        .map(|n| check_names("expect.cell.survive_reboot", n))
-                        .transpose()?,
-                    lost_on_reboot: raw_cell
-                        .lost_on_reboot
-                        .as_ref()
-                        .map(|n| check_names("expect.cell.lost_on_reboot", n))
-                        .transpose()?,
-                    units: raw_cell
-                        .units
-                        .iter()
-                        .map(|(unit, state)| {
-                            unit_state(&format!("key `expect.cell.units`: {unit:?}"), state)
-                                .map(|state| (unit.clone(), state))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    contains: check_contains(&raw_cell.contains)?,
-                    boot: raw_cell
-                        .boot
-                        .as_ref()
-                        .map(|b| boot_end("expect.cell.boot", b))
-                        .transpose()?,
-                    unchanged: raw_cell
-                        .unchanged
-                        .as_ref()
-                        .map(|n| check_unchanged("expect.cell.unchanged", n))
-                        .transpose()?,
-                });
-            }
-        }
+        Ok(captures)
+    }
 
+    /// `packages`: Debian package names, each once, and the line of the
+    /// first (where a version report points).
+    fn packages(&self, raw: &RawScenario) -> Result<(Vec<String>, Option<usize>), ScenarioError> {
         let mut packages = Vec::new();
         for package in &raw.packages {
             let name = package.get_ref();
             if !is_package_name(name) {
-                return Err(invalid(
+                return Err(self.invalid(
                     Some(package.span()),
                     format!("key `packages`: {name:?} is not a Debian package name"),
                 ));
@@ -729,14 +677,18 @@ impl Scenario {
         let packages_line = raw
             .packages
             .first()
-            .map(|p| line_column(text, p.span().start).0);
-        let versions = raw.versions.clone().unwrap_or_else(|| packages.clone());
+            .map(|p| line_column(self.text, p.span().start).0);
+        Ok((packages, packages_line))
+    }
 
+    /// `[evidence]`: the sources a scenario turns off, and whether the
+    /// evidence joins the snapshot.
+    fn evidence(&self, raw: &RawScenario) -> Result<EvidenceSpec, ScenarioError> {
         let mut evidence = EvidenceSpec::default();
         if let Some(raw_evidence) = &raw.evidence {
             for skipped in &raw_evidence.get_ref().skip {
                 let source = EvidenceSource::named(skipped.get_ref()).ok_or_else(|| {
-                    invalid(
+                    self.invalid(
                         Some(skipped.span()),
                         format!(
                             "key `evidence.skip`: {:?} is not a source of evidence; use {}",
@@ -749,23 +701,181 @@ impl Scenario {
             }
             evidence.snapshot = raw_evidence.get_ref().snapshot;
         }
+        Ok(evidence)
+    }
+}
 
-        Ok(Scenario {
-            name,
-            packages,
-            packages_line,
-            versions,
-            description: raw.description.trim().to_owned(),
-            path: path.to_owned(),
-            matrix: Matrix { releases, kernels },
-            steps,
-            captures,
-            expect,
-            expect_cells,
-            first_boot: raw.first_boot,
-            disks,
-            evidence,
-        })
+/// Reads `[expect]` and its `[[expect.cell]]` tables, whose names must be
+/// captures, and whose reboot expectations need a reboot step.
+struct Expect<'a> {
+    reader: &'a Reader<'a>,
+    captures: &'a [CaptureSpec],
+    has_reboot: bool,
+}
+
+impl Expect<'_> {
+    /// Capture names (`survive_reboot`, `lost_on_reboot`).
+    fn names(&self, key: &str, names: &[Spanned<String>]) -> Result<Vec<String>, ScenarioError> {
+        let mut out = Vec::new();
+        for name in names {
+            if !self.captures.iter().any(|c| &c.name == name.get_ref()) {
+                return Err(self.reader.invalid(
+                    Some(name.span()),
+                    format!("key `{key}`: no capture is named {:?}", name.get_ref()),
+                ));
+            }
+            if !self.has_reboot {
+                return Err(self.reader.invalid(
+                    Some(name.span()),
+                    format!("key `{key}`: the scenario has no reboot step"),
+                ));
+            }
+            out.push(name.get_ref().clone());
+        }
+        Ok(out)
+    }
+
+    /// `contains`: texts each named capture must contain.
+    fn contains(
+        &self,
+        contains: &BTreeMap<Spanned<String>, Vec<String>>,
+    ) -> Result<BTreeMap<String, Vec<String>>, ScenarioError> {
+        let mut out = BTreeMap::new();
+        for (name, texts) in contains {
+            if !self.captures.iter().any(|c| &c.name == name.get_ref()) {
+                return Err(self.reader.invalid(
+                    Some(name.span()),
+                    format!("key `contains`: no capture is named {:?}", name.get_ref()),
+                ));
+            }
+            out.insert(name.get_ref().clone(), texts.clone());
+        }
+        Ok(out)
+    }
+
+    // How a boot may end: "up" (it comes back), or one of the ends the
+    // console shows; only a scenario that reboots can ask.
+    fn boot(&self, key: &str, word: &Spanned<String>) -> Result<Option<GuestEnd>, ScenarioError> {
+        let end = match word.get_ref().as_str() {
+            "up" => None,
+            other => Some(GuestEnd::named(other).ok_or_else(|| {
+                self.reader.invalid(
+                    Some(word.span()),
+                    format!(
+                        "key `{key}`: {other:?} is not how a boot ends; use \"up\" or one of {}",
+                        GuestEnd::ALL
+                            .iter()
+                            .map(|e| format!("{:?}", e.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?),
+        };
+        if end.is_some() && !self.has_reboot {
+            return Err(self.reader.invalid(
+                Some(word.span()),
+                format!("key `{key}`: the scenario has no reboot step"),
+            ));
+        }
+        Ok(end)
+    }
+
+    /// Evidence items an expectation names: a source, or `source:item`.
+    fn unchanged(
+        &self,
+        key: &str,
+        names: &[Spanned<String>],
+    ) -> Result<Vec<String>, ScenarioError> {
+        let mut out = Vec::new();
+        for name in names {
+            let text = name.get_ref();
+            let source = text.split_once(':').map_or(text.as_str(), |(s, _)| s);
+            if EvidenceSource::named(source).is_none() {
+                return Err(self.reader.invalid(
+                        Some(name.span()),
+                        format!(
+                            "key `{key}`: {text:?} does not name evidence: give a source ({}) or `source:item`, such as \"sysctl:net.ipv4.ip_forward\"",
+                            EvidenceSource::ALL.map(|s| s.name()).join(", ")
+                        ),
+                    ));
+            }
+            if !self.has_reboot {
+                return Err(self.reader.invalid(
+                    Some(name.span()),
+                    format!("key `{key}`: the scenario has no reboot step"),
+                ));
+            }
+            out.push(text.clone());
+        }
+        Ok(out)
+    }
+
+    /// Everything under `[expect]`.
+    fn read(
+        &self,
+        raw: &RawScenario,
+    ) -> Result<(Expectations, Vec<CellExpectations>), ScenarioError> {
+        let mut expect = Expectations::default();
+        let mut expect_cells = Vec::new();
+        if let Some(raw_expect) = &raw.expect {
+            expect.survive_reboot =
+                self.names("expect.survive_reboot", &raw_expect.survive_reboot)?;
+            expect.lost_on_reboot =
+                self.names("expect.lost_on_reboot", &raw_expect.lost_on_reboot)?;
+            expect.contains = self.contains(&raw_expect.contains)?;
+            for (unit, state) in &raw_expect.units {
+                let state = self
+                    .reader
+                    .unit_state(&format!("key `expect.units`: {unit:?}"), state)?;
+                expect.units.insert(unit.clone(), state);
+            }
+            if let Some(boot) = &raw_expect.boot {
+                expect.boot = self.boot("expect.boot", boot)?;
+            }
+            expect.unchanged = self.unchanged("expect.unchanged", &raw_expect.unchanged)?;
+            for cell in &raw_expect.cell {
+                let raw_cell = cell.get_ref();
+                expect_cells.push(CellExpectations {
+                    cells: self.reader.cell_filter(
+                        "expect.cell",
+                        &raw_cell.releases,
+                        &raw_cell.kernels,
+                    )?,
+                    survive_reboot: raw_cell
+                        .survive_reboot
+                        .as_ref()
+                        .map(|n| self.names("expect.cell.survive_reboot", n))
+                        .transpose()?,
+                    lost_on_reboot: raw_cell
+                        .lost_on_reboot
+                        .as_ref()
+                        .map(|n| self.names("expect.cell.lost_on_reboot", n))
+                        .transpose()?,
+                    units: raw_cell
+                        .units
+                        .iter()
+                        .map(|(unit, state)| {
+                            self.reader
+                                .unit_state(&format!("key `expect.cell.units`: {unit:?}"), state)
+                                .map(|state| (unit.clone(), state))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    contains: self.contains(&raw_cell.contains)?,
+                    boot: raw_cell
+                        .boot
+                        .as_ref()
+                        .map(|b| self.boot("expect.cell.boot", b))
+                        .transpose()?,
+                    unchanged: raw_cell
+                        .unchanged
+                        .as_ref()
+                        .map(|n| self.unchanged("expect.cell.unchanged", n))
+                        .transpose()?,
+                });
+            }
+        }
+        Ok((expect, expect_cells))
     }
 }
 
