@@ -376,115 +376,96 @@ fn stand_in(
 /// `if-no-files-found` decides about an empty upload.
 fn stand_in_actions() -> Result<(), Failed> {
     let store = Store::start()?;
-    let ws = tempfile::tempdir()?;
-    let ws = ws.path();
-    let check = |ok: bool, what: &str, said: &str| -> Result<(), Failed> {
-        if ok {
+    let dir = tempfile::tempdir()?;
+    let ws = dir.path();
+    // Runs a stand-in and checks whether it succeeded and what its log and
+    // outputs say.
+    let case = |what: &str,
+                script: &str,
+                args: &[&str],
+                inputs: &[(&str, &str)],
+                ok: bool,
+                says: &[&str]|
+     -> Result<(), Failed> {
+        let (output, said, outputs) = stand_in(&store, ws, script, args, inputs)?;
+        let all = format!("{said}{outputs}");
+        if output.status.success() == ok && says.iter().all(|s| all.contains(s)) {
             Ok(())
         } else {
-            Err(format!("{what}:\n{said}").into())
+            Err(format!("{what}: expected success {ok} and {says:?}:\n{all}").into())
         }
     };
+    let cache = "cache/cache.sh";
     std::fs::create_dir_all(ws.join("a"))?;
     std::fs::write(ws.join("a/x"), "first")?;
-    let (out, said, _) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "a save",
+        cache,
         &["save"],
         &[("PATH", "a\n"), ("KEY", "build-1")],
-    )?;
-    check(
-        out.status.success() && said.contains("Cache saved with key: build-1"),
-        "a save",
-        &said,
+        true,
+        &["Cache saved with key: build-1"],
     )?;
     std::fs::write(ws.join("a/x"), "second")?;
-    let (out, said, _) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "a taken key only warns",
+        cache,
         &["save"],
         &[("PATH", "a"), ("KEY", "build-1")],
-    )?;
-    check(
-        out.status.success() && said.contains("Unable to reserve cache with key build-1"),
-        "a second save under a taken key warns",
-        &said,
+        true,
+        &["Unable to reserve cache with key build-1"],
     )?;
     std::fs::remove_dir_all(ws.join("a"))?;
-    let (out, said, outputs) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "an exact hit",
+        cache,
         &["restore"],
         &[("PATH", "a"), ("KEY", "build-1")],
+        true,
+        &["cache-hit=true", "cache-matched-key=build-1"],
     )?;
-    check(
-        out.status.success()
-            && outputs.contains("cache-hit=true")
-            && outputs.contains("cache-matched-key=build-1")
-            && read(&ws.join("a/x")) == "first",
-        "an exact hit restores the first entry",
-        &format!("{said}{outputs}"),
-    )?;
-    let (out, said, outputs) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    if read(&ws.join("a/x")) != "first" {
+        return Err("an exact hit restores the entry as first saved".into());
+    }
+    case(
+        "a restore key is a prefix",
+        cache,
         &["restore"],
         &[
             ("PATH", "a"),
             ("KEY", "build-2"),
             ("RESTORE_KEYS", "other-\nbuild-\n"),
         ],
+        true,
+        &["cache-hit=false", "cache-matched-key=build-1"],
     )?;
-    check(
-        out.status.success()
-            && outputs.contains("cache-hit=false")
-            && outputs.contains("cache-matched-key=build-1"),
-        "a restore key falls back to a prefix",
-        &format!("{said}{outputs}"),
-    )?;
-    let (out, said, outputs) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "other paths are another entry",
+        cache,
         &["restore"],
         &[("PATH", "b"), ("KEY", "build-1")],
+        true,
+        &["cache-hit=false"],
     )?;
-    check(
-        out.status.success() && outputs.contains("cache-hit=false"),
-        "other paths are another entry",
-        &format!("{said}{outputs}"),
-    )?;
-    let (out, said, _) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "a miss fails when asked to",
+        cache,
         &["restore"],
         &[
             ("PATH", "a"),
             ("KEY", "nothing"),
             ("FAIL_ON_CACHE_MISS", "true"),
         ],
+        false,
+        &["fail-on-cache-miss"],
     )?;
-    check(
-        !out.status.success() && said.contains("fail-on-cache-miss"),
-        "a miss fails when asked to",
-        &said,
-    )?;
-    let (out, said, _) = stand_in(
-        &store,
-        ws,
-        "cache/cache.sh",
+    case(
+        "an empty key fails",
+        cache,
         &["restore"],
         &[("PATH", "a"), ("KEY", "")],
-    )?;
-    check(
-        !out.status.success() && said.contains("Input required and not supplied: key"),
-        "an empty key fails",
-        &said,
+        false,
+        &["Input required and not supplied: key"],
     )?;
 
     std::fs::create_dir_all(ws.join("rows/sub"))?;
@@ -493,83 +474,110 @@ fn stand_in_actions() -> Result<(), Failed> {
     std::fs::write(ws.join("rows/.hidden"), "x")?;
     std::fs::create_dir_all(ws.join("other"))?;
     std::fs::write(ws.join("other/three.md"), "three")?;
-    let upload = |name: &str, path: &str, if_none: &str| {
-        stand_in(
-            &store,
-            ws,
-            "upload-artifact/upload.sh",
-            &[],
-            &[
-                ("NAME", name),
-                ("PATH", path),
-                ("IF_NO_FILES_FOUND", if_none),
-            ],
-        )
+    let upload = "upload-artifact/upload.sh";
+    let files = |name, path, if_none| {
+        [
+            ("NAME", name),
+            ("PATH", path),
+            ("IF_NO_FILES_FOUND", if_none),
+        ]
     };
-    let (out, said, outputs) = upload("rows-a-1", "rows/", "error")?;
-    check(
-        out.status.success() && outputs.contains("artifact-id=rows-a-1"),
+    case(
         "an upload",
-        &said,
+        upload,
+        &[],
+        &files("rows-a-1", "rows/", "error"),
+        true,
+        &["artifact-id=rows-a-1"],
     )?;
-    let (out, said, _) = upload("rows-a-1", "rows/", "error")?;
-    check(
-        !out.status.success() && said.contains("already exists"),
-        "a name is used once a run",
-        &said,
+    case(
+        "a name once a run",
+        upload,
+        &[],
+        &files("rows-a-1", "rows/", "error"),
+        false,
+        &["already exists"],
     )?;
-    let (out, said, _) = upload("rows-b-1", "other", "error")?;
-    check(out.status.success(), "a second upload", &said)?;
-    let (out, said, _) = upload("logs-1", "nothing-here/", "error")?;
-    check(
-        !out.status.success() && said.contains("No files were found"),
+    case(
+        "a second upload",
+        upload,
+        &[],
+        &files("rows-b-1", "other", "error"),
+        true,
+        &[],
+    )?;
+    case(
         "if-no-files-found: error",
-        &said,
+        upload,
+        &[],
+        &files("logs-1", "nothing-here/", "error"),
+        false,
+        &["No files were found"],
     )?;
-    let (out, said, _) = upload("logs-1", "nothing-here/", "ignore")?;
-    check(out.status.success(), "if-no-files-found: ignore", &said)?;
-    let (out, said, _) = upload("bad/name", "rows/", "error")?;
-    check(
-        !out.status.success() && said.contains("not valid"),
+    case(
+        "if-no-files-found: ignore",
+        upload,
+        &[],
+        &files("logs-1", "nothing-here/", "ignore"),
+        true,
+        &[],
+    )?;
+    case(
         "a name with a slash",
-        &said,
+        upload,
+        &[],
+        &files("bad/name", "rows/", "error"),
+        false,
+        &["not valid"],
     )?;
 
-    let download = |inputs: &[(&str, &str)]| {
-        stand_in(&store, ws, "download-artifact/download.sh", &[], inputs)
-    };
-    let (out, said, outputs) = download(&[
-        ("PATTERN", "rows-*-1"),
-        ("PATH", "merged"),
-        ("MERGE_MULTIPLE", "true"),
-    ])?;
-    check(
-        out.status.success()
-            && read(&ws.join("merged/one.md")) == "one"
-            && read(&ws.join("merged/sub/two.md")) == "two"
-            && read(&ws.join("merged/three.md")) == "three"
-            && !ws.join("merged/.hidden").exists()
-            && outputs.contains(&format!("download-path={}", ws.join("merged").display())),
-        "a pattern, merged, without hidden files",
-        &format!("{said}{outputs}"),
+    let download = "download-artifact/download.sh";
+    let merged = format!("download-path={}", ws.join("merged").display());
+    case(
+        "a pattern, merged",
+        download,
+        &[],
+        &[
+            ("PATTERN", "rows-*-1"),
+            ("PATH", "merged"),
+            ("MERGE_MULTIPLE", "true"),
+        ],
+        true,
+        &[&merged],
     )?;
-    let (out, said, _) = download(&[("PATTERN", "rows-*-1"), ("PATH", "apart")])?;
-    check(
-        out.status.success() && read(&ws.join("apart/rows-b-1/three.md")) == "three",
+    let files_there = read(&ws.join("merged/one.md")) == "one"
+        && read(&ws.join("merged/sub/two.md")) == "two"
+        && read(&ws.join("merged/three.md")) == "three"
+        && !ws.join("merged/.hidden").exists();
+    if !files_there {
+        return Err("a pattern, merged: every file of both, and no hidden one".into());
+    }
+    case(
         "a pattern, one folder each",
-        &said,
+        download,
+        &[],
+        &[("PATTERN", "rows-*-1"), ("PATH", "apart")],
+        true,
+        &[],
     )?;
-    let (out, said, _) = download(&[("PATTERN", "rowz-*"), ("PATH", "none")])?;
-    check(
-        out.status.success() && said.contains("0 artifact(s) matched"),
+    if read(&ws.join("apart/rows-b-1/three.md")) != "three" {
+        return Err("a pattern, one folder each: rows-b-1/three.md".into());
+    }
+    case(
         "a pattern that matches nothing",
-        &said,
+        download,
+        &[],
+        &[("PATTERN", "rowz-*"), ("PATH", "none")],
+        true,
+        &["0 artifact(s) matched"],
     )?;
-    let (out, said, _) = download(&[("NAME", "rowz-a-1")])?;
-    check(
-        !out.status.success() && said.contains("Artifact not found"),
+    case(
         "a missing name fails",
-        &said,
+        download,
+        &[],
+        &[("NAME", "rowz-a-1")],
+        false,
+        &["Artifact not found"],
     )?;
     Ok(())
 }
