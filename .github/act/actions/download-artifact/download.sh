@@ -30,8 +30,9 @@ fetch() {
 }
 
 if [ -n "${INPUT_NAME:-}" ]; then
-  fetch "$INPUT_NAME" "$dest" || { echo "::error::Unable to download artifact(s): Artifact not found for name: $INPUT_NAME"; exit 1; }
+  fetch "$INPUT_NAME" "$dest" || { echo "::error::Unable to download artifact(s): Artifact '$INPUT_NAME' not found"; exit 1; }
   echo "Downloaded $INPUT_NAME into $dest"
+  matched=1
 else
   names=$(curl -sSf "$store/artifacts")
   matched=0
@@ -51,4 +52,8 @@ else
   done <<< "$names"
   echo "$matched artifact(s) matched ${INPUT_PATTERN:-every name} into $dest"
 fi
-echo "download-path=$dest" >> "$GITHUB_OUTPUT"
+# As the real action (src/download-artifact.ts): the output is set once an
+# artifact was downloaded; none matching is no failure.
+if [ "$matched" -gt 0 ]; then
+  echo "download-path=$dest" >> "$GITHUB_OUTPUT"
+fi
