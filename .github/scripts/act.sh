@@ -241,26 +241,27 @@ act_run() {
 
 started=$(date +%s)
 results=()
+# Only passed runs are recorded: a failed one ends the script at once.
 record() { results+=("$(printf '%-9s %-6s %4ds' "$1" "$2" "$3")"); }
 for run in "${runs[@]}"; do
   begin=$(date +%s)
   case "$run" in
     ci)
-      act_run ci -W .github/workflows/ci.yml || { record ci FAILED $(($(date +%s) - begin)); die "ci.yml failed under act"; }
+      act_run ci -W .github/workflows/ci.yml || die "ci.yml failed under act after $(($(date +%s) - begin)) s"
       ;;
     matrix)
       echo "override: VMREPRO_ACCEL=tcg (the workflow insists on KVM; this machine has none)"
       act_run matrix -W .github/workflows/matrix.yml \
         --matrix what:bookworm --matrix release:bookworm --matrix kernel:stock \
         --env VMREPRO_ACCEL=tcg ||
-        { record matrix FAILED $(($(date +%s) - begin)); die "matrix.yml failed under act"; }
+        die "matrix.yml failed under act after $(($(date +%s) - begin)) s"
       # The summary job's outcome table, as its log printed it.
       step "matrix: the outcome table"
       sed -n 's/^\[[^]]*summary[^]]*\] *| *//p' "$log_dir/matrix.log" | sed -n '/vmrepro outcome table/,/Cell jobs/p'
       ;;
     reusable)
       act_run reusable -W .github/act/reusable-caller.yml ||
-        { record reusable FAILED $(($(date +%s) - begin)); die "reusable.yml failed under act"; }
+        die "reusable.yml failed under act after $(($(date +%s) - begin)) s"
       ;;
     wiring)
       # The build job's cache key, read under a name its step never
