@@ -5,7 +5,7 @@
 //! pointed at temporary files. What only GitHub does (checkout, the cache
 //! and artifact actions) is left out; everything the YAML asks a script to
 //! do runs. The workflows themselves run under act in
-//! `.github/scripts/act.sh` (run by hand); the stand-in actions it
+//! `.github/scripts/act.sh` (which `.ci/run` runs); the stand-in actions it
 //! uses are checked against the real ones' contract here.
 //!
 //! The linters (actionlint, zizmor, shellcheck) come from

@@ -279,6 +279,15 @@ impl Console {
         })
     }
 
+    /// Leaves the time QEMU (process `pid`) waited for a host CPU out of the
+    /// console silence that makes a booting guest hung.
+    pub(crate) fn watching(mut self, pid: Option<u32>) -> Console {
+        if let (Some(life), Some(pid)) = (&mut self.life, pid) {
+            life.watch_process(pid);
+        }
+        self
+    }
+
     /// Waits for this text on the control port (the getty's autologin
     /// banner) before typing anything at each boot.
     pub(crate) fn with_login_banner(mut self, banner: &str) -> Console {

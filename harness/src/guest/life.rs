@@ -29,12 +29,25 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::host::threads::{self, ThreadTimes};
 pub use crate::spec::GuestEnd;
 
 /// A boot with no console output for this long has stopped making
 /// progress: systemd redraws its "A start job is running" line every
 /// second while it waits for something, so even a long wait is not silent.
+/// The time QEMU spent waiting for a host CPU does not count (see
+/// [`crate::host::threads`]): a guest that could not run has not hung.
 pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(90);
+/// Between a restart (or power-on) and the kernel's first line the console
+/// is silent by nature: the firmware and the boot loader write elsewhere.
+/// That stretch normally takes two or three seconds, but under TCG with the
+/// host's CPUs and disk busy it has taken 16 s and 55 s, the processor
+/// sampled in those pauses running in low memory in long mode (the new
+/// kernel's decompressor, slowed down, not stuck; `docs/measured.md`,
+/// "Restarts under load"). The stretch is given twice the kernel's
+/// allowance, still inside a reboot's default time
+/// (`DEFAULT_REBOOT_TIMEOUT`, 300 s).
+pub(crate) const HUNG_IN_FIRMWARE_AFTER: Duration = Duration::from_secs(180);
 /// How many console lines of the current boot are kept to explain it.
 const RECENT_LINES: usize = 400;
 /// How long after systemd reaches its emergency or rescue target the
@@ -55,13 +68,59 @@ pub struct Ended {
     pub last_line: String,
     /// For [`GuestEnd::Hung`]: how long the console had been quiet.
     pub quiet: Option<Duration>,
+    /// For [`GuestEnd::Hung`]: whether the silence came before any kernel
+    /// had started (in the firmware or the boot loader).
+    pub before_kernel: bool,
+    /// For [`GuestEnd::Hung`]: what the host gave QEMU in that time.
+    pub host: Option<HostShare>,
+    /// For [`GuestEnd::Hung`]: where the guest's processor was, as QEMU
+    /// tells it (see [`crate::guest::vm`]'s `processor`).
+    pub processor: Option<String>,
+}
+
+/// What the host's scheduler gave QEMU while the guest's console was quiet:
+/// the busiest thread's (a TCG guest's vCPU thread's) time on a CPU and
+/// time waiting for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostShare {
+    /// Time on a host CPU.
+    pub ran: Duration,
+    /// Time runnable but waiting for a host CPU.
+    pub waited: Duration,
+    /// Time one of QEMU's threads was seen blocked on the host's I/O.
+    pub blocked: Duration,
 }
 
 impl fmt::Display for Ended {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the guest {}", self.end.describe())?;
+        if self.before_kernel {
+            write!(
+                f,
+                " before its kernel started (in the firmware or the boot loader)"
+            )?;
+        }
         if let Some(quiet) = self.quiet {
-            write!(f, " (no console output for {}s)", quiet.as_secs())?;
+            write!(f, " (no console output for {}s", quiet.as_secs())?;
+            if let Some(host) = self.host {
+                write!(
+                    f,
+                    "; QEMU's busiest thread ran {:.1}s of it and waited {:.1}s for a host CPU",
+                    host.ran.as_secs_f64(),
+                    host.waited.as_secs_f64()
+                )?;
+                if host.blocked >= Duration::from_secs(1) {
+                    write!(
+                        f,
+                        ", and QEMU was blocked on the host's disk for {}s",
+                        host.blocked.as_secs()
+                    )?;
+                }
+            }
+            if let Some(processor) = &self.processor {
+                write!(f, "; {processor}")?;
+            }
+            write!(f, ")")?;
         }
         if !self.reasons.is_empty() {
             write!(f, ": {}", self.reasons.join("; "))?;
@@ -87,6 +146,17 @@ pub(crate) struct Life {
     /// Between a (re)start and the shell of the new boot.
     booting: bool,
     grew: Instant,
+    /// QEMU's threads, to leave the time it waited for the host (for a CPU,
+    /// or blocked on the disk) out of the console's silence: how to read
+    /// them, what they were when the console last grew and at the last
+    /// look, when that was, and how long QEMU waited since it grew.
+    threads: Option<Box<dyn FnMut() -> Vec<ThreadTimes> + Send>>,
+    at_growth: Vec<ThreadTimes>,
+    at_look: Vec<ThreadTimes>,
+    looked: Instant,
+    starved: Duration,
+    /// Of `starved`, the part QEMU spent blocked on the host's I/O.
+    blocked: Duration,
     /// A mode seen on the console whose shell banner has not come yet, and
     /// until when to wait for it.
     pending: Option<(GuestEnd, Instant)>,
@@ -109,10 +179,47 @@ impl Life {
             restart_pending: false,
             booting: false,
             grew: Instant::now(),
+            threads: None,
+            at_growth: Vec::new(),
+            at_look: Vec::new(),
+            looked: Instant::now(),
+            starved: Duration::ZERO,
+            blocked: Duration::ZERO,
             pending: None,
             ended: None,
             examining: false,
         }
+    }
+
+    /// Leaves out of the console's silence the time QEMU (process `pid`)
+    /// waited for a host CPU or on the host's disk.
+    pub(crate) fn watch_process(&mut self, pid: u32) {
+        self.watch_threads(Box::new(move || threads::of_process(pid)));
+    }
+
+    fn watch_threads(&mut self, mut read: Box<dyn FnMut() -> Vec<ThreadTimes> + Send>) {
+        self.at_look = read();
+        self.at_growth = self.at_look.clone();
+        self.threads = Some(read);
+    }
+
+    /// The console printed something: silence is counted afresh.
+    fn grown(&mut self) {
+        self.grew = Instant::now();
+        self.starved = Duration::ZERO;
+        self.blocked = Duration::ZERO;
+        self.at_growth = self.at_look.clone();
+    }
+
+    /// How long the console has been quiet while QEMU could run.
+    fn quiet_while_runnable(&self) -> Duration {
+        self.grew.elapsed().saturating_sub(self.starved)
+    }
+
+    /// Between a restart (or power-on) and the first line of the kernel
+    /// that follows it.
+    fn before_kernel(&self) -> bool {
+        self.booting && !self.restart_pending && self.starts < self.allowed
     }
 
     /// The guest ended in emergency or rescue mode and the harness goes on
@@ -131,7 +238,7 @@ impl Life {
     pub(crate) fn expect_boot(&mut self) {
         self.allowed += 1;
         self.booting = true;
-        self.grew = Instant::now();
+        self.grown();
     }
 
     /// The harness asks the guest to reboot: one restart and one kernel
@@ -160,6 +267,9 @@ impl Life {
             reasons: Vec::new(),
             last_line,
             quiet: None,
+            before_kernel: false,
+            host: None,
+            processor: None,
         })
     }
 
@@ -168,14 +278,25 @@ impl Life {
         let what = if self.booting {
             if self.restart_pending {
                 "shutting down to restart"
+            } else if self.before_kernel() {
+                "restarting, no kernel started yet"
             } else {
                 "booting"
             }
         } else {
             "running the flow"
         };
+        let starved = if self.starved >= Duration::from_secs(1) {
+            format!(
+                " ({}s of it QEMU waited for the host: for a CPU, or {}s on its disk)",
+                self.starved.as_secs(),
+                self.blocked.as_secs()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{what}; console quiet for {}s; last console line: {}",
+            "{what}; console quiet for {}s{starved}; last console line: {}",
             self.grew.elapsed().as_secs(),
             self.last_line()
         )
@@ -187,9 +308,25 @@ impl Life {
         if self.ended.is_some() {
             return self.ended.as_ref();
         }
+        if let Some(read) = &mut self.threads {
+            let now = read();
+            let (_, waited) = threads::most_since(&self.at_look, &now);
+            // A thread found blocked on I/O is taken to have been blocked
+            // since the last look (looks are a quarter second apart).
+            let since = self.looked.elapsed();
+            let blocked = if now.iter().any(|t| t.blocked) {
+                since
+            } else {
+                Duration::ZERO
+            };
+            self.blocked += blocked;
+            self.starved += waited.max(blocked);
+            self.at_look = now;
+            self.looked = Instant::now();
+        }
         let fresh = self.read_new();
         if !fresh.is_empty() {
-            self.grew = Instant::now();
+            self.grown();
             self.feed(&fresh);
         }
         if self.ended.is_none() {
@@ -197,9 +334,16 @@ impl Life {
                 if Instant::now() >= by {
                     self.end(end, None);
                 }
-            } else if self.booting && self.grew.elapsed() >= HUNG_AFTER {
-                let quiet = self.grew.elapsed();
-                self.end(GuestEnd::Hung, Some(quiet));
+            } else if self.booting {
+                let allowed = if self.before_kernel() {
+                    HUNG_IN_FIRMWARE_AFTER
+                } else {
+                    HUNG_AFTER
+                };
+                if self.quiet_while_runnable() >= allowed {
+                    let quiet = self.grew.elapsed();
+                    self.end(GuestEnd::Hung, Some(quiet));
+                }
             }
         }
         self.ended.as_ref()
@@ -310,11 +454,22 @@ impl Life {
             }
         }
         let skip = reasons.len().saturating_sub(MAX_REASONS);
+        let host = quiet.filter(|_| self.threads.is_some()).map(|_| {
+            let (ran, waited) = threads::most_since(&self.at_growth, &self.at_look);
+            HostShare {
+                ran,
+                waited,
+                blocked: self.blocked,
+            }
+        });
         self.ended = Some(Ended {
             end,
             reasons: reasons.split_off(skip),
             last_line: self.last_line(),
             quiet,
+            before_kernel: quiet.is_some() && self.before_kernel(),
+            host,
+            processor: None,
         });
     }
 }
@@ -593,6 +748,119 @@ system logs, \"systemctl reboot\" to reboot, \"systemctl default\" or \"exit\"\r
         let mut life = watcher();
         life.grew = Instant::now() - HUNG_AFTER * 2;
         assert!(life.poll().is_none());
+    }
+
+    #[test]
+    fn time_qemu_waited_for_a_host_cpu_is_no_silence() {
+        use std::sync::{Arc, Mutex};
+        let waited = Arc::new(Mutex::new(Duration::ZERO));
+        let ran = Arc::new(Mutex::new(Duration::ZERO));
+        let mut life = watcher();
+        let (w, r) = (waited.clone(), ran.clone());
+        life.watch_threads(Box::new(move || {
+            let now = |m: &Mutex<Duration>| *m.lock().unwrap_or_else(|p| p.into_inner());
+            vec![ThreadTimes {
+                tid: 1,
+                ran: now(&r),
+                waited: now(&w),
+                blocked: false,
+            }]
+        }));
+        life.expect_reboot();
+        life.feed(b"[   22.4] reboot: Restarting system\r\n[   22.4] reboot: machine restart\r\n");
+        life.feed(b"[    0.0] Linux version 6.1\r\n[    2.5] Run /init as init process\r\n");
+        // 91 s of silence, 30 of them spent waiting for a CPU: not hung.
+        life.grew = Instant::now() - HUNG_AFTER - Duration::from_secs(1);
+        *waited.lock().expect("lock") = Duration::from_secs(30);
+        *ran.lock().expect("lock") = Duration::from_secs(2);
+        assert!(life.poll().is_none(), "{:?}", life.ended());
+        assert!(
+            life.doing()
+                .contains("(30s of it QEMU waited for the host: for a CPU, or 0s on its disk)"),
+            "{}",
+            life.doing()
+        );
+        // Another 30 s with the CPU there for the taking: hung, and the
+        // verdict says what the host gave.
+        life.grew -= Duration::from_secs(30);
+        let ended = life.poll().expect("hung").clone();
+        assert_eq!(ended.end, GuestEnd::Hung);
+        assert_eq!(
+            ended.host,
+            Some(HostShare {
+                ran: Duration::from_secs(2),
+                waited: Duration::from_secs(30),
+                blocked: Duration::ZERO,
+            })
+        );
+        assert!(
+            ended
+                .to_string()
+                .contains("QEMU's busiest thread ran 2.0s of it and waited 30.0s for a host CPU)"),
+            "{ended}"
+        );
+        // Output counts the silence afresh, waits included.
+        let mut life = watcher();
+        let w = waited.clone();
+        life.watch_threads(Box::new(move || {
+            vec![ThreadTimes {
+                tid: 1,
+                ran: Duration::ZERO,
+                waited: *w.lock().unwrap_or_else(|p| p.into_inner()),
+                blocked: false,
+            }]
+        }));
+        life.expect_boot();
+        life.feed(b"[    0.0] Linux version 6.1\r\n");
+        *waited.lock().expect("lock") = Duration::from_secs(60);
+        life.poll();
+        life.grown();
+        life.grew -= HUNG_AFTER;
+        assert_eq!(life.poll().map(|e| e.end), Some(GuestEnd::Hung));
+    }
+
+    #[test]
+    fn the_firmware_is_quiet_for_longer_before_it_is_hung() {
+        let mut life = watcher();
+        life.expect_boot();
+        life.feed(b"[    0.0] Linux version 6.1\r\n");
+        life.shell_ready();
+        life.expect_reboot();
+        life.feed(b"[   22.4] reboot: Restarting system\r\n[   22.4] reboot: machine restart\r\n");
+        life.grew = Instant::now() - HUNG_AFTER - Duration::from_secs(1);
+        assert!(life.poll().is_none(), "{:?}", life.ended());
+        assert!(
+            life.doing()
+                .starts_with("restarting, no kernel started yet; console quiet for 9"),
+            "{}",
+            life.doing()
+        );
+        life.grew = Instant::now() - HUNG_IN_FIRMWARE_AFTER - Duration::from_secs(1);
+        let ended = life.poll().expect("hung").clone();
+        assert!(ended.before_kernel);
+        assert!(
+            ended.to_string().starts_with(
+                "the guest is hung before its kernel started (in the firmware or the boot loader) (no console output for 18"
+            ),
+            "{ended}"
+        );
+        assert!(
+            ended
+                .to_string()
+                .ends_with("its last console line: reboot: machine restart"),
+            "{ended}"
+        );
+        // Once the kernel speaks, the kernel's allowance holds again.
+        let mut life = watcher();
+        life.expect_boot();
+        assert!(life.before_kernel());
+        life.feed(b"[    0.0] Linux version 6.1\r\n");
+        assert!(!life.before_kernel());
+        life.grew = Instant::now() - HUNG_AFTER - Duration::from_secs(1);
+        assert_eq!(
+            life.poll().map(|e| (e.end, e.before_kernel)),
+            Some((GuestEnd::Hung, false))
+        );
     }
 
     #[test]

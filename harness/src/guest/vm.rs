@@ -643,6 +643,31 @@ impl Vm {
         Ok(answer.as_str().unwrap_or_default().to_owned())
     }
 
+    /// QEMU's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Where the guest's first processor is and whether it moves, for a
+    /// guest whose console went quiet: QEMU's run state and two looks at
+    /// the registers a moment apart (`info registers`: the Linux-style
+    /// dump of target/i386/cpu-dump.c, the same from QEMU 7.2 to 10).
+    pub(crate) fn processor(&mut self) -> Result<String, VmError> {
+        let status = self.qmp.execute("query-status", None)?;
+        let status = status["status"].as_str().unwrap_or("unknown").to_owned();
+        let mut registers = || -> Result<String, VmError> {
+            let answer = self.qmp.execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": "info registers" })),
+            )?;
+            Ok(answer.as_str().unwrap_or_default().to_owned())
+        };
+        let first = registers()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let second = registers()?;
+        Ok(describe_processor(&status, &first, &second))
+    }
+
     /// How this QEMU was started.
     pub(crate) fn setup(&self) -> &VmSetup {
         &self.setup
@@ -962,9 +987,116 @@ pub(crate) fn tail_of(path: &Path, lines: usize) -> String {
     crate::text::last_lines(&fs::read(path).unwrap_or_default(), lines)
 }
 
+/// One look at a processor in `info registers`.
+#[derive(Debug, PartialEq, Eq)]
+struct Registers {
+    /// The instruction pointer as the guest's mode reads it.
+    at: String,
+    mode: &'static str,
+    halted: bool,
+}
+
+fn registers(dump: &str) -> Option<Registers> {
+    let field = |name: &str| {
+        dump.split_ascii_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let hex = |name: &str| field(name).and_then(|v| u64::from_str_radix(&v, 16).ok());
+    let ip = field("RIP=").or_else(|| field("EIP="))?;
+    let efer = hex("EFER=").unwrap_or(0);
+    let cr0 = hex("CR0=").unwrap_or(0);
+    // EFER.LMA (bit 10) is long mode; CR0.PE (bit 0) protected mode.
+    let (mode, at) = if efer & 0x400 != 0 {
+        ("long mode", ip)
+    } else if cr0 & 1 != 0 {
+        ("protected mode", ip)
+    } else {
+        // Real mode: the segment says where as much as the offset does.
+        let cs = dump
+            .lines()
+            .find_map(|line| line.strip_prefix("CS ="))
+            .and_then(|rest| rest.split_ascii_whitespace().next())
+            .unwrap_or("?");
+        (
+            "real mode (firmware or boot loader)",
+            format!("{cs}:{}", ip.trim_start_matches("0000")),
+        )
+    };
+    Some(Registers {
+        at,
+        mode,
+        halted: field("HLT=").as_deref() == Some("1"),
+    })
+}
+
+/// A short account of a quiet guest's processor from QEMU's run state and
+/// two register dumps taken a moment apart.
+fn describe_processor(status: &str, first: &str, second: &str) -> String {
+    let status = if status == "running" {
+        String::new()
+    } else {
+        format!("QEMU reports {status}; ")
+    };
+    match (registers(first), registers(second)) {
+        (Some(a), Some(b)) => {
+            let doing = match (a.at == b.at, a.halted && b.halted) {
+                (_, true) => format!("halted (waiting for an interrupt) at {}", b.at),
+                (true, false) => format!("at {} in both looks", b.at),
+                (false, false) => format!("running (at {}, then {})", a.at, b.at),
+            };
+            format!("{status}its processor is in {}, {doing}", b.mode)
+        }
+        _ => format!("{status}its registers could not be read"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SeaBIOS with nothing to boot, as QEMU 10 dumps it (trimmed).
+    const FIRMWARE: &str = "CPU#0\nEAX=00000000 EBX=00000000 ECX=0000b7d2 EDX=00000000\n\
+EIP=0000b7ee EFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n\
+ES =d900 000d9000 0000ffff 00009300\nCS =f000 000f0000 0000ffff 00009b00\n\
+CR0=00000010 CR2=00000000 CR3=00000000 CR4=00000000\nEFER=0000000000000000\n";
+
+    fn kernel(rip: &str, halted: bool) -> String {
+        format!(
+            "RAX=0000000000000000 RBX=ffffffff82a0a940\nRIP={rip} RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT={}\n\
+CS =0010 0000000000000000 ffffffff 00af9b00 DPL=0 CS64 [-RA]\n\
+CR0=80050033 CR2=00007f2b1c0f0000 CR3=000000000a40e000 CR4=000006f0\nEFER=0000000000000d01\n",
+            u8::from(halted)
+        )
+    }
+
+    #[test]
+    fn a_quiet_processor_is_described() {
+        assert_eq!(
+            describe_processor("running", FIRMWARE, FIRMWARE),
+            "its processor is in real mode (firmware or boot loader), halted (waiting for an interrupt) at f000:b7ee"
+        );
+        assert_eq!(
+            describe_processor(
+                "running",
+                &kernel("ffffffff81e3a1b2", false),
+                &kernel("ffffffff81e3a1c0", false)
+            ),
+            "its processor is in long mode, running (at ffffffff81e3a1b2, then ffffffff81e3a1c0)"
+        );
+        assert_eq!(
+            describe_processor(
+                "internal-error",
+                &kernel("ffffffff81e3a1b2", false),
+                &kernel("ffffffff81e3a1b2", false)
+            ),
+            "QEMU reports internal-error; its processor is in long mode, at ffffffff81e3a1b2 in both looks"
+        );
+        assert_eq!(
+            describe_processor("paused", "", "garbage"),
+            "QEMU reports paused; its registers could not be read"
+        );
+    }
 
     #[test]
     fn escapes_are_stripped() {

@@ -240,7 +240,8 @@ fn save(
         Some(vm.console_log().to_owned()),
     )
     .map_err(console_error(boot))?
-    .with_login_banner(AUTOLOGIN_BANNER);
+    .with_login_banner(AUTOLOGIN_BANNER)
+    .watching(vm.pid());
     console
         .wait_ready("the first boot to reach a shell", boot_timeout)
         .map_err(console_error(boot))?;
@@ -320,7 +321,8 @@ pub(crate) fn resume(
         Some(vm.console_log().to_owned()),
     )
     .map_err(console_error)?
-    .with_login_banner(AUTOLOGIN_BANNER);
+    .with_login_banner(AUTOLOGIN_BANNER)
+    .watching(vm.pid());
     console
         .wait_resumed("the resumed guest's shell", timeout)
         .map_err(console_error)?;

@@ -14,6 +14,7 @@
 pub mod process;
 pub mod progress;
 pub(crate) mod sys;
+pub(crate) mod threads;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -20,7 +20,7 @@ use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
 use crate::spec::project::Project;
 use crate::spec::recipe::KernelSource;
-use crate::spec::{Action, Cell, Expectations, FirstBoot, Scenario, StepStatus};
+use crate::spec::{Action, Cell, Expectations, FirstBoot, GuestEnd, Scenario, StepStatus};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -398,7 +398,8 @@ fn cold_boot(
     );
     let vm = Vm::start(config)?;
     let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?
-        .with_login_banner(image::AUTOLOGIN_BANNER);
+        .with_login_banner(image::AUTOLOGIN_BANNER)
+        .watching(vm.pid());
     console.wait_ready("the first boot to reach a shell", timeout)?;
     let shell_seconds = vm.uptime().as_secs_f64();
     let system_state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
@@ -679,10 +680,17 @@ fn run_steps(
                     // the scenario finds, not a fault of the harness: the
                     // flow ends here, and the expectations judge it.
                     Err(ConsoleError::GuestEnded {
-                        ended,
+                        mut ended,
                         console_tail,
                         ..
                     }) => {
+                        if ended.end == GuestEnd::Hung {
+                            // The console cannot say what a silent guest
+                            // does; QEMU can say where its processor is.
+                            ended.processor = Some(guest.vm.processor().unwrap_or_else(|e| {
+                                format!("QEMU did not say where its processor is: {e}")
+                            }));
+                        }
                         let seconds = step_started.elapsed().as_secs_f64();
                         timings.reboot_to_shell += seconds;
                         guest.events.note(label, &format!("{what}: {ended}"));
