@@ -1138,20 +1138,8 @@ mod tests {
     //! The protocol against a fake guest: a local bash behind a pty (via
     //! `script`), with terminal echo on. This tests the framing, not a guest.
     use super::*;
-    use std::process::{Child, Command, Stdio};
 
-    struct FakeGuest {
-        child: Child,
-        console: Console,
-    }
-
-    impl Drop for FakeGuest {
-        fn drop(&mut self) {
-            // The runner removes each command's files itself.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::guest::fake::LocalShell as FakeGuest;
 
     /// The shell goes on as before.
     fn still_answers(guest: &mut FakeGuest) {
@@ -1168,27 +1156,7 @@ mod tests {
 
     /// A fake guest whose shell has already been sent `typed_ahead`.
     fn fake_guest_after(typed_ahead: &str) -> FakeGuest {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let input = theirs.try_clone().expect("clone");
-        let child = Command::new("script")
-            .args(["-q", "-f", "-c", "bash --norc --noprofile -i", "/dev/null"])
-            .env("PS1", "fake-guest# ")
-            .stdin(Stdio::from(std::os::fd::OwnedFd::from(input)))
-            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("script(1) from util-linux");
-        {
-            use std::io::Write as _;
-            (&ours)
-                .write_all(typed_ahead.as_bytes())
-                .expect("type ahead");
-        }
-        let mut console = Console::attach(ours, None).expect("attach");
-        console
-            .wait_ready("fake guest", Duration::from_secs(20))
-            .expect("ready");
-        FakeGuest { child, console }
+        FakeGuest::start(typed_ahead, None)
     }
 
     #[test]

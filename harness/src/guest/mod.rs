@@ -5,6 +5,8 @@
 //! ([`warm`]).
 
 pub mod console;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod life;
 pub(crate) mod net;
 pub(crate) mod qmp;

@@ -8,25 +8,27 @@ use std::time::{Duration, Instant};
 use crate::build::cache::Cache;
 use crate::build::image::{self, ImageError};
 use crate::build::kernel::{self, KernelError};
-use crate::check::capture::{self, Capture, GuestFacts};
+use crate::check::capture::Capture;
 use crate::check::evidence;
 use crate::check::outcome::{
     check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
 };
 use crate::check::verdict::Unfinished;
 use crate::guest::console::{Console, ConsoleError};
+
+use super::steps::{self, Finished, Flow, Ledger, Live, Read};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
 use crate::spec::project::Project;
 use crate::spec::recipe::KernelSource;
-use crate::spec::{Action, Cell, Expectations, FirstBoot, GuestEnd, Scenario, StepStatus};
+use crate::spec::{Cell, Expectations, FirstBoot, Scenario, StepStatus};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long systemd may take to finish starting up once the shell is there.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Options for a run.
 #[derive(Debug, Clone)]
@@ -575,333 +577,6 @@ fn boot(
     })
 }
 
-/// Runs a scenario's steps, recording what each did in `steps` (so that a
-/// failure still shows the steps before it); returns, when the flow
-/// reboots, the captures taken just before the last reboot. A step that
-/// fails (wrong exit status, its time run out, a wait that ended in failure)
-/// ends the flow; the captures are still taken, from the guest as the
-/// failure left it, for the report.
-fn run_steps(
-    guest: &mut Guest,
-    scenario: &Scenario,
-    cell: &Cell,
-    label: &str,
-    steps: &mut Vec<StepRecord>,
-) -> Result<Flow, RunError> {
-    let timings = &mut guest.timings;
-    let last_reboot = scenario
-        .steps
-        .iter()
-        .rposition(|s| s.action == Action::Reboot);
-    let total = scenario.steps.len();
-    let mut before_reboot = Vec::new();
-    let mut evidence_before = None;
-    let evidence = evidence_scripts(scenario, "before the reboot");
-    for (i, step) in scenario.steps.iter().enumerate() {
-        let index = i + 1;
-        let what = format!("step {index}/{total} ({})", step.title);
-        if Some(i) == last_reboot && (!scenario.captures.is_empty() || !evidence.is_empty()) {
-            guest
-                .events
-                .note(label, "capturing state before the reboot");
-            let capturing = Instant::now();
-            let taken = capture::take(
-                &mut guest.console,
-                &mut guest.vm,
-                &scenario.captures,
-                "before the reboot",
-                &evidence,
-            )?;
-            guest.kernel_release = Some(taken.facts.kernel_release);
-            before_reboot = taken.captures;
-            evidence_before = taken.extra.first().map(|out| out.stdout.clone());
-            timings.captures_before += capturing.elapsed().as_secs_f64();
-        }
-        guest.events.note(label, &what);
-        let step_started = Instant::now();
-        let expected = step.status_for(cell);
-        let ran = match &step.action {
-            Action::Run { command, .. } => guest.console.run(&what, command, step.timeout),
-            Action::Write {
-                path,
-                content,
-                mode,
-            } => guest
-                .console
-                .write_file(&what, path, content, *mode, step.timeout),
-            Action::Copy { from, source, to } => {
-                let events = guest.events.clone();
-                let mut last_said = Instant::now();
-                crate::guest::transfer::copy_in(
-                    &mut guest.console,
-                    &what,
-                    source,
-                    to,
-                    step.timeout,
-                    &mut |sent, total| {
-                        // Only what takes a while is worth a line.
-                        if total > 1 << 20 && last_said.elapsed() > Duration::from_secs(2) {
-                            last_said = Instant::now();
-                            events.note(
-                                label,
-                                &format!(
-                                    "copying {from}: {:.1} of {:.1} MiB",
-                                    sent as f64 / 1048576.0,
-                                    total as f64 / 1048576.0
-                                ),
-                            );
-                        }
-                    },
-                )
-            }
-            Action::WaitForUnit { unit, state } => {
-                guest
-                    .console
-                    .run(&what, &wait_for_unit_script(unit, state), step.timeout)
-            }
-            Action::WaitUntil { command } => {
-                guest
-                    .console
-                    .run(&what, &wait_until_script(command), step.timeout)
-            }
-            Action::Detach { disk } => {
-                // QEMU removes the device at once; the guest's kernel lets
-                // go of it a moment later, and a step after this one must
-                // find it gone.
-                guest.vm.detach(disk, DETACH_TIMEOUT)?;
-                guest
-                    .console
-                    .run(&what, &detached_script(disk), step.timeout)
-            }
-            Action::Reboot => {
-                match guest.console.reboot(&what, step.timeout) {
-                    Ok(()) => {}
-                    // A boot that ends anywhere but at the shell is what
-                    // the scenario finds, not a fault of the harness: the
-                    // flow ends here, and the expectations judge it.
-                    Err(ConsoleError::GuestEnded {
-                        mut ended,
-                        console_tail,
-                        ..
-                    }) => {
-                        if ended.end == GuestEnd::Hung {
-                            // The console cannot say what a silent guest
-                            // does; QEMU can say where its processor is.
-                            ended.processor = Some(guest.vm.processor().unwrap_or_else(|e| {
-                                format!("QEMU did not say where its processor is: {e}")
-                            }));
-                        }
-                        let seconds = step_started.elapsed().as_secs_f64();
-                        timings.reboot_to_shell += seconds;
-                        guest.events.note(label, &format!("{what}: {ended}"));
-                        steps.push(StepRecord {
-                            title: step.title.clone(),
-                            action: step.action.clone(),
-                            output: None,
-                            expected,
-                            seconds,
-                        });
-                        return Ok(Flow {
-                            before_reboot,
-                            evidence_before,
-                            not_back: Some(NotBack {
-                                step: index,
-                                ended: *ended,
-                                console_tail,
-                                examined: None,
-                            }),
-                        });
-                    }
-                    Err(other) => return Err(other.into()),
-                }
-                let shell = step_started.elapsed().as_secs_f64();
-                let state = guest.console.wait_settled(
-                    &format!("{what}: systemd to finish booting"),
-                    SETTLE_TIMEOUT,
-                )?;
-                let seconds = step_started.elapsed().as_secs_f64();
-                timings.reboot_to_shell += shell;
-                timings.reboot_settle += seconds - shell;
-                guest.events.note(
-                    label,
-                    &format!("shell after {shell:.1}s, system {state} after {seconds:.1}s"),
-                );
-                steps.push(StepRecord {
-                    title: step.title.clone(),
-                    action: step.action.clone(),
-                    output: None,
-                    expected,
-                    seconds: step_started.elapsed().as_secs_f64(),
-                });
-                continue;
-            }
-        };
-        // Writes and waits have no status of their own to expect: they
-        // must succeed.
-        let must = expected.unwrap_or(StepStatus::Exactly(0));
-        let problem = match ran {
-            Ok(out) if must.accepts(out.status) => {
-                let seconds = step_started.elapsed().as_secs_f64();
-                timings.steps += seconds;
-                if step.action.is_wait() {
-                    guest.events.note(label, &format!("waited {seconds:.1}s"));
-                }
-                steps.push(StepRecord {
-                    title: step.title.clone(),
-                    action: step.action.clone(),
-                    output: Some(out),
-                    expected,
-                    seconds,
-                });
-                continue;
-            }
-            Ok(out) => StepProblem::Status {
-                got: out.status,
-                expected: must,
-                stdout: out.stdout,
-                stderr: out.stderr,
-            },
-            Err(ConsoleError::GuestTimeout {
-                waited,
-                stdout_tail,
-                stderr_tail,
-                ..
-            }) => StepProblem::TimedOut {
-                after: waited,
-                stdout: stdout_tail,
-                stderr: stderr_tail,
-            },
-            Err(other) => return Err(other.into()),
-        };
-        // The failed step and the captures after it are the guest's work
-        // too, in the report's time table.
-        timings.steps += step_started.elapsed().as_secs_f64();
-        guest.events.note(
-            label,
-            &format!("{what} failed; capturing the state it left"),
-        );
-        let capturing = Instant::now();
-        let captures = capture::take(
-            &mut guest.console,
-            &mut guest.vm,
-            &scenario.captures,
-            "after the failed step",
-            &[],
-        )
-        .map(|taken| {
-            guest.kernel_release = Some(taken.facts.kernel_release);
-            taken.captures
-        })
-        .map_err(|e| e.to_string());
-        guest.timings.captures_after += capturing.elapsed().as_secs_f64();
-        return Err(RunError::Step(Box::new(StepFailure {
-            index,
-            title: step.title.clone(),
-            problem,
-            captures,
-        })));
-    }
-    Ok(Flow {
-        before_reboot,
-        evidence_before,
-        not_back: None,
-    })
-}
-
-/// The harness's own reading of what a reboot can change, as an extra
-/// script for a round of captures (`when` says which), for a scenario that
-/// reboots and keeps any source.
-fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
-    let sources = &scenario.evidence.sources;
-    if sources.is_empty() || !scenario.steps.iter().any(|s| s.action == Action::Reboot) {
-        return Vec::new();
-    }
-    vec![(
-        format!("reading what a reboot can change ({when})"),
-        evidence::script(sources),
-    )]
-}
-
-/// How the steps went, when none failed.
-struct Flow {
-    /// The captures taken just before the last reboot.
-    before_reboot: Vec<Capture>,
-    /// The evidence read just before the last reboot, as the guest printed
-    /// it.
-    evidence_before: Option<String>,
-    /// A reboot whose boot did not reach the shell; the flow ended there.
-    not_back: Option<NotBack>,
-}
-
-/// How long QEMU may take to confirm a disk's removal.
-const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Waits until the guest's kernel no longer has the disk with serial
-/// `name`: no SCSI disk in sysfs carries it (udev's `by-id` links are not
-/// used, as they need udev to have run, and a rescue shell may have none).
-fn detached_script(name: &str) -> String {
-    format!(
-        r#"serial={}
-present() {{
-  for dev in /sys/class/block/*; do
-    [ -e "$dev/device/vpd_pg80" ] || continue
-    case "$(tr -d '\000' < "$dev/device/vpd_pg80" 2>/dev/null)" in *"$serial") echo "${{dev##*/}}"; return 0;; esac
-  done
-  return 1
-}}
-while name=$(present); do
-  [ "$name" = "$said" ] || {{ echo "the guest still has disk $serial as /dev/$name"; said=$name; }}
-  sleep 0.2
-done
-echo "the guest no longer has disk $serial""#,
-        crate::text::shell_quote(name)
-    )
-}
-
-/// Polls a unit's state in the guest until it is `state`. Prints each state
-/// it sees, so a wait that runs out of time shows where the unit stood.
-fn wait_for_unit_script(unit: &str, state: &str) -> String {
-    format!(
-        r#"unit={} want={} last=
-while :; do
-  now=$(systemctl is-active "$unit" 2>/dev/null)
-  if [ "$now" != "$last" ]; then echo "$unit: ${{now:-unknown}}"; last=$now; fi
-  [ "$now" = "$want" ] && exit 0
-  if [ "$want" != failed ] && [ "$now" = failed ]; then echo "$unit failed while waiting for $want" >&2; exit 1; fi
-  sleep 0.2
-done
-"#,
-        crate::text::shell_quote(unit),
-        crate::text::shell_quote(state)
-    )
-}
-
-/// Runs `command` in the guest every half second until it succeeds; prints
-/// the last attempt's output, and each change of its exit status. The
-/// output is held in the shell, not in a temporary file on a disk the
-/// scenario may have filled.
-fn wait_until_script(command: &str) -> String {
-    format!(
-        r#"cmd={} last=
-while :; do
-  out=$(bash -c "$cmd" 2>&1); now=$?
-  if [ "$now" = 0 ]; then [ -z "$out" ] || printf '%s\n' "$out"; exit 0; fi
-  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; printf '%s\n' "$out" | tail -n 3; last=$now; fi
-  sleep 0.5
-done
-"#,
-        crate::text::shell_quote(command)
-    )
-}
-
-/// The evidence of the boots before and after the last reboot, as the
-/// guest printed it, and what differs.
-struct Read {
-    before: String,
-    after: String,
-    changes: evidence::Changes,
-}
-
 /// What [`drive`] found out.
 struct Driven {
     before_reboot: Vec<Capture>,
@@ -909,7 +584,6 @@ struct Driven {
     not_back: Option<NotBack>,
     captures: Vec<Capture>,
     units: BTreeMap<String, String>,
-    facts: GuestFacts,
 }
 
 /// The flow on a booted guest: the steps, the captures at the end and the
@@ -926,7 +600,7 @@ fn drive(
         before_reboot,
         evidence_before,
         not_back,
-    } = run_steps(guest, scenario, cell, label, steps)?;
+    } = guest.run_steps(scenario, cell, label, steps)?;
     if let Some(mut not_back) = not_back {
         // What the console said stands in for the captures; where the mode
         // the boot ended in gives a shell, the scenario's captures follow,
@@ -940,69 +614,64 @@ fn drive(
             evidence: None,
             captures,
             units: BTreeMap::new(),
-            facts: GuestFacts {
-                kernel_release: guest.kernel_release.clone().unwrap_or_default(),
-                ..GuestFacts::default()
-            },
             not_back: Some(not_back),
         });
     }
-    guest.events.note(label, "capturing state");
-    let capturing = Instant::now();
-    // The units' states are read in the same round trip as the captures.
-    let unit_scripts: Vec<(String, String)> = expect
-        .units
-        .keys()
-        .map(|unit| {
-            (
-                format!("reading the state of {unit}"),
-                format!("systemctl is-active {}", crate::text::shell_quote(unit)),
-            )
-        })
-        .collect();
-    let evidence = if evidence_before.is_some() {
-        evidence_scripts(scenario, "at the end")
-    } else {
-        Vec::new()
-    };
-    let extra: Vec<(String, String)> = unit_scripts.into_iter().chain(evidence).collect();
-    let taken = capture::take(
-        &mut guest.console,
-        &mut guest.vm,
-        &scenario.captures,
-        "at the end",
-        &extra,
-    )?;
-    guest.timings.captures_after = capturing.elapsed().as_secs_f64();
-    let units = expect
-        .units
-        .keys()
-        .zip(&taken.extra)
-        .map(|(unit, out)| (unit.clone(), out.stdout.trim().to_owned()))
-        .collect();
-    let evidence = evidence_before.and_then(|before| {
-        let after = taken.extra.get(expect.units.len())?.stdout.clone();
-        let changes = evidence::compare(
-            &evidence::Evidence::parse(&before),
-            &evidence::Evidence::parse(&after),
-        );
-        Some(Read {
-            before,
-            after,
-            changes,
-        })
-    });
+    let Finished {
+        evidence,
+        captures,
+        units,
+    } = guest.finish(scenario, expect, label, evidence_before)?;
     Ok(Driven {
         before_reboot,
         evidence,
         not_back: None,
-        captures: taken.captures,
+        captures,
         units,
-        facts: taken.facts,
     })
 }
 
 impl Guest {
+    /// The guest as the step interpreter sees it, and where it reports.
+    fn parts<'a>(&'a mut self, label: &'a str) -> (Live<'a>, Ledger<'a>) {
+        (
+            Live {
+                console: &mut self.console,
+                vm: &mut self.vm,
+            },
+            Ledger {
+                events: &self.events,
+                label,
+                timings: &mut self.timings,
+                kernel_release: &mut self.kernel_release,
+            },
+        )
+    }
+
+    /// Runs a scenario's steps (see [`steps::run`]).
+    fn run_steps(
+        &mut self,
+        scenario: &Scenario,
+        cell: &Cell,
+        label: &str,
+        records: &mut Vec<StepRecord>,
+    ) -> Result<Flow, RunError> {
+        let (mut live, mut ledger) = self.parts(label);
+        steps::run(&mut live, &mut ledger, scenario, cell, records)
+    }
+
+    /// The captures at the end (see [`steps::finish`]).
+    fn finish(
+        &mut self,
+        scenario: &Scenario,
+        expect: &Expectations,
+        label: &str,
+        evidence_before: Option<String>,
+    ) -> Result<Finished, RunError> {
+        let (mut live, mut ledger) = self.parts(label);
+        steps::finish(&mut live, &mut ledger, scenario, expect, evidence_before)
+    }
+
     /// The error to report for one that came from driving the guest: when
     /// the console failed because QEMU is gone (its socket closed, nothing
     /// more to read), QEMU's own exit status and output explain it.
@@ -1116,7 +785,6 @@ pub(crate) fn run_cell_keeping(
         not_back,
         mut captures,
         units,
-        facts,
     } = match driven {
         Ok(driven) => driven,
         Err(e) => {
@@ -1133,7 +801,6 @@ pub(crate) fn run_cell_keeping(
             return (Err(stopped), kept(guest));
         }
     };
-    guest.kernel_release = Some(facts.kernel_release.clone());
     let reboot_changes = evidence.map(|read| {
         for (name, text) in [("before-reboot", &read.before), ("after", &read.after)] {
             let _ = std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text);
@@ -1262,7 +929,7 @@ fn boot_after(
     let artifacts = project.artifacts_dir(&format!("{kind}-{name}"), &cell.to_string());
     let mut guest = boot(project, cell, options, scenario, &label, &artifacts)?;
     if let Some(scenario) = scenario {
-        if let Err(e) = run_steps(&mut guest, scenario, cell, &label, &mut Vec::new()) {
+        if let Err(e) = guest.run_steps(scenario, cell, &label, &mut Vec::new()) {
             return Err(guest.explain(e));
         }
     }

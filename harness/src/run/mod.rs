@@ -5,6 +5,7 @@
 
 pub mod cell;
 mod rescue;
+mod steps;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,0 +1,7 @@
+//! The binary's own modules: the flags, and the commands that are more
+//! than a call into the library.
+
+pub(crate) mod doctor;
+pub(crate) mod flags;
+pub(crate) mod images;
+pub(crate) mod terminal;

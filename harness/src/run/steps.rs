@@ -1,0 +1,1193 @@
+//! The step interpreter: a scenario's steps on a booted guest, the
+//! captures before its last reboot and at the end, and what a failed step
+//! or a boot that did not come back leaves to report.
+//!
+//! It asks the guest for what it needs through [`Machine`], which the real
+//! guest ([`Live`]: its console and its QEMU) implements, and so does the
+//! unit tests' stand-in (a local shell, with boots and disks scripted).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::check::capture::{self, Capture, Taken};
+use crate::check::evidence;
+use crate::check::outcome::{NotBack, StepRecord, Timings};
+use crate::guest::console::{CommandOutput, Console, ConsoleError};
+use crate::guest::vm::{Vm, VmError};
+use crate::host::progress::Events;
+use crate::spec::{Action, CaptureSpec, Cell, Expectations, GuestEnd, Scenario, StepStatus};
+
+use super::cell::{RunError, StepFailure, StepProblem, SETTLE_TIMEOUT};
+
+/// What the steps ask of a booted guest.
+pub(super) trait Machine {
+    /// Runs a bash script as root, within `timeout` (see [`Console::run`]).
+    fn run(
+        &mut self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError>;
+    /// Writes a file with a mode (see [`Console::write_file`]).
+    fn write_file(
+        &mut self,
+        what: &str,
+        path: &str,
+        content: &str,
+        mode: u32,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError>;
+    /// Copies a file or a folder from the host (see
+    /// [`crate::guest::transfer::copy_in`]).
+    fn copy_in(
+        &mut self,
+        what: &str,
+        source: &Path,
+        to: &str,
+        timeout: Duration,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CommandOutput, ConsoleError>;
+    /// Pulls a disk out of the running machine (see [`Vm::detach`]).
+    fn detach(&mut self, disk: &str, timeout: Duration) -> Result<(), VmError>;
+    /// Reboots and waits for the new boot's shell (see
+    /// [`Console::reboot`]).
+    fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError>;
+    /// Waits for systemd to finish starting; says the state it reached
+    /// (see [`Console::wait_settled`]).
+    fn wait_settled(&mut self, what: &str, timeout: Duration) -> Result<String, ConsoleError>;
+    /// Where a quiet guest's processor is, as QEMU tells it.
+    fn processor(&mut self) -> Result<String, VmError>;
+    /// One round of captures, with `extra` scripts after them (see
+    /// [`capture::take`]).
+    fn capture(
+        &mut self,
+        specs: &[CaptureSpec],
+        when: &str,
+        extra: &[(String, String)],
+    ) -> Result<Taken, ConsoleError>;
+}
+
+/// A guest running in QEMU, driven through its control port.
+pub(super) struct Live<'a> {
+    pub(super) console: &'a mut Console,
+    pub(super) vm: &'a mut Vm,
+}
+
+impl Machine for Live<'_> {
+    fn run(
+        &mut self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        self.console.run(what, script, timeout)
+    }
+
+    fn write_file(
+        &mut self,
+        what: &str,
+        path: &str,
+        content: &str,
+        mode: u32,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        self.console.write_file(what, path, content, mode, timeout)
+    }
+
+    fn copy_in(
+        &mut self,
+        what: &str,
+        source: &Path,
+        to: &str,
+        timeout: Duration,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CommandOutput, ConsoleError> {
+        crate::guest::transfer::copy_in(self.console, what, source, to, timeout, progress)
+    }
+
+    fn detach(&mut self, disk: &str, timeout: Duration) -> Result<(), VmError> {
+        self.vm.detach(disk, timeout)
+    }
+
+    fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        self.console.reboot(what, timeout)
+    }
+
+    fn wait_settled(&mut self, what: &str, timeout: Duration) -> Result<String, ConsoleError> {
+        self.console.wait_settled(what, timeout)
+    }
+
+    fn processor(&mut self) -> Result<String, VmError> {
+        self.vm.processor()
+    }
+
+    fn capture(
+        &mut self,
+        specs: &[CaptureSpec],
+        when: &str,
+        extra: &[(String, String)],
+    ) -> Result<Taken, ConsoleError> {
+        capture::take(self.console, self.vm, specs, when, extra)
+    }
+}
+
+/// Where the steps say what they do and keep their time.
+pub(super) struct Ledger<'a> {
+    /// The progress events.
+    pub(super) events: &'a Events,
+    /// The trial's name in them.
+    pub(super) label: &'a str,
+    /// The trial's time table, filled in as the flow goes.
+    pub(super) timings: &'a mut Timings,
+    /// `uname -r` in the guest, once a round of captures has read it.
+    pub(super) kernel_release: &'a mut Option<String>,
+}
+
+/// Runs a scenario's steps, recording what each did in `steps` (so that a
+/// failure still shows the steps before it), and takes the captures (and
+/// the evidence) just before the last reboot. A step that fails (wrong exit
+/// status, its time run out, a wait that ended in failure) ends the flow
+/// with [`RunError::Step`]; the captures are still taken, from the guest as
+/// the failure left it, for the report. A reboot whose boot does not reach
+/// the shell ends the flow too, in [`Flow::not_back`]: what the scenario
+/// finds, for the expectations to judge.
+pub(super) fn run(
+    machine: &mut dyn Machine,
+    ledger: &mut Ledger<'_>,
+    scenario: &Scenario,
+    cell: &Cell,
+    steps: &mut Vec<StepRecord>,
+) -> Result<Flow, RunError> {
+    let label = ledger.label;
+    let last_reboot = scenario
+        .steps
+        .iter()
+        .rposition(|s| s.action == Action::Reboot);
+    let total = scenario.steps.len();
+    let mut before_reboot = Vec::new();
+    let mut evidence_before = None;
+    let evidence = evidence_scripts(scenario, "before the reboot");
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let index = i + 1;
+        let what = format!("step {index}/{total} ({})", step.title);
+        if Some(i) == last_reboot && (!scenario.captures.is_empty() || !evidence.is_empty()) {
+            ledger
+                .events
+                .note(label, "capturing state before the reboot");
+            let capturing = Instant::now();
+            let taken = machine.capture(&scenario.captures, "before the reboot", &evidence)?;
+            *ledger.kernel_release = Some(taken.facts.kernel_release);
+            before_reboot = taken.captures;
+            evidence_before = taken.extra.first().map(|out| out.stdout.clone());
+            ledger.timings.captures_before += capturing.elapsed().as_secs_f64();
+        }
+        ledger.events.note(label, &what);
+        let step_started = Instant::now();
+        let expected = step.status_for(cell);
+        let ran = match &step.action {
+            Action::Run { command, .. } => machine.run(&what, command, step.timeout),
+            Action::Write {
+                path,
+                content,
+                mode,
+            } => machine.write_file(&what, path, content, *mode, step.timeout),
+            Action::Copy { from, source, to } => {
+                let events = ledger.events.clone();
+                let mut last_said = Instant::now();
+                machine.copy_in(&what, source, to, step.timeout, &mut |sent, total| {
+                    // Only what takes a while is worth a line.
+                    if total > 1 << 20 && last_said.elapsed() > Duration::from_secs(2) {
+                        last_said = Instant::now();
+                        events.note(
+                            label,
+                            &format!(
+                                "copying {from}: {:.1} of {:.1} MiB",
+                                sent as f64 / 1048576.0,
+                                total as f64 / 1048576.0
+                            ),
+                        );
+                    }
+                })
+            }
+            Action::WaitForUnit { unit, state } => {
+                machine.run(&what, &wait_for_unit_script(unit, state), step.timeout)
+            }
+            Action::WaitUntil { command } => {
+                machine.run(&what, &wait_until_script(command), step.timeout)
+            }
+            Action::Detach { disk } => {
+                // QEMU removes the device at once; the guest's kernel lets
+                // go of it a moment later, and a step after this one must
+                // find it gone.
+                machine.detach(disk, DETACH_TIMEOUT)?;
+                machine.run(&what, &detached_script(disk), step.timeout)
+            }
+            Action::Reboot => {
+                match machine.reboot(&what, step.timeout) {
+                    Ok(()) => {}
+                    // A boot that ends anywhere but at the shell is what
+                    // the scenario finds, not a fault of the harness: the
+                    // flow ends here, and the expectations judge it.
+                    Err(ConsoleError::GuestEnded {
+                        mut ended,
+                        console_tail,
+                        ..
+                    }) => {
+                        if ended.end == GuestEnd::Hung {
+                            // The console cannot say what a silent guest
+                            // does; QEMU can say where its processor is.
+                            ended.processor = Some(machine.processor().unwrap_or_else(|e| {
+                                format!("QEMU did not say where its processor is: {e}")
+                            }));
+                        }
+                        let seconds = step_started.elapsed().as_secs_f64();
+                        ledger.timings.reboot_to_shell += seconds;
+                        ledger.events.note(label, &format!("{what}: {ended}"));
+                        steps.push(StepRecord {
+                            title: step.title.clone(),
+                            action: step.action.clone(),
+                            output: None,
+                            expected,
+                            seconds,
+                        });
+                        return Ok(Flow {
+                            before_reboot,
+                            evidence_before,
+                            not_back: Some(NotBack {
+                                step: index,
+                                ended: *ended,
+                                console_tail,
+                                examined: None,
+                            }),
+                        });
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+                let shell = step_started.elapsed().as_secs_f64();
+                let state = machine.wait_settled(
+                    &format!("{what}: systemd to finish booting"),
+                    SETTLE_TIMEOUT,
+                )?;
+                let seconds = step_started.elapsed().as_secs_f64();
+                ledger.timings.reboot_to_shell += shell;
+                ledger.timings.reboot_settle += seconds - shell;
+                ledger.events.note(
+                    label,
+                    &format!("shell after {shell:.1}s, system {state} after {seconds:.1}s"),
+                );
+                steps.push(StepRecord {
+                    title: step.title.clone(),
+                    action: step.action.clone(),
+                    output: None,
+                    expected,
+                    seconds: step_started.elapsed().as_secs_f64(),
+                });
+                continue;
+            }
+        };
+        // Writes and waits have no status of their own to expect: they
+        // must succeed.
+        let must = expected.unwrap_or(StepStatus::Exactly(0));
+        let problem = match ran {
+            Ok(out) if must.accepts(out.status) => {
+                let seconds = step_started.elapsed().as_secs_f64();
+                ledger.timings.steps += seconds;
+                if step.action.is_wait() {
+                    ledger.events.note(label, &format!("waited {seconds:.1}s"));
+                }
+                steps.push(StepRecord {
+                    title: step.title.clone(),
+                    action: step.action.clone(),
+                    output: Some(out),
+                    expected,
+                    seconds,
+                });
+                continue;
+            }
+            Ok(out) => StepProblem::Status {
+                got: out.status,
+                expected: must,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            },
+            Err(ConsoleError::GuestTimeout {
+                waited,
+                stdout_tail,
+                stderr_tail,
+                ..
+            }) => StepProblem::TimedOut {
+                after: waited,
+                stdout: stdout_tail,
+                stderr: stderr_tail,
+            },
+            Err(other) => return Err(other.into()),
+        };
+        // The failed step and the captures after it are the guest's work
+        // too, in the report's time table.
+        ledger.timings.steps += step_started.elapsed().as_secs_f64();
+        ledger.events.note(
+            label,
+            &format!("{what} failed; capturing the state it left"),
+        );
+        let capturing = Instant::now();
+        let captures = machine
+            .capture(&scenario.captures, "after the failed step", &[])
+            .map(|taken| {
+                *ledger.kernel_release = Some(taken.facts.kernel_release);
+                taken.captures
+            })
+            .map_err(|e| e.to_string());
+        ledger.timings.captures_after += capturing.elapsed().as_secs_f64();
+        return Err(RunError::Step(Box::new(StepFailure {
+            index,
+            title: step.title.clone(),
+            problem,
+            captures,
+        })));
+    }
+    Ok(Flow {
+        before_reboot,
+        evidence_before,
+        not_back: None,
+    })
+}
+
+/// What the captures at the end found.
+pub(super) struct Finished {
+    /// The evidence before and after the last reboot, and what differs.
+    pub(super) evidence: Option<Read>,
+    /// The scenario's captures.
+    pub(super) captures: Vec<Capture>,
+    /// The states of the units the expectations name.
+    pub(super) units: BTreeMap<String, String>,
+}
+
+/// The captures at the end of a flow that came back, with the states of
+/// the units the cell's expectations name and the evidence after the
+/// reboot, all in one round trip.
+pub(super) fn finish(
+    machine: &mut dyn Machine,
+    ledger: &mut Ledger<'_>,
+    scenario: &Scenario,
+    expect: &Expectations,
+    evidence_before: Option<String>,
+) -> Result<Finished, RunError> {
+    ledger.events.note(ledger.label, "capturing state");
+    let capturing = Instant::now();
+    let unit_scripts = expect.units.keys().map(|unit| {
+        (
+            format!("reading the state of {unit}"),
+            format!("systemctl is-active {}", crate::text::shell_quote(unit)),
+        )
+    });
+    let evidence = if evidence_before.is_some() {
+        evidence_scripts(scenario, "at the end")
+    } else {
+        Vec::new()
+    };
+    let extra: Vec<(String, String)> = unit_scripts.chain(evidence).collect();
+    let taken = machine.capture(&scenario.captures, "at the end", &extra)?;
+    ledger.timings.captures_after = capturing.elapsed().as_secs_f64();
+    let units = expect
+        .units
+        .keys()
+        .zip(&taken.extra)
+        .map(|(unit, out)| (unit.clone(), out.stdout.trim().to_owned()))
+        .collect();
+    let evidence = evidence_before.and_then(|before| {
+        let after = taken.extra.get(expect.units.len())?.stdout.clone();
+        let changes = evidence::compare(
+            &evidence::Evidence::parse(&before),
+            &evidence::Evidence::parse(&after),
+        );
+        Some(Read {
+            before,
+            after,
+            changes,
+        })
+    });
+    *ledger.kernel_release = Some(taken.facts.kernel_release);
+    Ok(Finished {
+        evidence,
+        captures: taken.captures,
+        units,
+    })
+}
+
+/// The harness's own reading of what a reboot can change, as an extra
+/// script for a round of captures (`when` says which), for a scenario that
+/// reboots and keeps any source.
+pub(super) fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
+    let sources = &scenario.evidence.sources;
+    if sources.is_empty() || !scenario.steps.iter().any(|s| s.action == Action::Reboot) {
+        return Vec::new();
+    }
+    vec![(
+        format!("reading what a reboot can change ({when})"),
+        evidence::script(sources),
+    )]
+}
+
+/// How the steps went, when none failed.
+pub(super) struct Flow {
+    /// The captures taken just before the last reboot.
+    pub(super) before_reboot: Vec<Capture>,
+    /// The evidence read just before the last reboot, as the guest printed
+    /// it.
+    pub(super) evidence_before: Option<String>,
+    /// A reboot whose boot did not reach the shell; the flow ended there.
+    pub(super) not_back: Option<NotBack>,
+}
+
+/// How long QEMU may take to confirm a disk's removal.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the guest's kernel no longer has the disk with serial
+/// `name`: no SCSI disk in sysfs carries it (udev's `by-id` links are not
+/// used, as they need udev to have run, and a rescue shell may have none).
+fn detached_script(name: &str) -> String {
+    format!(
+        r#"serial={}
+present() {{
+  for dev in /sys/class/block/*; do
+    [ -e "$dev/device/vpd_pg80" ] || continue
+    case "$(tr -d '\000' < "$dev/device/vpd_pg80" 2>/dev/null)" in *"$serial") echo "${{dev##*/}}"; return 0;; esac
+  done
+  return 1
+}}
+while name=$(present); do
+  [ "$name" = "$said" ] || {{ echo "the guest still has disk $serial as /dev/$name"; said=$name; }}
+  sleep 0.2
+done
+echo "the guest no longer has disk $serial""#,
+        crate::text::shell_quote(name)
+    )
+}
+
+/// Polls a unit's state in the guest until it is `state`. Prints each state
+/// it sees, so a wait that runs out of time shows where the unit stood.
+fn wait_for_unit_script(unit: &str, state: &str) -> String {
+    format!(
+        r#"unit={} want={} last=
+while :; do
+  now=$(systemctl is-active "$unit" 2>/dev/null)
+  if [ "$now" != "$last" ]; then echo "$unit: ${{now:-unknown}}"; last=$now; fi
+  [ "$now" = "$want" ] && exit 0
+  if [ "$want" != failed ] && [ "$now" = failed ]; then echo "$unit failed while waiting for $want" >&2; exit 1; fi
+  sleep 0.2
+done
+"#,
+        crate::text::shell_quote(unit),
+        crate::text::shell_quote(state)
+    )
+}
+
+/// Runs `command` in the guest every half second until it succeeds; prints
+/// the last attempt's output, and each change of its exit status. The
+/// output is held in the shell, not in a temporary file on a disk the
+/// scenario may have filled.
+fn wait_until_script(command: &str) -> String {
+    format!(
+        r#"cmd={} last=
+while :; do
+  out=$(bash -c "$cmd" 2>&1); now=$?
+  if [ "$now" = 0 ]; then [ -z "$out" ] || printf '%s\n' "$out"; exit 0; fi
+  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; printf '%s\n' "$out" | tail -n 3; last=$now; fi
+  sleep 0.5
+done
+"#,
+        crate::text::shell_quote(command)
+    )
+}
+
+/// The evidence of the boots before and after the last reboot, as the
+/// guest printed it, and what differs.
+pub(super) struct Read {
+    pub(super) before: String,
+    pub(super) after: String,
+    pub(super) changes: evidence::Changes,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The interpreter against a stand-in guest: every script it sends
+    //! really runs, in a local bash behind a pty ([`LocalShell`]), with a
+    //! `systemctl` of the test's own first on its `PATH`; what only a guest
+    //! does (a reboot, a disk pulled out, QEMU's view of the processor) is
+    //! scripted, and written down as it is asked for.
+
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::check::capture::GuestFacts;
+    use crate::guest::fake::LocalShell;
+    use crate::guest::life::Ended;
+    use crate::spec::{CaptureKind, Known};
+
+    /// A `systemctl` that reads each unit's state from `units/NAME` beside
+    /// its folder: `is-active` and `list-units`, as the scripts use them.
+    const SYSTEMCTL: &str = r#"#!/bin/sh
+units=$(dirname "$0")/../units
+case "$1" in
+  is-active) state=$(cat "$units/$2" 2>/dev/null || echo inactive); echo "$state"; [ "$state" = active ] ;;
+  list-units) for f in "$units"/*; do s=$(cat "$f"); printf '%s loaded %s %s a unit\n' "${f##*/}" "$s" "$s"; done ;;
+  *) exit 1 ;;
+esac
+"#;
+
+    /// The stand-in guest.
+    struct Stand {
+        shell: LocalShell,
+        /// What was asked of it besides scripts, in order.
+        asked: Vec<String>,
+        /// How each reboot ends; a reboot beyond them comes back.
+        reboots: VecDeque<Result<(), ConsoleError>>,
+        /// A script run in the shell at each reboot that comes back, for
+        /// what the boot changes.
+        at_boot: String,
+        /// QEMU refuses to pull a disk.
+        detach_refused: bool,
+        /// The guest can no longer record what captures print.
+        captures_fail: bool,
+    }
+
+    impl Stand {
+        fn new(dir: &Path) -> Stand {
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).expect("bin");
+            std::fs::create_dir_all(dir.join("units")).expect("units");
+            std::fs::write(bin.join("systemctl"), SYSTEMCTL).expect("systemctl");
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                bin.join("systemctl"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .expect("chmod");
+            Stand {
+                shell: LocalShell::start("", Some(&bin)),
+                asked: Vec::new(),
+                reboots: VecDeque::new(),
+                at_boot: String::new(),
+                detach_refused: false,
+                captures_fail: false,
+            }
+        }
+    }
+
+    impl Machine for Stand {
+        fn run(
+            &mut self,
+            what: &str,
+            script: &str,
+            timeout: Duration,
+        ) -> Result<CommandOutput, ConsoleError> {
+            self.shell.console.run(what, script, timeout)
+        }
+
+        fn write_file(
+            &mut self,
+            what: &str,
+            path: &str,
+            content: &str,
+            mode: u32,
+            timeout: Duration,
+        ) -> Result<CommandOutput, ConsoleError> {
+            self.shell
+                .console
+                .write_file(what, path, content, mode, timeout)
+        }
+
+        fn copy_in(
+            &mut self,
+            what: &str,
+            source: &Path,
+            to: &str,
+            timeout: Duration,
+            progress: &mut dyn FnMut(u64, u64),
+        ) -> Result<CommandOutput, ConsoleError> {
+            crate::guest::transfer::copy_in(
+                &mut self.shell.console,
+                what,
+                source,
+                to,
+                timeout,
+                progress,
+            )
+        }
+
+        fn detach(&mut self, disk: &str, _: Duration) -> Result<(), VmError> {
+            self.asked.push(format!("detach {disk}"));
+            if self.detach_refused {
+                return Err(VmError::Monitor {
+                    command: "device_del".into(),
+                    message: format!("Device '{disk}' not found"),
+                });
+            }
+            Ok(())
+        }
+
+        fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+            self.asked.push("reboot".into());
+            let ended = self.reboots.pop_front().unwrap_or(Ok(()));
+            if ended.is_ok() && !self.at_boot.is_empty() {
+                let at_boot = self.at_boot.clone();
+                self.run(what, &at_boot, timeout)?;
+            }
+            ended
+        }
+
+        fn wait_settled(&mut self, _: &str, _: Duration) -> Result<String, ConsoleError> {
+            self.asked.push("settle".into());
+            Ok("running".into())
+        }
+
+        fn processor(&mut self) -> Result<String, VmError> {
+            self.asked.push("processor".into());
+            Ok("its processor is in long mode, at 1000 in both looks".into())
+        }
+
+        fn capture(
+            &mut self,
+            specs: &[CaptureSpec],
+            when: &str,
+            extra: &[(String, String)],
+        ) -> Result<Taken, ConsoleError> {
+            self.asked.push(format!("capture {when}"));
+            if self.captures_fail {
+                return Err(ConsoleError::Unrecorded {
+                    what: format!("capture ({when})"),
+                    detail: "store what it printed (No space left on device)".into(),
+                });
+            }
+            let mut captures = Vec::new();
+            for spec in specs {
+                let CaptureKind::Run(command) = &spec.what else {
+                    panic!("the stand-in has no network to probe");
+                };
+                let out = self.run(&spec.name, command, Duration::from_secs(10))?;
+                captures.push(Capture {
+                    name: spec.name.clone(),
+                    command: command.clone(),
+                    status: out.status,
+                    text: out.stdout.clone(),
+                    raw: out.stdout,
+                    probe: None,
+                    normalize: Vec::new(),
+                });
+            }
+            let extra = extra
+                .iter()
+                .map(|(what, script)| self.run(what, script, Duration::from_secs(10)))
+                .collect::<Result<_, _>>()?;
+            Ok(Taken {
+                captures,
+                facts: GuestFacts {
+                    hostname: "stand-in".into(),
+                    kernel_release: "6.1.0-stand-in".into(),
+                },
+                extra,
+            })
+        }
+    }
+
+    /// A scenario file in `dir` (for `copy` steps' sources), `{dir}` in
+    /// `text` replaced by the folder, with every source of evidence but the
+    /// units' states off unless `text` says otherwise.
+    fn scenario(dir: &Path, text: &str) -> Scenario {
+        let text = text.replace("{dir}", &dir.display().to_string());
+        let evidence = if text.contains("[evidence]") {
+            String::new()
+        } else {
+            "\n[evidence]\nskip = [\"journal\", \"sysctl\", \"mounts\", \"network\", \"modules\", \"firewall\"]\n".into()
+        };
+        let text = format!(
+            "name = \"x\"\ndescription = \"x\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n{evidence}\n{text}"
+        );
+        let path = dir.join("x.toml");
+        std::fs::write(&path, &text).expect("scenario");
+        Scenario::parse(
+            &path,
+            &text,
+            &Known {
+                releases: vec!["bookworm".into()],
+                kernels: vec!["stock".into()],
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// What a flow left: its result, the step records, the time table.
+    struct Ran {
+        result: Result<Flow, RunError>,
+        records: Vec<StepRecord>,
+        timings: Timings,
+        kernel_release: Option<String>,
+    }
+
+    fn run_on(stand: &mut Stand, scenario: &Scenario) -> Ran {
+        let cell = scenario.matrix.cells()[0].clone();
+        let (mut records, mut timings, mut kernel_release) = (Vec::new(), Timings::default(), None);
+        let result = run(
+            stand,
+            &mut Ledger {
+                events: &Events::silent(),
+                label: "x bookworm/stock",
+                timings: &mut timings,
+                kernel_release: &mut kernel_release,
+            },
+            scenario,
+            &cell,
+            &mut records,
+        );
+        Ran {
+            result,
+            records,
+            timings,
+            kernel_release,
+        }
+    }
+
+    fn dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_owned();
+        std::fs::create_dir_all(path.join("units")).expect("units");
+        (dir, path)
+    }
+
+    fn ended(end: GuestEnd) -> ConsoleError {
+        ConsoleError::GuestEnded {
+            what: "step 2/3 (reboot)".into(),
+            ended: Box::new(Ended {
+                end,
+                reasons: vec!["Dependency failed for /srv/data".into()],
+                last_line: "You are in emergency mode.".into(),
+                quiet: None,
+                before_kernel: false,
+                host: None,
+                processor: None,
+            }),
+            console_tail: "You are in emergency mode.".into(),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_step_runs_in_order() {
+        let (_keep, dir) = dir();
+        std::fs::write(dir.join("units/hello.socket"), "active").expect("unit");
+        std::fs::create_dir_all(dir.join("files")).expect("files");
+        std::fs::write(dir.join("files/motd"), "from the host\n").expect("motd");
+        let scenario = scenario(
+            &dir,
+            r#"
+[[disk]]
+name = "data"
+size = "32 MiB"
+
+[[step]]
+run = "echo hello; echo to-stderr >&2"
+
+[[step]]
+write = "{dir}/guest/etc/app.conf"
+content = "level = 3\n"
+mode = "0600"
+
+[[step]]
+copy = "files/motd"
+to = "{dir}/guest/etc/motd"
+
+[[step]]
+wait_for_unit = "hello.socket"
+
+[[step]]
+run = "touch {dir}/ready"
+
+[[step]]
+wait_until = "test -e {dir}/ready"
+
+[[step]]
+detach = "data"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "config"
+run = "cat {dir}/guest/etc/app.conf"
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        let ran = run_on(&mut stand, &scenario);
+        let flow = ran.result.expect("the flow");
+        assert!(flow.not_back.is_none());
+        // The captures before the reboot are taken once, just before it.
+        assert_eq!(
+            stand.asked,
+            [
+                "detach data",
+                "capture before the reboot",
+                "reboot",
+                "settle"
+            ]
+        );
+        assert_eq!(flow.before_reboot.len(), 1);
+        assert_eq!(flow.before_reboot[0].text, "level = 3\n");
+        assert_eq!(ran.kernel_release.as_deref(), Some("6.1.0-stand-in"));
+        // The evidence (the units' states only) was read with them.
+        let before = flow.evidence_before.expect("evidence before the reboot");
+        assert!(before.contains("hello.socket loaded active"), "{before}");
+
+        let outputs: Vec<Option<&str>> = ran
+            .records
+            .iter()
+            .map(|r| r.output.as_ref().map(|o| o.stdout.as_str()))
+            .collect();
+        assert_eq!(ran.records.len(), 8);
+        assert_eq!(outputs[0], Some("hello\n"));
+        assert_eq!(
+            ran.records[0].output.as_ref().map(|o| o.stderr.as_str()),
+            Some("to-stderr\n")
+        );
+        assert_eq!(outputs[3], Some("hello.socket: active\n"));
+        assert_eq!(outputs[6], Some("the guest no longer has disk data\n"));
+        assert_eq!(outputs[7], None, "a reboot prints nothing of its own");
+        let conf = dir.join("guest/etc/app.conf");
+        assert_eq!(std::fs::read_to_string(&conf).expect("conf"), "level = 3\n");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&conf).expect("mode").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("guest/etc/motd")).expect("motd"),
+            "from the host\n"
+        );
+        assert!(ran.timings.steps > 0.0 && ran.timings.reboot_to_shell >= 0.0);
+    }
+
+    #[test]
+    fn a_step_with_a_status_the_cell_does_not_expect_ends_the_flow_with_the_captures() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            r#"
+[[step]]
+run = "exit 1"
+status = "any"
+
+[[step]]
+run = "echo 2 > {dir}/state; exit 2"
+status = 2
+
+[[step]]
+title = "the failing one"
+run = "echo out; echo err >&2; exit 3"
+
+[[step]]
+run = "touch {dir}/not-reached"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "state"
+run = "cat {dir}/state"
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        let ran = run_on(&mut stand, &scenario);
+        let Err(RunError::Step(failure)) = ran.result else {
+            panic!("a step failure, not {:?}", ran.result.err());
+        };
+        assert_eq!(
+            (failure.index, failure.title.as_str()),
+            (3, "the failing one")
+        );
+        let StepProblem::Status {
+            got,
+            expected,
+            stdout,
+            stderr,
+        } = &failure.problem
+        else {
+            panic!("{:?}", failure.problem);
+        };
+        assert_eq!(
+            (*got, *expected, stdout.as_str(), stderr.as_str()),
+            (3, StepStatus::Exactly(0), "out\n", "err\n")
+        );
+        // The state the failure left is captured; nothing after it runs.
+        let captures = failure.captures.as_ref().expect("captures");
+        assert_eq!(captures[0].text, "2\n");
+        assert_eq!(stand.asked, ["capture after the failed step"]);
+        assert!(!dir.join("not-reached").exists());
+        assert_eq!(ran.records.len(), 2, "the steps that passed are recorded");
+        assert_eq!(ran.records[0].output.as_ref().map(|o| o.status), Some(1));
+        let message = failure.to_string();
+        assert!(
+            message.starts_with(
+                "step 3 (the failing one) exited 3, expected 0\n--- stdout ---\nout\n"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_step_past_its_time_is_stopped_and_the_guest_still_captured() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            r#"
+[[step]]
+run = "echo started; sleep 30"
+timeout = 1
+
+[[capture]]
+name = "after"
+run = "echo the shell still answers"
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        let started = Instant::now();
+        let ran = run_on(&mut stand, &scenario);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let Err(RunError::Step(failure)) = ran.result else {
+            panic!("a step failure, not {:?}", ran.result.err());
+        };
+        let StepProblem::TimedOut { after, stdout, .. } = &failure.problem else {
+            panic!("{:?}", failure.problem);
+        };
+        assert_eq!(*after, Duration::from_secs(1));
+        assert_eq!(stdout, "started");
+        assert_eq!(
+            failure.captures.as_ref().expect("captures")[0].text,
+            "the shell still answers\n"
+        );
+    }
+
+    #[test]
+    fn waits_end_in_failure_when_what_they_wait_for_cannot_come() {
+        let (_keep, dir) = dir();
+        std::fs::write(dir.join("units/hello.service"), "failed").expect("unit");
+        let scenario = scenario(
+            &dir,
+            r#"
+[[step]]
+wait_for_unit = "hello.service"
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        let ran = run_on(&mut stand, &scenario);
+        let Err(RunError::Step(failure)) = ran.result else {
+            panic!("a step failure, not {:?}", ran.result.err());
+        };
+        let StepProblem::Status {
+            got,
+            stdout,
+            stderr,
+            ..
+        } = &failure.problem
+        else {
+            panic!("{:?}", failure.problem);
+        };
+        assert_eq!(*got, 1);
+        assert_eq!(stdout, "hello.service: failed\n");
+        assert_eq!(stderr, "hello.service failed while waiting for active\n");
+
+        // A wait for a command shows where the command stood when its time
+        // ran out.
+        let scenario = self::scenario(
+            &dir,
+            r#"
+[[step]]
+wait_until = "echo not there; test -e {dir}/never"
+timeout = 2
+"#,
+        );
+        let ran = run_on(&mut stand, &scenario);
+        let Err(RunError::Step(failure)) = ran.result else {
+            panic!("a step failure, not {:?}", ran.result.err());
+        };
+        let StepProblem::TimedOut { stdout, .. } = &failure.problem else {
+            panic!("{:?}", failure.problem);
+        };
+        assert_eq!(stdout, "not yet: exit 1\nnot there");
+    }
+
+    #[test]
+    fn a_reboot_that_does_not_come_back_ends_the_flow_for_the_expectations() {
+        let (_keep, dir) = dir();
+        let text = r#"
+[[step]]
+run = "echo before"
+
+[[step]]
+reboot = true
+
+[[step]]
+run = "touch {dir}/not-reached"
+
+[[step]]
+reboot = true
+
+[[capture]]
+name = "c"
+run = "echo c"
+"#;
+        let scenario = scenario(&dir, text);
+        let mut stand = Stand::new(&dir);
+        stand.reboots.push_back(Err(ended(GuestEnd::Emergency)));
+        let ran = run_on(&mut stand, &scenario);
+        let flow = ran.result.expect("the flow ends, not the run");
+        let not_back = flow.not_back.expect("not back");
+        assert_eq!(not_back.step, 2);
+        assert_eq!(not_back.ended.end, GuestEnd::Emergency);
+        assert_eq!(not_back.ended.processor, None);
+        assert_eq!(not_back.console_tail, "You are in emergency mode.");
+        // The last reboot never came, so neither did the captures before
+        // it, and the step after the failed reboot did not run.
+        assert!(flow.before_reboot.is_empty());
+        assert_eq!(stand.asked, ["reboot"]);
+        assert!(!dir.join("not-reached").exists());
+        assert_eq!(ran.records.len(), 2);
+        assert!(ran.records[1].output.is_none());
+
+        // A hung guest is looked at through QEMU as well.
+        let mut stand = Stand::new(&dir);
+        stand.reboots.push_back(Err(ended(GuestEnd::Hung)));
+        let flow = run_on(&mut stand, &scenario).result.expect("the flow");
+        let processor = flow.not_back.expect("not back").ended.processor;
+        assert_eq!(
+            processor.as_deref(),
+            Some("its processor is in long mode, at 1000 in both looks")
+        );
+        assert_eq!(stand.asked, ["reboot", "processor"]);
+    }
+
+    #[test]
+    fn what_the_harness_cannot_go_on_from_is_the_runs_error() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            r#"
+[[disk]]
+name = "data"
+size = "32 MiB"
+
+[[step]]
+detach = "data"
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        stand.detach_refused = true;
+        let ran = run_on(&mut stand, &scenario);
+        assert!(
+            matches!(ran.result, Err(RunError::Vm(VmError::Monitor { .. }))),
+            "{:?}",
+            ran.result.err()
+        );
+
+        let scenario = self::scenario(&dir, "[[step]]\nreboot = true\n");
+        let mut stand = Stand::new(&dir);
+        stand.reboots.push_back(Err(ConsoleError::Closed {
+            what: "step 1/1 (reboot)".into(),
+            console_tail: String::new(),
+        }));
+        let ran = run_on(&mut stand, &scenario);
+        assert!(
+            matches!(
+                ran.result,
+                Err(RunError::Console(ConsoleError::Closed { .. }))
+            ),
+            "{:?}",
+            ran.result.err()
+        );
+
+        // Captures that cannot be taken after a failed step are said so in
+        // the failure; the failure is still the step's.
+        let scenario = self::scenario(
+            &dir,
+            "[[step]]\nrun = \"exit 4\"\n\n[[capture]]\nname = \"c\"\nrun = \"echo c\"\n",
+        );
+        let mut stand = Stand::new(&dir);
+        stand.captures_fail = true;
+        let Err(RunError::Step(failure)) = run_on(&mut stand, &scenario).result else {
+            panic!("a step failure");
+        };
+        let why = failure.captures.expect_err("no captures");
+        assert!(why.contains("No space left on device"), "{why}");
+    }
+
+    #[test]
+    fn the_end_reads_the_units_and_what_the_reboot_changed() {
+        let (_keep, dir) = dir();
+        std::fs::write(dir.join("units/hello.service"), "active").expect("unit");
+        std::fs::write(dir.join("units/steady.service"), "active").expect("unit");
+        let scenario = scenario(
+            &dir,
+            r#"
+[[step]]
+reboot = true
+
+[[capture]]
+name = "c"
+run = "echo c"
+
+[expect]
+units = { "hello.service" = "failed", "steady.service" = "active" }
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        stand.at_boot = format!("echo failed > {}/units/hello.service", dir.display());
+        let cell = scenario.matrix.cells()[0].clone();
+        let flow = run_on(&mut stand, &scenario).result.expect("the flow");
+        let (mut timings, mut kernel_release) = (Timings::default(), None);
+        let finished = finish(
+            &mut stand,
+            &mut Ledger {
+                events: &Events::silent(),
+                label: "x",
+                timings: &mut timings,
+                kernel_release: &mut kernel_release,
+            },
+            &scenario,
+            &scenario.expectations_for(&cell),
+            flow.evidence_before,
+        )
+        .expect("finished");
+        assert_eq!(
+            finished.units,
+            BTreeMap::from([
+                ("hello.service".to_owned(), "failed".to_owned()),
+                ("steady.service".to_owned(), "active".to_owned()),
+            ])
+        );
+        assert_eq!(finished.captures[0].text, "c\n");
+        let read = finished.evidence.expect("evidence");
+        assert!(
+            read.after.contains("hello.service loaded failed"),
+            "{}",
+            read.after
+        );
+        let failed: Vec<&str> = read
+            .changes
+            .failed_units
+            .iter()
+            .map(|(unit, _)| unit.as_str())
+            .collect();
+        assert_eq!(failed, ["hello.service"]);
+        assert_eq!(kernel_release.as_deref(), Some("6.1.0-stand-in"));
+        assert_eq!(
+            stand.asked,
+            [
+                "capture before the reboot",
+                "reboot",
+                "settle",
+                "capture at the end"
+            ]
+        );
+
+        // A scenario with no reboot reads no evidence.
+        let quiet = self::scenario(&dir, "[[step]]\nrun = \"true\"\n");
+        assert!(evidence_scripts(&quiet, "at the end").is_empty());
+    }
+}
