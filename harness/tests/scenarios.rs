@@ -180,10 +180,14 @@ impl Shared {
     /// fetched, and saves it beside the cell's artifacts as a run would.
     fn skipped(&self, project: &Project, scenario: &Scenario, cell: &Cell, reason: &str) {
         let row = report::Row::without_outcome(&scenario.name, cell, Status::Skipped, reason);
-        report::save_row(
-            &project.artifacts_dir(&scenario.name, &cell.to_string()),
-            &row,
-        );
+        let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
+        if let Err(e) = report::save_row(&artifacts, &row) {
+            eprintln!(
+                "vmrepro: could not save the row of {} {cell} in {}: {e}",
+                scenario.name,
+                artifacts.display()
+            );
+        }
         self.keep(row);
     }
 

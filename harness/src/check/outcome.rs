@@ -437,15 +437,22 @@ pub(crate) fn describe_change(before: &Capture, after: &Capture) -> String {
     format!("{lost} of {} lines lost, {gained} gained", b.len())
 }
 
-pub(crate) fn write_artifacts(dir: &std::path::Path, before: &[Capture], after: &[Capture]) {
+/// Writes each capture's raw output beside the report, as
+/// `NAME.before-reboot.txt` and `NAME.after.txt`.
+pub(crate) fn write_artifacts(
+    dir: &std::path::Path,
+    before: &[Capture],
+    after: &[Capture],
+) -> std::io::Result<()> {
     for (suffix, captures) in [("before-reboot", before), ("after", after)] {
         for capture in captures {
-            let _ = std::fs::write(
+            std::fs::write(
                 dir.join(format!("{}.{suffix}.txt", capture.name)),
                 &capture.raw,
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

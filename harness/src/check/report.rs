@@ -759,12 +759,10 @@ fn first_line_of(text: &str, max: usize) -> String {
 const ROW_FILE: &str = "row.json";
 
 /// Saves a trial's row beside its artifacts, for `vmrepro matrix`.
-pub fn save_row(artifacts: &std::path::Path, row: &Row) {
-    if std::fs::create_dir_all(artifacts).is_ok() {
-        if let Ok(text) = serde_json::to_string_pretty(row) {
-            let _ = std::fs::write(artifacts.join(ROW_FILE), text);
-        }
-    }
+pub fn save_row(artifacts: &std::path::Path, row: &Row) -> std::io::Result<()> {
+    std::fs::create_dir_all(artifacts)?;
+    let text = serde_json::to_string_pretty(row).map_err(std::io::Error::other)?;
+    std::fs::write(artifacts.join(ROW_FILE), text)
 }
 
 /// The rows saved under an artifacts root (`target/vmrepro`).

@@ -801,9 +801,14 @@ pub(crate) fn run_cell_keeping(
             return (Err(stopped), kept(guest));
         }
     };
+    // The report travels in memory; the files beside it are for later,
+    // and a folder that cannot take them is said, not hidden.
+    let mut written: std::io::Result<()> = Ok(());
     let reboot_changes = evidence.map(|read| {
         for (name, text) in [("before-reboot", &read.before), ("after", &read.after)] {
-            let _ = std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text);
+            if written.is_ok() {
+                written = std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text);
+            }
         }
         read.changes
     });
@@ -812,7 +817,15 @@ pub(crate) fn run_cell_keeping(
             captures.push(evidence::as_capture(changes));
         }
     }
-    write_artifacts(&artifacts, &before_reboot, &captures);
+    if let Err(e) = written.and(write_artifacts(&artifacts, &before_reboot, &captures)) {
+        options.cache.events().note(
+            &label,
+            &format!(
+                "could not write the captures to {}: {e}",
+                artifacts.display()
+            ),
+        );
+    }
     let mut outcome = Outcome {
         changes: persistence_diff(&before_reboot, &captures),
         failures: check_expectations(

@@ -162,7 +162,16 @@ pub fn check_keeping(
             ),
         );
     }
-    report::save_row(&artifacts, &row);
+    if let Err(e) = report::save_row(&artifacts, &row) {
+        // The outcome table of a run is made from the saved rows.
+        options.cache.events().note(
+            &format!("{} {cell}", scenario.name),
+            &format!(
+                "could not save this trial's row in {}, so the outcome table will lack it: {e}",
+                artifacts.display()
+            ),
+        );
+    }
     // Only a failure is kept; anything else stops its guest here.
     let kept = kept.filter(|_| row.status == Status::Fail);
     (
