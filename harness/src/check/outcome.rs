@@ -340,8 +340,25 @@ pub(crate) fn check_expectations(
             ));
         }
     }
+    // An expectation about the reboot that cannot be compared is no pass:
+    // it says so.
+    let both =
+        |name: &str, failures: &mut Vec<String>| match (find(before, name), find(after, name)) {
+            (Some(b), Some(a)) => Some((b, a)),
+            (b, _) => {
+                let side = if b.is_none() {
+                    "before the reboot"
+                } else {
+                    "after it"
+                };
+                failures.push(format!(
+                    "{name} could not be compared: it was not captured {side}"
+                ));
+                None
+            }
+        };
     for name in &expect.survive_reboot {
-        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+        if let Some((b, a)) = both(name, &mut failures) {
             if a.text != b.text || a.status != b.status {
                 failures.push(format!(
                     "{name} not restored after reboot — {}",
@@ -351,7 +368,7 @@ pub(crate) fn check_expectations(
         }
     }
     for name in &expect.lost_on_reboot {
-        if let (Some(b), Some(a)) = (find(before, name), find(after, name)) {
+        if let Some((b, a)) = both(name, &mut failures) {
             if a.text == b.text && a.status == b.status {
                 failures.push(format!(
                     "{name} survived the reboot ({}), but this cell expects it lost; if something fixed it, update the scenario's expectations",
@@ -470,6 +487,42 @@ mod tests {
             probe: None,
             normalize,
         }
+    }
+
+    #[test]
+    fn reboot_expectations_hold_fail_or_say_they_could_not_be_compared() {
+        let expect = Expectations {
+            survive_reboot: vec!["kept".into(), "only after".into()],
+            lost_on_reboot: vec!["gone".into()],
+            ..Expectations::default()
+        };
+        let before = [
+            capture("kept", "1\n", vec![]),
+            capture("gone", "loaded\n", vec![]),
+        ];
+        let after = [
+            capture("kept", "1\n", vec![]),
+            capture("gone", "\n", vec![]),
+            capture("only after", "x\n", vec![]),
+        ];
+        let failures = check_expectations(&expect, None, None, &BTreeMap::new(), &before, &after);
+        assert_eq!(
+            failures,
+            ["only after could not be compared: it was not captured before the reboot"]
+        );
+        let after = [
+            capture("kept", "2\n", vec![]),
+            capture("gone", "loaded\n", vec![]),
+        ];
+        let failures = check_expectations(&expect, None, None, &BTreeMap::new(), &before, &after);
+        assert_eq!(
+            failures,
+            [
+                "kept not restored after reboot — \"2\", was \"1\"",
+                "only after could not be compared: it was not captured before the reboot",
+                "gone survived the reboot (\"loaded\"), but this cell expects it lost; if something fixed it, update the scenario's expectations",
+            ]
+        );
     }
 
     #[test]
