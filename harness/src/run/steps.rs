@@ -443,62 +443,35 @@ pub(super) struct Flow {
 /// How long QEMU may take to confirm a disk's removal.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The guest side of the steps that wait (`steps.sh`).
+const WAITS: &str = include_str!("steps.sh");
+
+/// A script that calls `function` of `steps.sh` with `args`.
+fn waiting(function: &str, args: &[&str]) -> String {
+    let mut script = format!("{WAITS}{function}");
+    for arg in args {
+        script.push(' ');
+        script.push_str(&crate::text::shell_quote(arg));
+    }
+    script.push('\n');
+    script
+}
+
 /// Waits until the guest's kernel no longer has the disk with serial
-/// `name`: no SCSI disk in sysfs carries it (udev's `by-id` links are not
-/// used, as they need udev to have run, and a rescue shell may have none).
+/// `name`.
 fn detached_script(name: &str) -> String {
-    format!(
-        r#"serial={}
-present() {{
-  for dev in /sys/class/block/*; do
-    [ -e "$dev/device/vpd_pg80" ] || continue
-    case "$(tr -d '\000' < "$dev/device/vpd_pg80" 2>/dev/null)" in *"$serial") echo "${{dev##*/}}"; return 0;; esac
-  done
-  return 1
-}}
-while name=$(present); do
-  [ "$name" = "$said" ] || {{ echo "the guest still has disk $serial as /dev/$name"; said=$name; }}
-  sleep 0.2
-done
-echo "the guest no longer has disk $serial""#,
-        crate::text::shell_quote(name)
-    )
+    waiting("wait_detached", &[name])
 }
 
 /// Polls a unit's state in the guest until it is `state`. Prints each state
 /// it sees, so a wait that runs out of time shows where the unit stood.
 fn wait_for_unit_script(unit: &str, state: &str) -> String {
-    format!(
-        r#"unit={} want={} last=
-while :; do
-  now=$(systemctl is-active "$unit" 2>/dev/null)
-  if [ "$now" != "$last" ]; then echo "$unit: ${{now:-unknown}}"; last=$now; fi
-  [ "$now" = "$want" ] && exit 0
-  if [ "$want" != failed ] && [ "$now" = failed ]; then echo "$unit failed while waiting for $want" >&2; exit 1; fi
-  sleep 0.2
-done
-"#,
-        crate::text::shell_quote(unit),
-        crate::text::shell_quote(state)
-    )
+    waiting("wait_for_unit", &[unit, state])
 }
 
-/// Runs `command` in the guest every half second until it succeeds; prints
-/// the last attempt's output, and each change of its exit status. The
-/// output is held in the shell, not in a temporary file on a disk the
-/// scenario may have filled.
+/// Runs `command` in the guest every half second until it succeeds.
 fn wait_until_script(command: &str) -> String {
-    format!(
-        r#"cmd={} last=
-while :; do
-  out=$(bash -c "$cmd" 2>&1); now=$?
-  if [ "$now" = 0 ]; then [ -z "$out" ] || printf '%s\n' "$out"; exit 0; fi
-  if [ "$now" != "$last" ]; then echo "not yet: exit $now"; printf '%s\n' "$out" | tail -n 3; last=$now; fi
-  sleep 0.5
-done
-"#,
-        crate::text::shell_quote(command)
-    )
+    waiting("wait_until", &[command])
 }
 
 /// The evidence of the boots before and after the last reboot, as the
