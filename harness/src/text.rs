@@ -95,7 +95,11 @@ pub(crate) fn last_lines(bytes: &[u8], n: usize) -> String {
             .chars()
             .map(|c| c as u8)
             .collect();
-    let text = inert(&stripped);
+    tail(&inert(&stripped), n)
+}
+
+/// The last `n` lines of `text`, as it is.
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

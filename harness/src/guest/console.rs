@@ -692,8 +692,8 @@ echo \"$state\"
                 return Err(ConsoleError::GuestTimeout {
                     what: (*what).to_owned(),
                     waited: Duration::from_secs(limit_secs),
-                    stdout_tail: last_lines(&stdout, OUTPUT_TAIL_LINES),
-                    stderr_tail: last_lines(&stderr, OUTPUT_TAIL_LINES),
+                    stdout_tail: crate::text::tail(&stdout, OUTPUT_TAIL_LINES),
+                    stderr_tail: crate::text::tail(&stderr, OUTPUT_TAIL_LINES),
                 });
             }
             outputs.push(CommandOutput {
@@ -1038,12 +1038,6 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
         }
         shared.arrived.notify_all();
     }
-}
-
-/// The last `n` lines of a command's (already inert) output.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// How many bytes of the start and of the end of a stream are kept when it

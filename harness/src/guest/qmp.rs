@@ -2,13 +2,44 @@
 //! their answers, on the process's runtime with a timeout on every answer.
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 
-use crate::guest::vm::{connect, ConnectError, VmError};
 use crate::host::process;
+
+/// QEMU's machine protocol refused a command, or did not answer it.
+#[derive(Debug, thiserror::Error)]
+#[error("QEMU monitor, {command}: {message}")]
+pub(crate) struct MonitorError {
+    /// The QMP command (or what was awaited).
+    pub(crate) command: String,
+    /// What went wrong.
+    pub(crate) message: String,
+}
+
+/// Why a socket of a QEMU just started could not be connected.
+pub(crate) enum ConnectError {
+    Exited,
+    Io(PathBuf, std::io::Error),
+}
+
+pub(crate) fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(ConnectError::Exited);
+        }
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() > deadline => {
+                return Err(ConnectError::Io(path.to_owned(), e))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
 
 /// A QMP connection: one JSON object per line each way. Asynchronous events
 /// that arrive while a command waits for its answer are kept (the last
@@ -54,8 +85,8 @@ impl Qmp {
         &mut self,
         command: &str,
         arguments: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, VmError> {
-        let failed = |message: String| VmError::Monitor {
+    ) -> Result<serde_json::Value, MonitorError> {
+        let failed = |message: String| MonitorError {
             command: command.to_owned(),
             message,
         };
@@ -98,7 +129,7 @@ impl Qmp {
         name: &str,
         wanted: impl Fn(&serde_json::Value) -> bool,
         timeout: Duration,
-    ) -> Result<serde_json::Value, VmError> {
+    ) -> Result<serde_json::Value, MonitorError> {
         let matches = |message: &serde_json::Value| {
             message["event"].as_str() == Some(name) && wanted(&message["data"])
         };
@@ -106,7 +137,7 @@ impl Qmp {
             let message = self.events.remove(at).unwrap_or_default();
             return Ok(message["data"].clone());
         }
-        let failed = |message: String| VmError::Monitor {
+        let failed = |message: String| MonitorError {
             command: format!("waiting for {name}"),
             message,
         };

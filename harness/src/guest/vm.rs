@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 
 use crate::build::kernel::Kernel;
-use crate::guest::qmp::Qmp;
+use crate::guest::qmp::{connect, ConnectError, MonitorError, Qmp};
 use crate::host::process::{self, Registration, Supervisor};
 use crate::host::progress::Events;
 
@@ -744,6 +744,7 @@ impl Vm {
                 timeout,
             )
             .map(|_| ())
+            .map_err(VmError::from)
     }
 
     /// Asks QEMU to exit cleanly (closing the disk), and waits for it.
@@ -910,6 +911,12 @@ impl From<VmError> for PollError {
     }
 }
 
+impl From<MonitorError> for PollError {
+    fn from(e: MonitorError) -> PollError {
+        PollError::Vm(e.into())
+    }
+}
+
 const WORKDIR_PREFIX: &str = "vmrepro-vm-";
 const OWNER_FILE: &str = "owner.pid";
 
@@ -947,23 +954,11 @@ fn sweep_stale_workdirs() {
     }
 }
 
-pub(crate) enum ConnectError {
-    Exited,
-    Io(PathBuf, std::io::Error),
-}
-
-pub(crate) fn connect(path: &Path, child: &mut Child) -> Result<UnixStream, ConnectError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Err(ConnectError::Exited);
-        }
-        match UnixStream::connect(path) {
-            Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() > deadline => {
-                return Err(ConnectError::Io(path.to_owned(), e))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+impl From<MonitorError> for VmError {
+    fn from(e: MonitorError) -> VmError {
+        VmError::Monitor {
+            command: e.command,
+            message: e.message,
         }
     }
 }
