@@ -605,7 +605,10 @@ fn drive(
         // What the console said stands in for the captures; where the mode
         // the boot ended in gives a shell, the scenario's captures follow,
         // taken there.
-        let (examined, taken) = super::rescue::examine(guest, &scenario.captures, &not_back, label);
+        let (examined, taken) = {
+            let (mut live, mut ledger) = guest.parts(label);
+            super::rescue::examine(&mut live, &mut ledger, &scenario.captures, &not_back)
+        };
         not_back.examined = Some(examined);
         let mut captures = vec![not_back.as_capture()];
         captures.extend(taken);

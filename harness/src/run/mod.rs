@@ -5,6 +5,8 @@
 
 pub mod cell;
 mod rescue;
+#[cfg(test)]
+mod stand;
 mod steps;
 
 use std::collections::BTreeMap;

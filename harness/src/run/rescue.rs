@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 
 use crate::build::image::CONTROL_TTY;
-use crate::check::capture::{self, Capture};
+use crate::check::capture::Capture;
 use crate::check::outcome::{Examined, NotBack};
 use crate::spec::{CaptureSpec, GuestEnd};
 
-use super::cell::Guest;
+use super::steps::{Ledger, Machine};
 
 /// How long sulogin may take to ask for Enter after the mode's banner.
 const SULOGIN_WAIT: Duration = Duration::from_secs(20);
@@ -48,11 +48,12 @@ const JOURNAL: &str = "journalctl -b -p warning --no-pager -o short-monotonic";
 /// the scenario's captures there. Returns what was read and the captures
 /// (empty when no shell could be had). Progress goes to `label`.
 pub(super) fn examine(
-    guest: &mut Guest,
+    machine: &mut dyn Machine,
+    ledger: &mut Ledger<'_>,
     captures: &[CaptureSpec],
     not_back: &NotBack,
-    label: &str,
 ) -> (Examined, Vec<Capture>) {
+    let label = ledger.label;
     match not_back.ended.end {
         GuestEnd::Emergency | GuestEnd::Rescue => {}
         other => {
@@ -65,15 +66,15 @@ pub(super) fn examine(
         }
     }
     let mode = not_back.ended.end.name();
-    match open_shell(guest, mode, label) {
+    match open_shell(machine, ledger, mode) {
         Err(why) => {
-            guest
+            ledger
                 .events
                 .note(label, &format!("no shell in {mode} mode: {why}"));
             (Examined::Closed { why }, Vec::new())
         }
         Ok(()) => {
-            guest.events.note(
+            ledger.events.note(
                 label,
                 &format!("capturing state from the control shell opened in {mode} mode"),
             );
@@ -88,17 +89,11 @@ pub(super) fn examine(
                     JOURNAL.to_owned(),
                 ),
             ];
-            let taken = capture::take(
-                &mut guest.console,
-                &mut guest.vm,
-                captures,
-                &format!("in {mode} mode"),
-                &extra,
-            );
-            guest.timings.captures_after += capturing.elapsed().as_secs_f64();
+            let taken = machine.capture(captures, &format!("in {mode} mode"), &extra);
+            ledger.timings.captures_after += capturing.elapsed().as_secs_f64();
             match taken {
                 Ok(taken) => {
-                    guest.kernel_release = Some(taken.facts.kernel_release.clone());
+                    *ledger.kernel_release = Some(taken.facts.kernel_release.clone());
                     let text = |i: usize| {
                         taken
                             .extra
@@ -128,8 +123,12 @@ pub(super) fn examine(
 /// Presses Enter at sulogin's prompt on the console, starts a getty with
 /// autologin on the control port from the shell that opens, and waits for
 /// that shell to answer.
-fn open_shell(guest: &mut Guest, mode: &str, label: &str) -> Result<(), String> {
-    let log = guest.vm.console_log().to_owned();
+fn open_shell(
+    machine: &mut dyn Machine,
+    ledger: &mut Ledger<'_>,
+    mode: &str,
+) -> Result<(), String> {
+    let log = machine.console_log();
     let open = Regex::new(OPEN).map_err(|e| e.to_string())?;
     let shut = Regex::new(SHUT).map_err(|e| e.to_string())?;
     let boot = last_boot_start(&log);
@@ -157,12 +156,13 @@ fn open_shell(guest: &mut Guest, mode: &str, label: &str) -> Result<(), String> 
             ))
         }
     }
-    guest
-        .events
-        .note(label, &format!("opening the {mode} shell on the console"));
+    ledger.events.note(
+        ledger.label,
+        &format!("opening the {mode} shell on the console"),
+    );
     let before = log_len(&log);
     let typing = |e: crate::guest::vm::VmError| format!("typing on the console: {e}");
-    guest.vm.type_on_console("\r").map_err(typing)?;
+    machine.type_on_console("\r").map_err(typing)?;
     // sulogin sets the terminal back with TCSAFLUSH before the shell
     // starts, which drops what was typed ahead: the command waits for the
     // prompt (or, if none is recognised, for the time it may take).
@@ -176,14 +176,12 @@ fn open_shell(guest: &mut Guest, mode: &str, label: &str) -> Result<(), String> 
     // A getty of its own, outside any unit: starting the control port's
     // serial-getty@ unit from here would pull sysinit.target back in,
     // which conflicts with emergency.service and ends the mode.
-    guest
-        .vm
+    machine
         .type_on_console(&format!(
             "setsid /sbin/agetty --autologin root --noclear --keep-baud 115200,38400,9600 {CONTROL_TTY} vt220 </dev/null >/dev/null 2>&1 &\r"
         ))
         .map_err(typing)?;
-    guest
-        .console
+    machine
         .wait_examination_shell(
             &format!("the control shell opened in {mode} mode"),
             CONTROL_WAIT,
@@ -235,6 +233,132 @@ fn wait_in_log<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::outcome::Timings;
+    use crate::guest::life::Ended;
+    use crate::host::progress::Events;
+    use crate::run::stand::{dir, scenario, Stand};
+
+    fn not_back(end: GuestEnd) -> NotBack {
+        NotBack {
+            step: 2,
+            ended: Ended {
+                end,
+                reasons: vec!["Dependency failed for /srv/data".into()],
+                last_line: String::new(),
+                quiet: None,
+                before_kernel: false,
+                host: None,
+                processor: None,
+            },
+            console_tail: String::new(),
+            examined: None,
+        }
+    }
+
+    fn examine_on(
+        stand: &mut Stand,
+        specs: &[CaptureSpec],
+        end: GuestEnd,
+    ) -> (Examined, Vec<Capture>, Option<String>) {
+        let (mut timings, mut kernel_release) = (Timings::default(), None);
+        let (examined, captures) = examine(
+            stand,
+            &mut Ledger {
+                events: &Events::silent(),
+                label: "x",
+                timings: &mut timings,
+                kernel_release: &mut kernel_release,
+            },
+            specs,
+            &not_back(end),
+        );
+        (examined, captures, kernel_release)
+    }
+
+    #[test]
+    fn an_emergency_shell_is_opened_and_the_state_taken_there() {
+        let (_keep, dir) = dir();
+        std::fs::write(dir.join("units/srv-data.mount"), "failed").expect("unit");
+        std::fs::write(dir.join("units/ssh.service"), "active").expect("unit");
+        std::fs::write(
+            dir.join("journal"),
+            "[    6.2] systemd[1]: Dependency failed for /srv/data.\n",
+        )
+        .expect("journal");
+        let scenario = scenario(&dir, "[[step]]\nreboot = true\n\n[[capture]]\nname = \"fstab\"\nrun = \"echo LABEL=DATA /srv/data\"\n");
+        let mut stand = Stand::new(&dir);
+        std::fs::write(
+            &stand.console_log,
+            "[    0.0] Linux version 6.1 (first)\r\nPress Enter for maintenance\r\n[    0.0] Linux version 6.1 (after the reboot)\r\nYou are in emergency mode.\r\nPress Enter for maintenance\r\n(or press Control-D to continue): ",
+        )
+        .expect("log");
+        let (examined, captures, kernel_release) =
+            examine_on(&mut stand, &scenario.captures, GuestEnd::Emergency);
+        assert_eq!(
+            examined,
+            Examined::Shell {
+                failed_units: "srv-data.mount loaded failed failed a unit\n".into(),
+                journal: "[    6.2] systemd[1]: Dependency failed for /srv/data.\n".into(),
+            }
+        );
+        assert_eq!(captures.len(), 1);
+        assert_eq!(captures[0].text, "LABEL=DATA /srv/data\n");
+        assert_eq!(kernel_release.as_deref(), Some("6.1.0-stand-in"));
+        assert_eq!(stand.asked.len(), 4, "{:?}", stand.asked);
+        assert_eq!(stand.asked[0], "type \"\\r\"");
+        assert!(
+            stand.asked[1].contains("agetty --autologin root")
+                && stand.asked[1].contains(CONTROL_TTY),
+            "{}",
+            stand.asked[1]
+        );
+        assert_eq!(
+            stand.asked[2..],
+            ["examination shell", "capture in emergency mode"]
+        );
+    }
+
+    #[test]
+    fn where_no_shell_can_be_had_the_console_is_the_evidence() {
+        let (_keep, dir) = dir();
+        let mut stand = Stand::new(&dir);
+        // sulogin without --force (systemd before 240) for a locked root.
+        std::fs::write(
+            &stand.console_log,
+            "[    0.0] Linux version 3.16\r\nWelcome to emergency mode!\r\nCannot open access to console, the root account is locked.\r\n",
+        )
+        .expect("log");
+        let (examined, captures, _) = examine_on(&mut stand, &[], GuestEnd::Emergency);
+        let Examined::Closed { why } = examined else {
+            panic!("{examined:?}");
+        };
+        assert!(why.starts_with("root's account is locked"), "{why}");
+        assert!(
+            captures.is_empty() && stand.asked.is_empty(),
+            "{:?}",
+            stand.asked
+        );
+
+        // A hung guest runs no shell at all; nothing is typed.
+        let (examined, _, _) = examine_on(&mut stand, &[], GuestEnd::Hung);
+        let Examined::Closed { why } = examined else {
+            panic!("{examined:?}");
+        };
+        assert!(why.contains("runs no shell"), "{why}");
+        assert!(stand.asked.is_empty());
+
+        // A shell that opens and then stops answering is said so.
+        std::fs::write(&stand.console_log, "Press Enter for system maintenance\r\n").expect("log");
+        stand.captures_fail = true;
+        let (examined, _, _) = examine_on(&mut stand, &[], GuestEnd::Rescue);
+        let Examined::Closed { why } = examined else {
+            panic!("{examined:?}");
+        };
+        assert!(
+            why.starts_with("the shell opened in rescue mode stopped answering"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn sulogins_words_are_told_apart_in_every_release() {

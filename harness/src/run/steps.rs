@@ -7,7 +7,7 @@
 //! unit tests' stand-in (a local shell, with boots and disks scripted).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::check::capture::{self, Capture, Taken};
@@ -58,6 +58,14 @@ pub(super) trait Machine {
     fn wait_settled(&mut self, what: &str, timeout: Duration) -> Result<String, ConsoleError>;
     /// Where a quiet guest's processor is, as QEMU tells it.
     fn processor(&mut self) -> Result<String, VmError>;
+    /// The kernel console's log file.
+    fn console_log(&self) -> PathBuf;
+    /// Types on the kernel console, as at its keyboard.
+    fn type_on_console(&mut self, text: &str) -> Result<(), VmError>;
+    /// Waits for a control shell started from the emergency or rescue mode
+    /// the boot ended in (see [`Console::wait_examination_shell`]).
+    fn wait_examination_shell(&mut self, what: &str, timeout: Duration)
+        -> Result<(), ConsoleError>;
     /// One round of captures, with `extra` scripts after them (see
     /// [`capture::take`]).
     fn capture(
@@ -120,6 +128,22 @@ impl Machine for Live<'_> {
 
     fn processor(&mut self) -> Result<String, VmError> {
         self.vm.processor()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.vm.console_log().to_owned()
+    }
+
+    fn type_on_console(&mut self, text: &str) -> Result<(), VmError> {
+        self.vm.type_on_console(text)
+    }
+
+    fn wait_examination_shell(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<(), ConsoleError> {
+        self.console.wait_examination_shell(what, timeout)
     }
 
     fn capture(
@@ -484,212 +508,11 @@ pub(super) struct Read {
 
 #[cfg(test)]
 mod tests {
-    //! The interpreter against a stand-in guest: every script it sends
-    //! really runs, in a local bash behind a pty ([`LocalShell`]), with a
-    //! `systemctl` of the test's own first on its `PATH`; what only a guest
-    //! does (a reboot, a disk pulled out, QEMU's view of the processor) is
-    //! scripted, and written down as it is asked for.
-
-    use std::collections::VecDeque;
-    use std::path::PathBuf;
+    //! The interpreter against the stand-in guest of [`crate::run::stand`].
 
     use super::*;
-    use crate::check::capture::GuestFacts;
-    use crate::guest::fake::LocalShell;
     use crate::guest::life::Ended;
-    use crate::spec::{CaptureKind, Known};
-
-    /// A `systemctl` that reads each unit's state from `units/NAME` beside
-    /// its folder: `is-active` and `list-units`, as the scripts use them.
-    const SYSTEMCTL: &str = r#"#!/bin/sh
-units=$(dirname "$0")/../units
-case "$1" in
-  is-active) state=$(cat "$units/$2" 2>/dev/null || echo inactive); echo "$state"; [ "$state" = active ] ;;
-  list-units) for f in "$units"/*; do s=$(cat "$f"); printf '%s loaded %s %s a unit\n' "${f##*/}" "$s" "$s"; done ;;
-  *) exit 1 ;;
-esac
-"#;
-
-    /// The stand-in guest.
-    struct Stand {
-        shell: LocalShell,
-        /// What was asked of it besides scripts, in order.
-        asked: Vec<String>,
-        /// How each reboot ends; a reboot beyond them comes back.
-        reboots: VecDeque<Result<(), ConsoleError>>,
-        /// A script run in the shell at each reboot that comes back, for
-        /// what the boot changes.
-        at_boot: String,
-        /// QEMU refuses to pull a disk.
-        detach_refused: bool,
-        /// The guest can no longer record what captures print.
-        captures_fail: bool,
-    }
-
-    impl Stand {
-        fn new(dir: &Path) -> Stand {
-            let bin = dir.join("bin");
-            std::fs::create_dir_all(&bin).expect("bin");
-            std::fs::create_dir_all(dir.join("units")).expect("units");
-            std::fs::write(bin.join("systemctl"), SYSTEMCTL).expect("systemctl");
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(
-                bin.join("systemctl"),
-                std::fs::Permissions::from_mode(0o755),
-            )
-            .expect("chmod");
-            Stand {
-                shell: LocalShell::start("", Some(&bin)),
-                asked: Vec::new(),
-                reboots: VecDeque::new(),
-                at_boot: String::new(),
-                detach_refused: false,
-                captures_fail: false,
-            }
-        }
-    }
-
-    impl Machine for Stand {
-        fn run(
-            &mut self,
-            what: &str,
-            script: &str,
-            timeout: Duration,
-        ) -> Result<CommandOutput, ConsoleError> {
-            self.shell.console.run(what, script, timeout)
-        }
-
-        fn write_file(
-            &mut self,
-            what: &str,
-            path: &str,
-            content: &str,
-            mode: u32,
-            timeout: Duration,
-        ) -> Result<CommandOutput, ConsoleError> {
-            self.shell
-                .console
-                .write_file(what, path, content, mode, timeout)
-        }
-
-        fn copy_in(
-            &mut self,
-            what: &str,
-            source: &Path,
-            to: &str,
-            timeout: Duration,
-            progress: &mut dyn FnMut(u64, u64),
-        ) -> Result<CommandOutput, ConsoleError> {
-            crate::guest::transfer::copy_in(
-                &mut self.shell.console,
-                what,
-                source,
-                to,
-                timeout,
-                progress,
-            )
-        }
-
-        fn detach(&mut self, disk: &str, _: Duration) -> Result<(), VmError> {
-            self.asked.push(format!("detach {disk}"));
-            if self.detach_refused {
-                return Err(VmError::Monitor {
-                    command: "device_del".into(),
-                    message: format!("Device '{disk}' not found"),
-                });
-            }
-            Ok(())
-        }
-
-        fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
-            self.asked.push("reboot".into());
-            let ended = self.reboots.pop_front().unwrap_or(Ok(()));
-            if ended.is_ok() && !self.at_boot.is_empty() {
-                let at_boot = self.at_boot.clone();
-                self.run(what, &at_boot, timeout)?;
-            }
-            ended
-        }
-
-        fn wait_settled(&mut self, _: &str, _: Duration) -> Result<String, ConsoleError> {
-            self.asked.push("settle".into());
-            Ok("running".into())
-        }
-
-        fn processor(&mut self) -> Result<String, VmError> {
-            self.asked.push("processor".into());
-            Ok("its processor is in long mode, at 1000 in both looks".into())
-        }
-
-        fn capture(
-            &mut self,
-            specs: &[CaptureSpec],
-            when: &str,
-            extra: &[(String, String)],
-        ) -> Result<Taken, ConsoleError> {
-            self.asked.push(format!("capture {when}"));
-            if self.captures_fail {
-                return Err(ConsoleError::Unrecorded {
-                    what: format!("capture ({when})"),
-                    detail: "store what it printed (No space left on device)".into(),
-                });
-            }
-            let mut captures = Vec::new();
-            for spec in specs {
-                let CaptureKind::Run(command) = &spec.what else {
-                    panic!("the stand-in has no network to probe");
-                };
-                let out = self.run(&spec.name, command, Duration::from_secs(10))?;
-                captures.push(Capture {
-                    name: spec.name.clone(),
-                    command: command.clone(),
-                    status: out.status,
-                    text: out.stdout.clone(),
-                    raw: out.stdout,
-                    probe: None,
-                    normalize: Vec::new(),
-                });
-            }
-            let extra = extra
-                .iter()
-                .map(|(what, script)| self.run(what, script, Duration::from_secs(10)))
-                .collect::<Result<_, _>>()?;
-            Ok(Taken {
-                captures,
-                facts: GuestFacts {
-                    hostname: "stand-in".into(),
-                    kernel_release: "6.1.0-stand-in".into(),
-                },
-                extra,
-            })
-        }
-    }
-
-    /// A scenario file in `dir` (for `copy` steps' sources), `{dir}` in
-    /// `text` replaced by the folder, with every source of evidence but the
-    /// units' states off unless `text` says otherwise.
-    fn scenario(dir: &Path, text: &str) -> Scenario {
-        let text = text.replace("{dir}", &dir.display().to_string());
-        let evidence = if text.contains("[evidence]") {
-            String::new()
-        } else {
-            "\n[evidence]\nskip = [\"journal\", \"sysctl\", \"mounts\", \"network\", \"modules\", \"firewall\"]\n".into()
-        };
-        let text = format!(
-            "name = \"x\"\ndescription = \"x\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n{evidence}\n{text}"
-        );
-        let path = dir.join("x.toml");
-        std::fs::write(&path, &text).expect("scenario");
-        Scenario::parse(
-            &path,
-            &text,
-            &Known {
-                releases: vec!["bookworm".into()],
-                kernels: vec!["stock".into()],
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{text}"))
-    }
+    use crate::run::stand::{dir, scenario, Stand};
 
     /// What a flow left: its result, the step records, the time table.
     struct Ran {
@@ -720,13 +543,6 @@ esac
             timings,
             kernel_release,
         }
-    }
-
-    fn dir() -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().to_owned();
-        std::fs::create_dir_all(path.join("units")).expect("units");
-        (dir, path)
     }
 
     fn ended(end: GuestEnd) -> ConsoleError {

@@ -1,0 +1,253 @@
+//! For unit tests: a stand-in guest for the step interpreter and the
+//! examination of a guest that did not come back. Every script sent to it
+//! really runs, in a local bash behind a pty ([`LocalShell`]), with a
+//! `systemctl` and a `journalctl` of the test's own first on its `PATH`;
+//! what only a guest does (a reboot, a disk pulled out, QEMU's view of the
+//! processor, its console) is scripted, and written down as it is asked
+//! for.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::check::capture::{Capture, GuestFacts, Taken};
+use crate::guest::console::{CommandOutput, ConsoleError};
+use crate::guest::fake::LocalShell;
+use crate::guest::vm::VmError;
+use crate::spec::{CaptureKind, CaptureSpec, Known, Scenario};
+
+use super::steps::Machine;
+
+/// A `systemctl` that reads each unit's state from `units/NAME` beside
+/// its folder: `is-active`, `list-units` and `--failed`, as the scripts
+/// use them.
+const SYSTEMCTL: &str = r#"#!/bin/sh
+units=$(dirname "$0")/../units
+case "$1" in
+  is-active) state=$(cat "$units/$2" 2>/dev/null || echo inactive); echo "$state"; [ "$state" = active ] ;;
+  list-units) for f in "$units"/*; do s=$(cat "$f"); printf '%s loaded %s %s a unit\n' "${f##*/}" "$s" "$s"; done ;;
+  --failed) for f in "$units"/*; do [ "$(cat "$f")" = failed ] && printf '%s loaded failed failed a unit\n' "${f##*/}"; done; true ;;
+  *) exit 1 ;;
+esac
+"#;
+
+/// A `journalctl` that prints the file `journal` beside its folder.
+const JOURNALCTL: &str = "#!/bin/sh\ncat \"$(dirname \"$0\")/../journal\" 2>/dev/null\n";
+
+/// The stand-in guest.
+pub(super) struct Stand {
+    shell: LocalShell,
+    /// Its kernel console log, which the test writes.
+    pub(super) console_log: PathBuf,
+    /// What was asked of it besides scripts, in order.
+    pub(super) asked: Vec<String>,
+    /// How each reboot ends; a reboot beyond them comes back.
+    pub(super) reboots: VecDeque<Result<(), ConsoleError>>,
+    /// A script run in the shell at each reboot that comes back, for
+    /// what the boot changes.
+    pub(super) at_boot: String,
+    /// QEMU refuses to pull a disk.
+    pub(super) detach_refused: bool,
+    /// The guest can no longer record what captures print.
+    pub(super) captures_fail: bool,
+}
+
+impl Stand {
+    /// A stand-in whose files (its `systemctl`, its units, its console
+    /// log) are in `dir`.
+    pub(super) fn new(dir: &Path) -> Stand {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::create_dir_all(dir.join("units")).expect("units");
+        use std::os::unix::fs::PermissionsExt as _;
+        for (name, text) in [("systemctl", SYSTEMCTL), ("journalctl", JOURNALCTL)] {
+            std::fs::write(bin.join(name), text).expect(name);
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        Stand {
+            shell: LocalShell::start("", Some(&bin)),
+            console_log: dir.join("console.log"),
+            asked: Vec::new(),
+            reboots: VecDeque::new(),
+            at_boot: String::new(),
+            detach_refused: false,
+            captures_fail: false,
+        }
+    }
+}
+
+impl Machine for Stand {
+    fn run(
+        &mut self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        self.shell.console.run(what, script, timeout)
+    }
+
+    fn write_file(
+        &mut self,
+        what: &str,
+        path: &str,
+        content: &str,
+        mode: u32,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ConsoleError> {
+        self.shell
+            .console
+            .write_file(what, path, content, mode, timeout)
+    }
+
+    fn copy_in(
+        &mut self,
+        what: &str,
+        source: &Path,
+        to: &str,
+        timeout: Duration,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CommandOutput, ConsoleError> {
+        crate::guest::transfer::copy_in(
+            &mut self.shell.console,
+            what,
+            source,
+            to,
+            timeout,
+            progress,
+        )
+    }
+
+    fn detach(&mut self, disk: &str, _: Duration) -> Result<(), VmError> {
+        self.asked.push(format!("detach {disk}"));
+        if self.detach_refused {
+            return Err(VmError::Monitor {
+                command: "device_del".into(),
+                message: format!("Device '{disk}' not found"),
+            });
+        }
+        Ok(())
+    }
+
+    fn reboot(&mut self, what: &str, timeout: Duration) -> Result<(), ConsoleError> {
+        self.asked.push("reboot".into());
+        let ended = self.reboots.pop_front().unwrap_or(Ok(()));
+        if ended.is_ok() && !self.at_boot.is_empty() {
+            let at_boot = self.at_boot.clone();
+            self.run(what, &at_boot, timeout)?;
+        }
+        ended
+    }
+
+    fn wait_settled(&mut self, _: &str, _: Duration) -> Result<String, ConsoleError> {
+        self.asked.push("settle".into());
+        Ok("running".into())
+    }
+
+    fn processor(&mut self) -> Result<String, VmError> {
+        self.asked.push("processor".into());
+        Ok("its processor is in long mode, at 1000 in both looks".into())
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.console_log.clone()
+    }
+
+    fn type_on_console(&mut self, text: &str) -> Result<(), VmError> {
+        self.asked.push(format!("type {text:?}"));
+        // The console echoes, and Enter brings a shell's prompt.
+        let mut shown = text.replace('\r', "\r\n");
+        if text == "\r" {
+            shown.push_str("sh-5.2# ");
+        }
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.console_log)
+            .and_then(|mut log| log.write_all(shown.as_bytes()))
+            .expect("console log");
+        Ok(())
+    }
+
+    fn wait_examination_shell(&mut self, _: &str, _: Duration) -> Result<(), ConsoleError> {
+        self.asked.push("examination shell".into());
+        Ok(())
+    }
+
+    fn capture(
+        &mut self,
+        specs: &[CaptureSpec],
+        when: &str,
+        extra: &[(String, String)],
+    ) -> Result<Taken, ConsoleError> {
+        self.asked.push(format!("capture {when}"));
+        if self.captures_fail {
+            return Err(ConsoleError::Unrecorded {
+                what: format!("capture ({when})"),
+                detail: "store what it printed (No space left on device)".into(),
+            });
+        }
+        let mut captures = Vec::new();
+        for spec in specs {
+            let CaptureKind::Run(command) = &spec.what else {
+                panic!("the stand-in has no network to probe");
+            };
+            let out = self.run(&spec.name, command, Duration::from_secs(10))?;
+            captures.push(Capture {
+                name: spec.name.clone(),
+                command: command.clone(),
+                status: out.status,
+                text: out.stdout.clone(),
+                raw: out.stdout,
+                probe: None,
+                normalize: Vec::new(),
+            });
+        }
+        let extra = extra
+            .iter()
+            .map(|(what, script)| self.run(what, script, Duration::from_secs(10)))
+            .collect::<Result<_, _>>()?;
+        Ok(Taken {
+            captures,
+            facts: GuestFacts {
+                hostname: "stand-in".into(),
+                kernel_release: "6.1.0-stand-in".into(),
+            },
+            extra,
+        })
+    }
+}
+
+/// A scenario file in `dir` (for `copy` steps' sources), `{dir}` in
+/// `text` replaced by the folder, with every source of evidence but the
+/// units' states off unless `text` says otherwise.
+pub(super) fn scenario(dir: &Path, text: &str) -> Scenario {
+    let text = text.replace("{dir}", &dir.display().to_string());
+    let evidence = if text.contains("[evidence]") {
+        String::new()
+    } else {
+        "\n[evidence]\nskip = [\"journal\", \"sysctl\", \"mounts\", \"network\", \"modules\", \"firewall\"]\n".into()
+    };
+    let text = format!(
+        "name = \"x\"\ndescription = \"x\"\n[matrix]\nreleases = [\"bookworm\"]\nkernels = [\"stock\"]\n{evidence}\n{text}"
+    );
+    let path = dir.join("x.toml");
+    std::fs::write(&path, &text).expect("scenario");
+    Scenario::parse(
+        &path,
+        &text,
+        &Known {
+            releases: vec!["bookworm".into()],
+            kernels: vec!["stock".into()],
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+pub(super) fn dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    std::fs::create_dir_all(path.join("units")).expect("units");
+    (dir, path)
+}
