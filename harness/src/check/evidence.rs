@@ -351,9 +351,20 @@ fn unescape_mount(path: &str) -> String {
 /// hands out on its own schedule: its router advertisements for fec0::/64
 /// (libslirp's default IPv6 prefix) and what the guest makes of them
 /// (`proto ra` routes, `dynamic` addresses), which arrive a varying time
-/// after the card comes up.
+/// after the card comes up. An IPv6 address's own route in the local table
+/// goes too: the kernel adds it only once duplicate address detection is
+/// done (addrconf.c, `addrconf_dad_completed` notifies RTM_NEWADDR, which
+/// inserts it), so whether it is there says how long ago the card came up,
+/// not what the reboot did; the address line says the rest.
 fn network_line(line: &str) -> String {
     if line.contains("fec0:") || line.contains("proto ra") || line.contains(" dynamic ") {
+        return String::new();
+    }
+    let mut words = line.split_whitespace();
+    if words.next() == Some("local")
+        && words.next().is_some_and(|address| address.contains(':'))
+        && line.contains(" table local ")
+    {
         return String::new();
     }
     let mut words: Vec<&str> = Vec::new();
@@ -873,6 +884,16 @@ loop 32768 0 - Live 0xffffffffc0{module_base}\n\
         assert_eq!(
             network_line("fec0::/64 dev enp0s2 proto kernel metric 256 pref medium"),
             ""
+        );
+        assert_eq!(
+            network_line("local fe80::5054:ff:fe12:3456 dev ens2 table local proto kernel metric 0 pref medium"),
+            ""
+        );
+        assert_eq!(
+            network_line(
+                "local 10.0.2.15 dev ens2 table local proto kernel scope host src 10.0.2.15"
+            ),
+            "local 10.0.2.15 dev ens2 table local proto kernel scope host src 10.0.2.15"
         );
         assert_eq!(
             network_line("2: enp0s2    inet6 fe80::5054:ff:fe12:3456/64 scope link tentative \\       valid_lft forever preferred_lft forever"),
