@@ -191,6 +191,52 @@ mod layering {
         }
     }
 
+    /// The README's architecture section names every file under `src/`,
+    /// and only those.
+    #[test]
+    fn the_architecture_section_lists_every_file() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(manifest.join("../README.md")).expect("README.md");
+        let section = readme
+            .split_once("### Architecture")
+            .and_then(|(_, rest)| rest.split_once("```\nharness/src/\n"))
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .expect("the architecture block in README.md");
+        let mut listed = std::collections::BTreeSet::new();
+        let mut folder = String::new();
+        for line in section.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            let indent = line.len() - line.trim_start().len();
+            if name.ends_with('/') && indent == 2 {
+                folder = name.to_owned();
+            } else if indent == 2 {
+                folder.clear();
+                listed.insert(name.to_owned());
+            } else if indent == 4 {
+                listed.insert(format!("{folder}{name}"));
+            }
+        }
+        let src = manifest.join("src");
+        let mut present = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&src).expect("src").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() {
+                for inner in std::fs::read_dir(entry.path()).expect("folder").flatten() {
+                    present.insert(format!("{name}/{}", inner.file_name().to_string_lossy()));
+                }
+            } else {
+                present.insert(name);
+            }
+        }
+        let missing: Vec<_> = present.difference(&listed).collect();
+        let gone: Vec<_> = listed.difference(&present).collect();
+        assert!(
+            missing.is_empty() && gone.is_empty(),
+            "README's architecture section lacks {missing:?} and lists {gone:?}, which do not exist"
+        );
+    }
+
     #[test]
     fn the_environment_is_read_in_one_module() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
