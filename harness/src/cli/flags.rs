@@ -125,54 +125,12 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  vmrepro repro netfilter-persistent-reboot --release bookworm --kernel stock"
     )]
-    Repro {
-        /// Scenario name (a file in scenarios/) or path to a scenario file.
-        scenario: String,
-        /// Release to boot; defaults to the scenario's first.
-        #[arg(long)]
-        release: Option<String>,
-        /// Kernel flavour; defaults to the scenario's first.
-        #[arg(long)]
-        kernel: Option<String>,
-        /// Write the report to this file instead of standard output.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// When the trial fails (a step, a capture, an expectation or the
-        /// snapshot), keep the guest and open a root shell in it; leaving
-        /// the shell stops it. Needs a terminal.
-        #[arg(long)]
-        shell_fail: bool,
-    },
+    Repro(ReproArgs),
     /// Run scenarios over their matrices and compare with the committed snapshots.
     #[command(
         after_help = "Examples:\n  vmrepro run\n  vmrepro run netfilter-persistent-reboot --release bookworm"
     )]
-    Run {
-        /// Scenarios to run (names or paths); all when none are given.
-        scenarios: Vec<String>,
-        /// Only cells of this release.
-        #[arg(long)]
-        release: Option<String>,
-        /// Only cells of this kernel flavour.
-        #[arg(long)]
-        kernel: Option<String>,
-        /// Format of the outcome table printed at the end.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        /// How many guests run at once (default: from cores and free memory).
-        #[arg(short = 'j', long)]
-        jobs: Option<usize>,
-        /// Run only share K of N of the cells (1-based, counted over every
-        /// cell of the selected scenarios before --release and --kernel
-        /// filter them), to split a suite across machines; the same split as
-        /// `VMREPRO_SHARD` in `cargo test`.
-        #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
-        shard: Option<Shard>,
-        /// With a selection of exactly one cell: when it fails, keep the
-        /// guest and open a root shell in it (as `repro --shell-fail`).
-        #[arg(long)]
-        shell_fail: bool,
-    },
+    Run(RunArgs),
     /// Run one command as root in a guest (after a scenario's steps, if
     /// asked), print its output and exit with its status.
     #[command(
@@ -375,4 +333,54 @@ pub(crate) fn settings(cli: &Cli) -> Result<Settings, SettingsError> {
         settings.install = false;
     }
     Ok(settings)
+}
+
+/// What `vmrepro repro` is asked.
+#[derive(clap::Args)]
+pub(crate) struct ReproArgs {
+    /// Scenario name (a file in scenarios/) or path to a scenario file.
+    pub(crate) scenario: String,
+    /// Release to boot; defaults to the scenario's first.
+    #[arg(long)]
+    pub(crate) release: Option<String>,
+    /// Kernel flavour; defaults to the scenario's first.
+    #[arg(long)]
+    pub(crate) kernel: Option<String>,
+    /// Write the report to this file instead of standard output.
+    #[arg(long)]
+    pub(crate) output: Option<PathBuf>,
+    /// When the trial fails (a step, a capture, an expectation or the
+    /// snapshot), keep the guest and open a root shell in it; leaving
+    /// the shell stops it. Needs a terminal.
+    #[arg(long)]
+    pub(crate) shell_fail: bool,
+}
+
+/// What `vmrepro run` is asked.
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Scenarios to run (names or paths); all when none are given.
+    pub(crate) scenarios: Vec<String>,
+    /// Only cells of this release.
+    #[arg(long)]
+    pub(crate) release: Option<String>,
+    /// Only cells of this kernel flavour.
+    #[arg(long)]
+    pub(crate) kernel: Option<String>,
+    /// Format of the outcome table printed at the end.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) format: Format,
+    /// How many guests run at once (default: from cores and free memory).
+    #[arg(short = 'j', long)]
+    pub(crate) jobs: Option<usize>,
+    /// Run only share K of N of the cells (1-based, counted over every
+    /// cell of the selected scenarios before --release and --kernel
+    /// filter them), to split a suite across machines; the same split as
+    /// `VMREPRO_SHARD` in `cargo test`.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    pub(crate) shard: Option<Shard>,
+    /// With a selection of exactly one cell: when it fails, keep the
+    /// guest and open a root shell in it (as `repro --shell-fail`).
+    #[arg(long)]
+    pub(crate) shell_fail: bool,
 }

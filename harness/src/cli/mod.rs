@@ -3,5 +3,8 @@
 
 pub(crate) mod doctor;
 pub(crate) mod flags;
+pub(crate) mod guests;
 pub(crate) mod images;
+pub(crate) mod project;
 pub(crate) mod terminal;
+pub(crate) mod trials;
