@@ -360,10 +360,12 @@ fn network_line(line: &str) -> String {
     if line.contains("fec0:") || line.contains("proto ra") || line.contains(" dynamic ") {
         return String::new();
     }
-    let mut words = line.split_whitespace();
-    if words.next() == Some("local")
-        && words.next().is_some_and(|address| address.contains(':'))
+    if line.starts_with("local ")
         && line.contains(" table local ")
+        && line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|address| address.contains(':'))
     {
         return String::new();
     }

@@ -1,5 +1,5 @@
-//! The binary's own modules: the flags, and the commands that are more
-//! than a call into the library.
+//! The binary's own modules: the flags, and the commands, one module for
+//! each group of them.
 
 pub(crate) mod doctor;
 pub(crate) mod flags;

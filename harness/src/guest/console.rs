@@ -31,6 +31,7 @@ use base64::Engine as _;
 use regex::Regex;
 use sha2::Digest as _;
 
+use crate::build::image::AUTOLOGIN_BANNER;
 use crate::guest::life::{Ended, Life};
 use crate::guest::vm;
 
@@ -279,20 +280,17 @@ impl Console {
         })
     }
 
-    /// Leaves the time QEMU (process `pid`) waited for a host CPU out of the
-    /// console silence that makes a booting guest hung.
-    pub(crate) fn watching(mut self, pid: Option<u32>) -> Console {
-        if let (Some(life), Some(pid)) = (&mut self.life, pid) {
+    /// Attaches to the control port of a guest in `vm`: its kernel console
+    /// log is read for how it is doing (leaving out of a silence the time
+    /// QEMU waited for the host: for a CPU, or on its disk), and each boot
+    /// waits for the image's autologin banner before anything is typed.
+    pub(crate) fn of_guest(control: UnixStream, vm: &vm::Vm) -> Result<Console, ConsoleError> {
+        let mut console = Console::attach(control, Some(vm.console_log().to_owned()))?;
+        console.login_banner = Regex::new(&regex::escape(AUTOLOGIN_BANNER)).ok();
+        if let (Some(life), Some(pid)) = (&mut console.life, vm.pid()) {
             life.watch_process(pid);
         }
-        self
-    }
-
-    /// Waits for this text on the control port (the getty's autologin
-    /// banner) before typing anything at each boot.
-    pub(crate) fn with_login_banner(mut self, banner: &str) -> Console {
-        self.login_banner = Regex::new(&regex::escape(banner)).ok();
-        self
+        Ok(console)
     }
 
     /// Waits for a shell on the control port (of a boot other than the last

@@ -35,8 +35,9 @@ pub use crate::spec::GuestEnd;
 /// A boot with no console output for this long has stopped making
 /// progress: systemd redraws its "A start job is running" line every
 /// second while it waits for something, so even a long wait is not silent.
-/// The time QEMU spent waiting for a host CPU does not count (see
-/// [`crate::host::threads`]): a guest that could not run has not hung.
+/// The time QEMU spent waiting for the host (for a CPU, or on its disk)
+/// does not count (see [`crate::host::threads`]): a guest that could not
+/// run has not hung.
 pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(90);
 /// Between a restart (or power-on) and the kernel's first line the console
 /// is silent by nature: the firmware and the boot loader write elsewhere.
@@ -197,10 +198,39 @@ impl Life {
         self.watch_threads(Box::new(move || threads::of_process(pid)));
     }
 
-    fn watch_threads(&mut self, mut read: Box<dyn FnMut() -> Vec<ThreadTimes> + Send>) {
-        self.at_look = read();
-        self.at_growth = self.at_look.clone();
+    fn watch_threads(&mut self, read: Box<dyn FnMut() -> Vec<ThreadTimes> + Send>) {
         self.threads = Some(read);
+        self.look_afresh();
+    }
+
+    /// Reads QEMU's threads as they are now, as the start of what later
+    /// looks compare with (what QEMU waited before does not count).
+    fn look_afresh(&mut self) {
+        if let Some(read) = &mut self.threads {
+            self.at_look = read();
+            self.looked = Instant::now();
+        }
+    }
+
+    /// Reads QEMU's threads and adds what it waited for the host since the
+    /// last look to the silence's waits.
+    fn look(&mut self) {
+        let Some(read) = &mut self.threads else {
+            return;
+        };
+        let now = read();
+        let (_, waited) = threads::most_since(&self.at_look, &now);
+        // A thread found blocked on I/O is taken to have been blocked
+        // since the last look (looks are a quarter second apart).
+        let blocked = if now.iter().any(|t| t.blocked) {
+            self.looked.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        self.blocked += blocked;
+        self.starved += waited.max(blocked);
+        self.at_look = now;
+        self.looked = Instant::now();
     }
 
     /// The console printed something: silence is counted afresh.
@@ -238,6 +268,7 @@ impl Life {
     pub(crate) fn expect_boot(&mut self) {
         self.allowed += 1;
         self.booting = true;
+        self.look_afresh();
         self.grown();
     }
 
@@ -308,21 +339,9 @@ impl Life {
         if self.ended.is_some() {
             return self.ended.as_ref();
         }
-        if let Some(read) = &mut self.threads {
-            let now = read();
-            let (_, waited) = threads::most_since(&self.at_look, &now);
-            // A thread found blocked on I/O is taken to have been blocked
-            // since the last look (looks are a quarter second apart).
-            let since = self.looked.elapsed();
-            let blocked = if now.iter().any(|t| t.blocked) {
-                since
-            } else {
-                Duration::ZERO
-            };
-            self.blocked += blocked;
-            self.starved += waited.max(blocked);
-            self.at_look = now;
-            self.looked = Instant::now();
+        // Only a boot's silence is judged; the flow's is the steps'.
+        if self.booting {
+            self.look();
         }
         let fresh = self.read_new();
         if !fresh.is_empty() {

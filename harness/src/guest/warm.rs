@@ -19,7 +19,6 @@ use crate::build::cache::KeyHash;
 use serde::{Deserialize, Serialize};
 
 use crate::build::cache::{Cache, CacheError};
-use crate::build::image::AUTOLOGIN_BANNER;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{Vm, VmConfig, VmDisk, VmError};
 use crate::host;
@@ -235,13 +234,8 @@ fn save(
         ..config.clone()
     })
     .map_err(vm_error(boot))?;
-    let mut console = Console::attach(
-        vm.control().map_err(vm_error(boot))?,
-        Some(vm.console_log().to_owned()),
-    )
-    .map_err(console_error(boot))?
-    .with_login_banner(AUTOLOGIN_BANNER)
-    .watching(vm.pid());
+    let mut console = Console::of_guest(vm.control().map_err(vm_error(boot))?, &vm)
+        .map_err(console_error(boot))?;
     console
         .wait_ready("the first boot to reach a shell", boot_timeout)
         .map_err(console_error(boot))?;
@@ -316,13 +310,8 @@ pub(crate) fn resume(
     })
     .map_err(vm_error)?;
     vm.resume(STATE_TIMEOUT).map_err(vm_error)?;
-    let mut console = Console::attach(
-        vm.control().map_err(vm_error)?,
-        Some(vm.console_log().to_owned()),
-    )
-    .map_err(console_error)?
-    .with_login_banner(AUTOLOGIN_BANNER)
-    .watching(vm.pid());
+    let mut console =
+        Console::of_guest(vm.control().map_err(vm_error)?, &vm).map_err(console_error)?;
     console
         .wait_resumed("the resumed guest's shell", timeout)
         .map_err(console_error)?;

@@ -15,14 +15,14 @@ use crate::check::outcome::{
 };
 use crate::check::verdict::Unfinished;
 use crate::guest::console::{Console, ConsoleError};
-
-use super::steps::{self, Finished, Flow, Ledger, Live, Read};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
 use crate::spec::project::Project;
 use crate::spec::recipe::KernelSource;
 use crate::spec::{Cell, Expectations, FirstBoot, Scenario, StepStatus};
+
+use super::steps::{self, Finished, Flow, Ledger, Live};
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -399,9 +399,7 @@ fn cold_boot(
         ),
     );
     let vm = Vm::start(config)?;
-    let mut console = Console::attach(vm.control()?, Some(vm.console_log().to_owned()))?
-        .with_login_banner(image::AUTOLOGIN_BANNER)
-        .watching(vm.pid());
+    let mut console = Console::of_guest(vm.control()?, &vm)?;
     console.wait_ready("the first boot to reach a shell", timeout)?;
     let shell_seconds = vm.uptime().as_secs_f64();
     let system_state = console.wait_settled("systemd to finish the first boot", SETTLE_TIMEOUT)?;
@@ -580,10 +578,10 @@ fn boot(
 /// What [`drive`] found out.
 struct Driven {
     before_reboot: Vec<Capture>,
-    evidence: Option<Read>,
     not_back: Option<NotBack>,
-    captures: Vec<Capture>,
-    units: BTreeMap<String, String>,
+    /// The captures at the end: where the boot did not come back, what
+    /// could be taken where it ended, with no evidence and no units.
+    end: Finished,
 }
 
 /// The flow on a booted guest: the steps, the captures at the end and the
@@ -614,23 +612,18 @@ fn drive(
         captures.extend(taken);
         return Ok(Driven {
             before_reboot,
-            evidence: None,
-            captures,
-            units: BTreeMap::new(),
             not_back: Some(not_back),
+            end: Finished {
+                evidence: None,
+                captures,
+                units: BTreeMap::new(),
+            },
         });
     }
-    let Finished {
-        evidence,
-        captures,
-        units,
-    } = guest.finish(scenario, expect, label, evidence_before)?;
     Ok(Driven {
         before_reboot,
-        evidence,
         not_back: None,
-        captures,
-        units,
+        end: guest.finish(scenario, expect, label, evidence_before)?,
     })
 }
 
@@ -784,10 +777,12 @@ pub(crate) fn run_cell_keeping(
     };
     let Driven {
         before_reboot,
-        evidence,
         not_back,
-        mut captures,
-        units,
+        end: Finished {
+            evidence,
+            mut captures,
+            units,
+        },
     } = match driven {
         Ok(driven) => driven,
         Err(e) => {
@@ -806,15 +801,14 @@ pub(crate) fn run_cell_keeping(
     };
     // The report travels in memory; the files beside it are for later,
     // and a folder that cannot take them is said, not hidden.
-    let mut written: std::io::Result<()> = Ok(());
-    let reboot_changes = evidence.map(|read| {
-        for (name, text) in [("before-reboot", &read.before), ("after", &read.after)] {
-            if written.is_ok() {
-                written = std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text);
-            }
-        }
-        read.changes
+    let written = evidence.as_ref().map_or(Ok(()), |read| {
+        [("before-reboot", &read.before), ("after", &read.after)]
+            .into_iter()
+            .try_for_each(|(name, text)| {
+                std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text)
+            })
     });
+    let reboot_changes = evidence.map(|read| read.changes);
     if scenario.evidence.snapshot {
         if let Some(changes) = &reboot_changes {
             captures.push(evidence::as_capture(changes));

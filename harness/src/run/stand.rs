@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::check::capture::{Capture, GuestFacts, Taken};
-use crate::guest::console::{CommandOutput, ConsoleError};
+use crate::guest::console::{Console, ConsoleError};
 use crate::guest::fake::LocalShell;
 use crate::guest::vm::VmError;
 use crate::spec::{CaptureKind, CaptureSpec, Known, Scenario};
@@ -78,44 +78,8 @@ impl Stand {
 }
 
 impl Machine for Stand {
-    fn run(
-        &mut self,
-        what: &str,
-        script: &str,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError> {
-        self.shell.console.run(what, script, timeout)
-    }
-
-    fn write_file(
-        &mut self,
-        what: &str,
-        path: &str,
-        content: &str,
-        mode: u32,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError> {
-        self.shell
-            .console
-            .write_file(what, path, content, mode, timeout)
-    }
-
-    fn copy_in(
-        &mut self,
-        what: &str,
-        source: &Path,
-        to: &str,
-        timeout: Duration,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<CommandOutput, ConsoleError> {
-        crate::guest::transfer::copy_in(
-            &mut self.shell.console,
-            what,
-            source,
-            to,
-            timeout,
-            progress,
-        )
+    fn console(&mut self) -> &mut Console {
+        &mut self.shell.console
     }
 
     fn detach(&mut self, disk: &str, _: Duration) -> Result<(), VmError> {
@@ -134,7 +98,7 @@ impl Machine for Stand {
         let ended = self.reboots.pop_front().unwrap_or(Ok(()));
         if ended.is_ok() && !self.at_boot.is_empty() {
             let at_boot = self.at_boot.clone();
-            self.run(what, &at_boot, timeout)?;
+            self.shell.console.run(what, &at_boot, timeout)?;
         }
         ended
     }
@@ -193,7 +157,10 @@ impl Machine for Stand {
             let CaptureKind::Run(command) = &spec.what else {
                 panic!("the stand-in has no network to probe");
             };
-            let out = self.run(&spec.name, command, Duration::from_secs(10))?;
+            let out = self
+                .shell
+                .console
+                .run(&spec.name, command, Duration::from_secs(10))?;
             captures.push(Capture {
                 name: spec.name.clone(),
                 command: command.clone(),
@@ -206,7 +173,11 @@ impl Machine for Stand {
         }
         let extra = extra
             .iter()
-            .map(|(what, script)| self.run(what, script, Duration::from_secs(10)))
+            .map(|(what, script)| {
+                self.shell
+                    .console
+                    .run(what, script, Duration::from_secs(10))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Taken {
             captures,

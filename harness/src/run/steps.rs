@@ -7,13 +7,13 @@
 //! unit tests' stand-in (a local shell, with boots and disks scripted).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::check::capture::{self, Capture, Taken};
 use crate::check::evidence;
 use crate::check::outcome::{NotBack, StepRecord, Timings};
-use crate::guest::console::{CommandOutput, Console, ConsoleError};
+use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{Vm, VmError};
 use crate::host::progress::Events;
 use crate::spec::{Action, CaptureSpec, Cell, Expectations, GuestEnd, Scenario, StepStatus};
@@ -22,32 +22,9 @@ use super::cell::{RunError, StepFailure, StepProblem, SETTLE_TIMEOUT};
 
 /// What the steps ask of a booted guest.
 pub(super) trait Machine {
-    /// Runs a bash script as root, within `timeout` (see [`Console::run`]).
-    fn run(
-        &mut self,
-        what: &str,
-        script: &str,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError>;
-    /// Writes a file with a mode (see [`Console::write_file`]).
-    fn write_file(
-        &mut self,
-        what: &str,
-        path: &str,
-        content: &str,
-        mode: u32,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError>;
-    /// Copies a file or a folder from the host (see
-    /// [`crate::guest::transfer::copy_in`]).
-    fn copy_in(
-        &mut self,
-        what: &str,
-        source: &Path,
-        to: &str,
-        timeout: Duration,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<CommandOutput, ConsoleError>;
+    /// The root shell on the control port: scripts, files written and
+    /// copied in.
+    fn console(&mut self) -> &mut Console;
     /// Pulls a disk out of the running machine (see [`Vm::detach`]).
     fn detach(&mut self, disk: &str, timeout: Duration) -> Result<(), VmError>;
     /// Reboots and waits for the new boot's shell (see
@@ -83,35 +60,8 @@ pub(super) struct Live<'a> {
 }
 
 impl Machine for Live<'_> {
-    fn run(
-        &mut self,
-        what: &str,
-        script: &str,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError> {
-        self.console.run(what, script, timeout)
-    }
-
-    fn write_file(
-        &mut self,
-        what: &str,
-        path: &str,
-        content: &str,
-        mode: u32,
-        timeout: Duration,
-    ) -> Result<CommandOutput, ConsoleError> {
-        self.console.write_file(what, path, content, mode, timeout)
-    }
-
-    fn copy_in(
-        &mut self,
-        what: &str,
-        source: &Path,
-        to: &str,
-        timeout: Duration,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<CommandOutput, ConsoleError> {
-        crate::guest::transfer::copy_in(self.console, what, source, to, timeout, progress)
+    fn console(&mut self) -> &mut Console {
+        self.console
     }
 
     fn detach(&mut self, disk: &str, timeout: Duration) -> Result<(), VmError> {
@@ -210,42 +160,58 @@ pub(super) fn run(
         let step_started = Instant::now();
         let expected = step.status_for(cell);
         let ran = match &step.action {
-            Action::Run { command, .. } => machine.run(&what, command, step.timeout),
+            Action::Run { command, .. } => machine.console().run(&what, command, step.timeout),
             Action::Write {
                 path,
                 content,
                 mode,
-            } => machine.write_file(&what, path, content, *mode, step.timeout),
+            } => machine
+                .console()
+                .write_file(&what, path, content, *mode, step.timeout),
             Action::Copy { from, source, to } => {
                 let events = ledger.events.clone();
                 let mut last_said = Instant::now();
-                machine.copy_in(&what, source, to, step.timeout, &mut |sent, total| {
-                    // Only what takes a while is worth a line.
-                    if total > 1 << 20 && last_said.elapsed() > Duration::from_secs(2) {
-                        last_said = Instant::now();
-                        events.note(
-                            label,
-                            &format!(
-                                "copying {from}: {:.1} of {:.1} MiB",
-                                sent as f64 / 1048576.0,
-                                total as f64 / 1048576.0
-                            ),
-                        );
-                    }
-                })
+                let console = machine.console();
+                crate::guest::transfer::copy_in(
+                    console,
+                    &what,
+                    source,
+                    to,
+                    step.timeout,
+                    &mut |sent, total| {
+                        // Only what takes a while is worth a line.
+                        if total > 1 << 20 && last_said.elapsed() > Duration::from_secs(2) {
+                            last_said = Instant::now();
+                            events.note(
+                                label,
+                                &format!(
+                                    "copying {from}: {:.1} of {:.1} MiB",
+                                    sent as f64 / 1048576.0,
+                                    total as f64 / 1048576.0
+                                ),
+                            );
+                        }
+                    },
+                )
             }
             Action::WaitForUnit { unit, state } => {
-                machine.run(&what, &wait_for_unit_script(unit, state), step.timeout)
+                machine
+                    .console()
+                    .run(&what, &wait_for_unit_script(unit, state), step.timeout)
             }
             Action::WaitUntil { command } => {
-                machine.run(&what, &wait_until_script(command), step.timeout)
+                machine
+                    .console()
+                    .run(&what, &wait_until_script(command), step.timeout)
             }
             Action::Detach { disk } => {
                 // QEMU removes the device at once; the guest's kernel lets
                 // go of it a moment later, and a step after this one must
                 // find it gone.
                 machine.detach(disk, DETACH_TIMEOUT)?;
-                machine.run(&what, &detached_script(disk), step.timeout)
+                machine
+                    .console()
+                    .run(&what, &detached_script(disk), step.timeout)
             }
             Action::Reboot => {
                 match machine.reboot(&what, step.timeout) {
@@ -442,7 +408,7 @@ pub(super) fn finish(
 /// The harness's own reading of what a reboot can change, as an extra
 /// script for a round of captures (`when` says which), for a scenario that
 /// reboots and keeps any source.
-pub(super) fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
+fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
     let sources = &scenario.evidence.sources;
     if sources.is_empty() || !scenario.steps.iter().any(|s| s.action == Action::Reboot) {
         return Vec::new();
