@@ -234,22 +234,13 @@ fn wait_in_log<T>(
 mod tests {
     use super::*;
     use crate::check::outcome::Timings;
-    use crate::guest::life::Ended;
     use crate::host::progress::Events;
-    use crate::run::stand::{dir, scenario, Stand};
+    use crate::run::stand::{dir, ended_in, scenario, Stand};
 
     fn not_back(end: GuestEnd) -> NotBack {
         NotBack {
             step: 2,
-            ended: Ended {
-                end,
-                reasons: vec!["Dependency failed for /srv/data".into()],
-                last_line: String::new(),
-                quiet: None,
-                before_kernel: false,
-                host: None,
-                processor: None,
-            },
+            ended: ended_in(end),
             console_tail: String::new(),
             examined: None,
         }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use crate::check::capture::{Capture, GuestFacts, Taken};
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::fake::LocalShell;
+use crate::guest::life::Ended;
 use crate::guest::vm::VmError;
-use crate::spec::{CaptureKind, CaptureSpec, Known, Scenario};
+use crate::spec::{CaptureKind, CaptureSpec, GuestEnd, Known, Scenario};
 
 use super::steps::Machine;
 
@@ -221,4 +222,17 @@ pub(super) fn dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().to_owned();
     std::fs::create_dir_all(path.join("units")).expect("units");
     (dir, path)
+}
+
+/// A boot that ended in `end`, the console having said why.
+pub(super) fn ended_in(end: GuestEnd) -> Ended {
+    Ended {
+        end,
+        reasons: vec!["Dependency failed for /srv/data".into()],
+        last_line: "You are in emergency mode.".into(),
+        quiet: None,
+        before_kernel: false,
+        host: None,
+        processor: None,
+    }
 }

@@ -477,8 +477,7 @@ mod tests {
     //! The interpreter against the stand-in guest of [`crate::run::stand`].
 
     use super::*;
-    use crate::guest::life::Ended;
-    use crate::run::stand::{dir, scenario, Stand};
+    use crate::run::stand::{dir, ended_in, scenario, Stand};
 
     /// What a flow left: its result, the step records, the time table.
     struct Ran {
@@ -514,15 +513,7 @@ mod tests {
     fn ended(end: GuestEnd) -> ConsoleError {
         ConsoleError::GuestEnded {
             what: "step 2/3 (reboot)".into(),
-            ended: Box::new(Ended {
-                end,
-                reasons: vec!["Dependency failed for /srv/data".into()],
-                last_line: "You are in emergency mode.".into(),
-                quiet: None,
-                before_kernel: false,
-                host: None,
-                processor: None,
-            }),
+            ended: Box::new(ended_in(end)),
             console_tail: "You are in emergency mode.".into(),
         }
     }
