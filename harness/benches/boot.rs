@@ -106,7 +106,6 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
         .parent()
         .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
         .to_path_buf();
-    std::env::set_var("INSTA_WORKSPACE_ROOT", &root);
     // The sections' own scratch projects have no snapshots; insta's diffs
     // of them would bury the figures.
     std::env::set_var("INSTA_OUTPUT", "none");

@@ -68,6 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if exec { EXIT_EXEC } else { EXIT_USAGE });
         }
     };
+    if matches!(cli.command, Command::Run(_) | Command::Repro(_)) && !settings.insta_quiet {
+        return quiet_insta();
+    }
     let outputs = Outputs {
         colour: cli.color.wanted(&settings),
         events: Events::new(terminal.clone()),
@@ -81,6 +84,28 @@ fn main() -> ExitCode {
             ExitCode::from(if exec { EXIT_EXEC } else { classify(&e) })
         }
     }
+}
+
+/// Runs this program again, in place of this process, with insta told to
+/// print nothing.
+///
+/// insta prints a snapshot's difference and its hints about `cargo insta`
+/// on standard output, which is where the report goes; the report carries
+/// the difference in its own words. insta takes its output mode only from
+/// `INSTA_OUTPUT` (or an `insta.yaml` in the project, which is the user's),
+/// and changing this process's own environment would race with any thread
+/// reading it, so the variable is given to a new program image instead:
+/// the same process (its PID, its terminal, its signals), nothing running.
+fn quiet_insta() -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let error = command.args(args).env("INSTA_OUTPUT", "none").exec();
+    eprintln!("vmrepro: starting again with INSTA_OUTPUT=none: {error}");
+    ExitCode::from(EXIT_ENV)
 }
 
 /// Maps an error to the documented exit status.
@@ -160,13 +185,6 @@ fn dispatch(command: Command, outputs: Outputs) -> Result<u8> {
         _ => {}
     }
     let project = outputs.settings.project(&cwd)?;
-    // insta would otherwise ask `cargo metadata` where the workspace is.
-    std::env::set_var("INSTA_WORKSPACE_ROOT", &project.root);
-    // insta's own output is written for `cargo test` users (hints about
-    // `cargo insta`, the assertion's source line in the harness); the
-    // command line says the same in its own words, and the report carries
-    // the diff.
-    std::env::set_var("INSTA_OUTPUT", "none");
     match command {
         Command::Setup | Command::Doctor { .. } => unreachable!("answered above"),
         Command::List { format } => cli::project::list(&project, format),

@@ -61,6 +61,11 @@ pub struct Settings {
     /// `CLICOLOR_FORCE` is set to anything but `0`: colours even off a
     /// terminal (bixense.com/clicolors).
     pub clicolor_force: bool,
+    /// insta is told to print nothing (`INSTA_OUTPUT=none`). insta reads
+    /// its output mode only from its own variable (or an `insta.yaml` in
+    /// the project, which is the user's); the command line, whose standard
+    /// output is the report, starts itself again with it set when it is not.
+    pub insta_quiet: bool,
 }
 
 /// A variable whose value is not one of those accepted.
@@ -182,6 +187,7 @@ impl Settings {
             clicolor_force: vars
                 .get("CLICOLOR_FORCE")
                 .is_some_and(|v| !v.is_empty() && v != "0"),
+            insta_quiet: vars.get("INSTA_OUTPUT").is_some_and(|v| v == "none"),
         })
     }
 

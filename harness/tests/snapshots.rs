@@ -72,7 +72,6 @@ fn review_loop() -> Result<(), Failed> {
     let snapshots = project.join("snapshots");
     // Pending snapshots are written outside CI too, for this test.
     std::env::set_var("INSTA_UPDATE", "new");
-    std::env::set_var("INSTA_WORKSPACE_ROOT", project);
     let scenario_file = project.join("scenarios/selftest.toml");
     std::fs::create_dir_all(project.join("scenarios"))?;
     std::fs::write(&scenario_file, "# the scenario a snapshot's header names\n")?;
@@ -84,7 +83,13 @@ fn review_loop() -> Result<(), Failed> {
     let name = "selftest@bookworm-stock";
 
     // First run: no committed snapshot, so NEW, with a pending file.
-    match snapshot::compare(&snapshots, name, &meta, "== x (exit 0) ==\nfirst\n") {
+    match snapshot::compare(
+        project,
+        &snapshots,
+        name,
+        &meta,
+        "== x (exit 0) ==\nfirst\n",
+    ) {
         Err(SnapshotError::New { .. }) => {}
         other => return Err(format!("a first run must be NEW, got {other:?}").into()),
     }
@@ -99,11 +104,23 @@ fn review_loop() -> Result<(), Failed> {
         return Err(format!("accepted snapshot:\n{text}").into());
     }
     // Second run, same captures: a pass.
-    snapshot::compare(&snapshots, name, &meta, "== x (exit 0) ==\nfirst\n")
-        .map_err(|e| format!("after accepting, the same captures must match: {e}"))?;
+    snapshot::compare(
+        project,
+        &snapshots,
+        name,
+        &meta,
+        "== x (exit 0) ==\nfirst\n",
+    )
+    .map_err(|e| format!("after accepting, the same captures must match: {e}"))?;
 
     // A change: it differs, is listed, and accepting it updates the file.
-    match snapshot::compare(&snapshots, name, &meta, "== x (exit 0) ==\nsecond\n") {
+    match snapshot::compare(
+        project,
+        &snapshots,
+        name,
+        &meta,
+        "== x (exit 0) ==\nsecond\n",
+    ) {
         Err(SnapshotError::Differs { .. }) => {}
         other => return Err(format!("a change must differ, got {other:?}").into()),
     }

@@ -7,6 +7,7 @@ use std::sync::Once;
 
 use crate::check::capture::Capture;
 use crate::check::outcome::Outcome;
+use crate::spec::project::Project;
 use crate::spec::Scenario;
 
 /// A snapshot did not match, or none is committed yet.
@@ -29,6 +30,16 @@ pub enum SnapshotError {
         path: String,
         /// The difference, as a unified diff of lines (committed, then new).
         diff: String,
+    },
+    /// insta could not compare or store the snapshot (an unreadable file,
+    /// a folder it may not write to, one of its variables set to a value
+    /// it refuses): the host's problem, not the trial's.
+    #[error("snapshot {path} could not be compared: {message}")]
+    Failed {
+        /// The committed file, or where it would be.
+        path: String,
+        /// What insta said.
+        message: String,
     },
 }
 
@@ -57,7 +68,7 @@ pub fn render(captures: &[Capture]) -> String {
 
 /// Compares a trial's end-of-flow captures with its committed snapshot.
 pub(crate) fn compare_outcome(
-    snapshots_dir: &Path,
+    project: &Project,
     scenario: &Scenario,
     outcome: &Outcome,
 ) -> Result<(), SnapshotError> {
@@ -72,7 +83,8 @@ pub(crate) fn compare_outcome(
         .collect(),
     );
     compare(
-        snapshots_dir,
+        &project.root,
+        &project.snapshots_dir(),
         &name(&scenario.name, &outcome.cell.to_string()),
         &Meta {
             description: &scenario.description,
@@ -95,8 +107,11 @@ pub struct Meta<'a> {
 }
 
 /// Compares `content` with `snapshots_dir/NAME.snap` through insta, which
-/// prints the diff and, outside CI, writes `NAME.snap.new` for review.
+/// prints the diff (unless `INSTA_OUTPUT=none`) and, outside CI, writes
+/// `NAME.snap.new` for review. The paths in a snapshot's header are written
+/// relative to `project_root`.
 pub fn compare(
+    project_root: &Path,
     snapshots_dir: &Path,
     name: &str,
     meta: &Meta<'_>,
@@ -118,8 +133,21 @@ pub fn compare(
     let new = !path.exists();
     let result = settings.bind(|| {
         COMPARING.with(|c| c.set(true));
+        // What `insta::assert_snapshot!` expands to, with the project as
+        // the workspace: the macro would take it from `INSTA_WORKSPACE_ROOT`
+        // or ask `cargo metadata` about the harness's own source folder,
+        // neither of which is the project a run was given. (A hidden entry
+        // point: insta is pinned to one version in Cargo.toml for this.)
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            insta::assert_snapshot!(name.to_owned(), content);
+            insta::_macro_support::assert_snapshot(
+                (name.to_owned(), content).into(),
+                project_root,
+                "compare",
+                module_path!(),
+                file!(),
+                line!(),
+                "content",
+            )
         }));
         COMPARING.with(|c| c.set(false));
         result
@@ -130,17 +158,36 @@ pub fn compare(
         std::fs::read_to_string(&path).unwrap_or_default()
     };
     let (name, path) = (name.to_owned(), path.display().to_string());
-    result.map_err(|_| {
-        if new {
-            SnapshotError::New { name, path }
-        } else {
-            SnapshotError::Differs {
-                diff: diff(snapshot_body(&committed), content),
-                name,
-                path,
-            }
-        }
-    })
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SnapshotError::Failed {
+            path,
+            message: e.to_string(),
+        }),
+        // insta reports a mismatch by panicking, and anything else it
+        // cannot do too: the two are told apart by comparing here.
+        Err(_) if new => Err(SnapshotError::New { name, path }),
+        Err(_) if differs(snapshot_body(&committed), content) => Err(SnapshotError::Differs {
+            diff: diff(snapshot_body(&committed), content),
+            name,
+            path,
+        }),
+        Err(panic) => Err(SnapshotError::Failed {
+            path,
+            message: panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("it stopped without saying why")
+                .to_owned(),
+        }),
+    }
+}
+
+/// Whether two snapshot bodies differ beyond trailing blank space, which
+/// insta ignores too.
+fn differs(old: &str, new: &str) -> bool {
+    old.trim_end() != new.trim_end()
 }
 
 /// The contents of a snapshot file: what follows its header.

@@ -164,6 +164,7 @@ pub fn decide(ended: Ended<'_>) -> Verdict {
                     Status::New,
                     format!("NEW: every expectation held; no committed snapshot yet: read {path}.new, then `vmrepro accept {name}`"),
                 ),
+                (true, Err(e @ SnapshotError::Failed { .. })) => (Status::Error, e.to_string()),
                 (true, Err(e)) => (Status::Fail, format!("FAIL: {e}")),
                 // A cell that asserts a loss, or how the boot ends,
                 // proves the bug when every expectation holds.

@@ -119,7 +119,7 @@ pub fn check_keeping(
     };
     let (row, snapshot, report) = match &outcome {
         Ok(outcome) => {
-            let snapshot = snapshot::compare_outcome(&project.snapshots_dir(), scenario, outcome);
+            let snapshot = snapshot::compare_outcome(project, scenario, outcome);
             let row = Row::of(outcome, &snapshot);
             let report =
                 report::markdown(scenario, outcome, &row, &snapshot, &host::qemu_version());
