@@ -12,11 +12,11 @@
 
 what=${1:?usage: cache-key.sh RELEASE|kernel}
 
-# The code whose content decides what a build produces: the build layer,
+# The code whose content decides what a build produces: the media layer,
 # the recipes it reads, the host layer it runs commands with.
 BUILD_CODE=(
-  harness/src/build
-  harness/src/spec/recipe.rs
+  harness/src/media
+  harness/src/project/recipe.rs
   harness/src/host
   harness/src/text.rs
 )

@@ -39,13 +39,15 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vmrepro::cache::Cache;
+use vmrepro::check::snapshot;
+use vmrepro::guest::vm::{self, Firmware, MachineOptions};
+use vmrepro::host::{self, progress};
+use vmrepro::media::cache::Cache;
+use vmrepro::media::image;
 use vmrepro::project::Project;
-use vmrepro::scenario::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::project::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::run::{self, BootTimes, Outcome, RunOptions, Start};
 use vmrepro::settings::Settings;
-use vmrepro::trial::{self, BootTimes, Outcome, RunOptions, Start};
-use vmrepro::vm::{self, Firmware, MachineOptions};
-use vmrepro::{image, progress, snapshot, tools};
 
 const SCENARIO: &str = "netfilter-persistent-reboot";
 const RELEASE: &str = "bookworm";
@@ -113,7 +115,7 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     let events = progress::Events::new(std::sync::Arc::new(progress::Terminal::new(false, false)));
     let settings = Settings::from_env()?;
     let project = settings.project_at(&root)?;
-    tools::ensure_tools(&events, settings.install)?;
+    host::ensure_tools(&events, settings.install)?;
     let accel = settings.accel()?;
     // Each section chooses warm or cold itself.
     let options = RunOptions {
@@ -129,8 +131,8 @@ fn bench(wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     println!("vmrepro benchmark");
     println!(
         "  host: {cores} cores, {} MiB available; {}",
-        tools::available_memory_mib().unwrap_or(0),
-        tools::qemu_version()
+        host::available_memory_mib().unwrap_or(0),
+        host::qemu_version()
     );
     println!("  accelerator: {} ({})", accel.accel.name(), accel.reason);
     println!(
@@ -217,10 +219,10 @@ fn flood(root: &Path, options: &RunOptions) -> Result<Vec<String>, Error> {
     for name in ["one-line", "flood"] {
         let scenario = project.scenario(name)?;
         // The warm state first, outside the figures.
-        trial::warm_state(&project, Some(&scenario), &cell, options)?;
+        run::warm_state(&project, Some(&scenario), &cell, options)?;
         std::fs::write("/proc/self/clear_refs", "5")?;
         let started = Instant::now();
-        let checked = trial::check(&project, &scenario, &cell, options);
+        let checked = run::check(&project, &scenario, &cell, options);
         let seconds = started.elapsed().as_secs_f64();
         let peak = peak_kib();
         let captures = snapshot::render(
@@ -256,7 +258,7 @@ fn emergency(project: &Project, options: &RunOptions) -> Result<Vec<String>, Err
     println!("== emergency: from the console's first word of emergency mode to the verdict ({SCENARIO}, {RELEASE} × stock) ==");
     let scenario = project.scenario(SCENARIO)?;
     let cell = cell(KernelFlavour::stock());
-    trial::warm_state(project, Some(&scenario), &cell, options)?;
+    run::warm_state(project, Some(&scenario), &cell, options)?;
     let log = project
         .artifacts_dir(SCENARIO, &cell.to_string())
         .join("console.log");
@@ -279,7 +281,7 @@ fn emergency(project: &Project, options: &RunOptions) -> Result<Vec<String>, Err
         })
     };
     let started = Instant::now();
-    let checked = trial::check(project, &scenario, &cell, options);
+    let checked = run::check(project, &scenario, &cell, options);
     let verdict = Instant::now();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let shown = watcher.join().map_err(|_| "the console watcher stopped")?;
@@ -428,7 +430,7 @@ fn boot_path(project: &Project, options: &RunOptions, rounds: usize) -> Result<(
                     round + 1,
                     cell(kernel.clone())
                 );
-                match trial::bare_boot(project, &cell(kernel.clone()), &variant, VARIANT_TIMEOUT) {
+                match run::bare_boot(project, &cell(kernel.clone()), &variant, VARIANT_TIMEOUT) {
                     Ok(t) => {
                         if let Ok(list) = &mut times[v][k] {
                             list.push(t);
@@ -495,7 +497,7 @@ fn warm_vs_cold(
     let cell = cell(KernelFlavour::stock());
     println!("== warm start: {} on {cell} ==", scenario.name);
     let started = Instant::now();
-    let state = trial::warm_state(project, Some(scenario), &cell, options)?;
+    let state = run::warm_state(project, Some(scenario), &cell, options)?;
     println!(
         "  saved state {}: {:.0} MiB; the boot that saved it reached a shell after {:.1}s, saving took {:.1}s (this run spent {:.1}s getting it)",
         state.key,
@@ -513,11 +515,11 @@ fn warm_vs_cold(
     let mut passed = true;
     for round in 0..rounds {
         eprintln!("[round {}/{rounds}] bare cold boot", round + 1);
-        bare.push(trial::bare_boot(project, &cell, options, VARIANT_TIMEOUT)?);
+        bare.push(run::bare_boot(project, &cell, options, VARIANT_TIMEOUT)?);
         eprintln!("[round {}/{rounds}] scenario, cold", round + 1);
-        let c = trial::run_cell(project, scenario, &cell, &cold_options)?;
+        let c = run::run_cell(project, scenario, &cell, &cold_options)?;
         eprintln!("[round {}/{rounds}] scenario, warm", round + 1);
-        let w = trial::run_cell(project, scenario, &cell, &warm_options)?;
+        let w = run::run_cell(project, scenario, &cell, &warm_options)?;
         if !matches!(w.start, Start::Warm { .. }) {
             return Err(
                 format!("the warm trial did not start warm: {}", w.start.describe()).into(),
@@ -574,7 +576,7 @@ fn warm_vs_cold(
     let mut without = Vec::new();
     for round in 0..rounds {
         eprintln!("[round {}/{rounds}] scenario, warm, no evidence", round + 1);
-        without.push(trial::run_cell(
+        without.push(run::run_cell(
             project,
             &bare_scenario,
             &cell,
@@ -636,9 +638,9 @@ fn print_phases(outcome: &Outcome) {
 /// -j cores.
 fn suite(project: &Project, options: &RunOptions, cores: usize) -> Result<Vec<String>, Error> {
     let scenarios = project.scenarios()?;
-    let cells: Vec<(Scenario, Cell)> = vmrepro::scenario::trials_of(&scenarios)
+    let cells: Vec<(Scenario, Cell)> = vmrepro::project::trials_of(&scenarios)
         .into_iter()
-        .filter(|(_, c)| trial::reachable(project, &options.cache, &c.release).is_ok())
+        .filter(|(_, c)| run::reachable(project, &options.cache, &c.release).is_ok())
         .collect();
     println!(
         "== suite: {} trials on the reachable releases, warm, -j {cores} ==",
@@ -650,7 +652,7 @@ fn suite(project: &Project, options: &RunOptions, cores: usize) -> Result<Vec<St
     let mut warm_options = options.clone();
     warm_options.first_boot = FirstBoot::Warm;
     for (scenario, cell) in &cells {
-        trial::warm_state(project, Some(scenario), cell, &warm_options)?;
+        run::warm_state(project, Some(scenario), cell, &warm_options)?;
     }
     println!(
         "  saved states ready ({:.0}s spent here getting them)",
@@ -658,7 +660,7 @@ fn suite(project: &Project, options: &RunOptions, cores: usize) -> Result<Vec<St
     );
     eprintln!("suite: the timed pass");
     let started = Instant::now();
-    let results = trial::check_all(project, cells.clone(), &warm_options, cores, |_, _, _| ())?;
+    let results = run::check_all(project, cells.clone(), &warm_options, cores, |_, _, _| ())?;
     let wall = started.elapsed().as_secs_f64();
     println!(
         "\n  {:<48} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
@@ -726,13 +728,13 @@ fn kernel_build(project: &Project, events: &progress::Events) -> Result<Vec<Stri
     println!("== kernel: the kernels built from recipes, from nothing ==");
     let mut lines = Vec::new();
     for (name, source) in &project.kernels {
-        let vmrepro::recipe::KernelSource::Recipe(recipe) = source else {
+        let vmrepro::project::recipe::KernelSource::Recipe(recipe) = source else {
             continue;
         };
         let dir = tempfile::tempdir()?;
         let cache = Cache::at(dir.path().to_owned()).with_events(events.clone());
         let started = Instant::now();
-        let built = vmrepro::kernel::built(&cache, name, recipe)?;
+        let built = vmrepro::media::kernel::built(&cache, name, recipe)?;
         let seconds = started.elapsed().as_secs_f64();
         let size = std::fs::metadata(&built.image).map_or(0, |m| m.len());
         println!(
@@ -834,7 +836,7 @@ fn matrix(
     );
     let started = Instant::now();
     for cell in &cells {
-        trial::warm_state(project, Some(scenario), cell, options)?;
+        run::warm_state(project, Some(scenario), cell, options)?;
     }
     println!(
         "  saved states ready ({:.1}s spent here getting them)",
@@ -844,7 +846,7 @@ fn matrix(
     let jobs = cores;
     println!(
         "  -j 1 against -j {jobs} (cores); by free memory `vmrepro run` would allow -j {}",
-        trial::default_jobs(options.machine.memory_mib)
+        run::default_jobs(options.machine.memory_mib)
     );
     let pass = |first_boot: FirstBoot, jobs: usize| -> Result<(f64, Vec<Timed>), Error> {
         let mut opts = options.clone();
@@ -855,7 +857,7 @@ fn matrix(
             .iter()
             .map(|c| (scenario.clone(), c.clone()))
             .collect();
-        let results = trial::check_all(project, work, &opts, jobs, |_, _, _| ())?;
+        let results = run::check_all(project, work, &opts, jobs, |_, _, _| ())?;
         let wall = started.elapsed().as_secs_f64();
         let per_cell = results
             .into_iter()

@@ -3,130 +3,41 @@
 //!
 //! One folder per layer, and data flows one way through them:
 //!
-//! - `spec`: what the project's files say: scenarios (model, parser,
-//!   sharding) and the project that holds them;
-//! - `build`: what a trial boots, built once and cached: release images and
-//!   the Linode-style kernel;
-//! - `guest`: one running guest: QEMU and its monitor, the root shell on the
-//!   control port, saved booted states;
-//! - `check`: what a trial came to: captures, the verdict, the snapshot
-//!   comparison, the report and the table rows;
-//! - `run`: one scenario on one cell through all of the above, and many
+//! - [`project`]: what the project's files say: scenarios (model, parser,
+//!   sharding), release and kernel recipes, and the folder that holds them;
+//! - [`media`]: what a trial boots, built once and kept in the [`media::cache`]:
+//!   release images, the Linode-style kernel, data disks;
+//! - [`guest`]: one running guest: QEMU and its monitor, the root shell on
+//!   the control port, saved booted states;
+//! - [`check`]: what a trial came to: captures, the evidence, the verdict,
+//!   the snapshot comparison, the report and the table rows;
+//! - [`run`]: one scenario on one cell through all of the above, and many
 //!   cells at once;
-//! - `host`: the machine the harness runs on (host tools, supervised
+//! - [`host`]: the machine the harness runs on (host tools, supervised
 //!   processes, progress events), which every layer may use.
 //!
-//! No layer prints its progress: each emits events to the `Events` handle it
-//! is given (through the cache and the run options), and the caller chooses
-//! the reporter: live or plain lines on a terminal, or none.
+//! [`settings`] is what a run is told from outside (the environment, the
+//! command line), read once and handed down in parts.
 //!
-//! The layers are private. What the command line, the test targets and the
-//! benchmark need is re-exported below, grouped by what it is for.
+//! No layer prints its progress: each emits events to the
+//! [`host::progress::Events`] handle it is given (through the cache and the
+//! run options), and the caller chooses the reporter: live or plain lines
+//! on a terminal, or none.
+//!
+//! Each layer's public items are what the command line, the test targets
+//! and the benchmark use; the rest is the crate's own.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
-mod build;
-mod check;
-mod guest;
-mod host;
-mod run;
-mod spec;
-mod text;
-
+pub mod check;
+pub mod guest;
+pub mod host;
+pub mod media;
+pub mod project;
+pub mod run;
 pub mod settings;
-
-/// Scenario files and their matrices.
-pub mod scenario {
-    pub use crate::spec::{trials_of, Cell, FirstBoot, KernelFlavour, Known, Scenario, Shard};
-}
-
-/// The project directory: scenarios, release recipes, snapshots.
-pub mod project {
-    pub use crate::spec::project::{Project, ProjectError};
-}
-
-/// The cache of built images, kernels and saved guest states.
-pub mod cache {
-    pub use crate::build::cache::{Cache, EntryInfo};
-}
-
-/// Recipes of release images and kernels.
-pub mod recipe {
-    pub use crate::spec::recipe::{ImageRecipe, KernelRecipe, KernelSource, RecipeError};
-}
-
-/// Release images.
-pub mod image {
-    pub use crate::build::image::{
-        image, import, key, lookup, probe_reachable, Image, ImageError, Manifest, KIND,
-    };
-}
-
-/// The Linode-style kernel.
-pub mod kernel {
-    pub use crate::build::kernel::{built, key, lookup_built, prebuilt, Kernel, KernelError, KIND};
-}
-
-/// Saved, booted guest states.
-pub mod warm {
-    pub use crate::guest::warm::KIND;
-}
-
-/// The virtual machine: accelerator and virtual hardware.
-pub mod vm {
-    pub use crate::guest::vm::{
-        choose_accel, Accel, AccelChoice, AccelWanted, Firmware, MachineOptions, VmError,
-    };
-}
-
-/// Trials: one scenario on one cell, checked; many at once; the pieces the
-/// benchmark times on their own.
-pub mod trial {
-    pub use crate::check::outcome::{Outcome, Timings};
-    pub use crate::guest::warm::Start;
-    pub use crate::run::cell::{
-        bare_boot, exec, run_cell, shell, warm_state, BootTimes, ExecOutput, KeptGuest, RunError,
-        RunOptions, StepFailure, StepProblem,
-    };
-    pub use crate::run::{
-        check, check_all, check_keeping, default_jobs, kernels_to_build, longest_first, reachable,
-        Checked, Required,
-    };
-}
-
-/// Verdicts and exit statuses.
-pub mod verdict {
-    pub use crate::check::verdict::{
-        decide, exit_code, Ended, Status, Unfinished, Verdict, EXIT_ENV, EXIT_FAIL, EXIT_PASS,
-        EXIT_SKIPPED, EXIT_USAGE,
-    };
-}
-
-/// Snapshots: rendering captures and comparing them with the committed ones.
-pub mod snapshot {
-    pub use crate::check::snapshot::{accept, compare, pending, render, Meta, SnapshotError};
-}
-
-/// The outcome table's rows, the tables and the Markdown report.
-pub mod report {
-    pub use crate::check::report::{
-        load_rows, markdown_error, markdown_table, save_row, sort_rows, table, Row,
-    };
-}
-
-/// The host: the tools vmrepro needs and installs.
-pub mod tools {
-    pub use crate::host::{
-        available_memory_mib, ensure_tools, find_command, package_version, qemu_version,
-        tool_version, HostError, InstallPlan, TOOLS,
-    };
-}
-
-/// Progress: the events the layers emit, and the terminal that renders them.
-pub mod progress {
-    pub use crate::host::progress::{terminal_size, Event, Events, Reporter, Terminal};
-}
+mod text;
 
 #[cfg(test)]
 mod layering {
@@ -138,11 +49,11 @@ mod layering {
     /// Each layer and what it may use besides itself and `text`.
     const BELOW: &[(&str, &[&str])] = &[
         ("host", &[]),
-        ("spec", &[]),
-        ("build", &["spec", "host"]),
-        ("guest", &["build", "spec", "host"]),
-        ("check", &["guest", "build", "spec", "host"]),
-        ("run", &["check", "guest", "build", "spec", "host"]),
+        ("project", &[]),
+        ("media", &["project", "host"]),
+        ("guest", &["media", "project", "host"]),
+        ("check", &["guest", "media", "project", "host"]),
+        ("run", &["check", "guest", "media", "project", "host"]),
     ];
 
     fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
-use vmrepro::cache::Cache;
-use vmrepro::progress::{Events, Terminal};
+use vmrepro::guest::vm;
+use vmrepro::host;
+use vmrepro::host::progress::{Events, Terminal};
+use vmrepro::media::cache::Cache;
+use vmrepro::media::{image, kernel};
+use vmrepro::project::KernelFlavour;
 use vmrepro::project::{Project, ProjectError};
-use vmrepro::scenario::KernelFlavour;
+use vmrepro::run::{RunError, RunOptions};
 use vmrepro::settings::Settings;
-use vmrepro::trial::{RunError, RunOptions};
-use vmrepro::{image, kernel, tools, vm};
 
-use vmrepro::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
+use vmrepro::check::verdict::{self, EXIT_ENV, EXIT_FAIL, EXIT_PASS, EXIT_USAGE};
 
 /// `vmrepro exec`'s status when it could not run the command (ssh(1): "exits
 /// with the exit status of the remote command or with 255 if an error
@@ -117,7 +119,7 @@ fn classify(error: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<UsageError>().is_some() {
             return EXIT_USAGE;
         }
-        if cause.downcast_ref::<tools::HostError>().is_some() {
+        if cause.downcast_ref::<host::HostError>().is_some() {
             return EXIT_ENV;
         }
         // A flow that broke (`shell`, `exec`): the verdict `run` gives it,
@@ -204,7 +206,7 @@ fn dispatch(command: Command, outputs: Outputs) -> Result<u8> {
 }
 
 fn run_options(outputs: &Outputs) -> Result<RunOptions> {
-    tools::ensure_tools(&outputs.events, outputs.settings.install)?;
+    host::ensure_tools(&outputs.events, outputs.settings.install)?;
     let accel = outputs.settings.accel()?;
     outputs.events.line(&format!(
         "vmrepro: accelerator {} ({})",
@@ -219,13 +221,13 @@ fn parse_kernel(project: &Project, name: &str) -> Result<KernelFlavour> {
 }
 
 /// The project's kernel flavours that are built from a recipe.
-fn built_kernels(project: &Project) -> Vec<(&str, &vmrepro::recipe::KernelRecipe)> {
+fn built_kernels(project: &Project) -> Vec<(&str, &vmrepro::project::recipe::KernelRecipe)> {
     project
         .kernels
         .iter()
         .filter_map(|(name, source)| match source {
-            vmrepro::recipe::KernelSource::Recipe(recipe) => Some((name.as_str(), recipe)),
-            vmrepro::recipe::KernelSource::Prebuilt { .. } => None,
+            vmrepro::project::recipe::KernelSource::Recipe(recipe) => Some((name.as_str(), recipe)),
+            vmrepro::project::recipe::KernelSource::Prebuilt { .. } => None,
         })
         .collect()
 }

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::build::cache::Cache;
 pub use crate::guest::vm::AccelWanted;
 use crate::guest::vm::{choose_accel, AccelChoice, VmError};
+use crate::media::cache::Cache;
+use crate::project::{FirstBoot, Shard};
+use crate::project::{Project, ProjectError};
 use crate::run::cell::RunOptions;
 pub use crate::run::Required;
-use crate::spec::project::{Project, ProjectError};
-use crate::spec::{FirstBoot, Shard};
 
 /// Everything the environment (or the command line) says about a run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,16 +13,16 @@ use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::Instant;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use vmrepro::check::verdict::{EXIT_FAIL, EXIT_PASS, EXIT_SKIPPED};
 use vmrepro::project::Project;
-use vmrepro::trial;
-use vmrepro::verdict::{EXIT_FAIL, EXIT_PASS, EXIT_SKIPPED};
+use vmrepro::run;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let guests = match common::settings()
         .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "bookworm"))
+        .and_then(|p| run::reachable(&p, &common::settings().cache(), "bookworm"))
     {
         Err(why) if !common::settings().required.contains("bookworm") => Some(why),
         _ => None,
@@ -144,7 +144,7 @@ fn nextest_trial() -> Trial {
     let unreachable = common::settings()
         .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "jessie"))
+        .and_then(|p| run::reachable(&p, &common::settings().cache(), "jessie"))
         .is_err();
     let trial = Trial::test(name, nextest_skips);
     if installed && unreachable && !common::settings().required.contains("jessie") {
@@ -316,7 +316,7 @@ fn exit_statuses() -> Result<(), Failed> {
     let jessie_skips = common::settings()
         .project_at(project)
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "jessie"))
+        .and_then(|p| run::reachable(&p, &common::settings().cache(), "jessie"))
         .is_err();
 
     // A release that cannot be fetched is found out in seconds.
@@ -431,8 +431,8 @@ fn exec_status() -> Result<(), Failed> {
     let linode_built = Project::open(project)
         .ok()
         .and_then(|p| match p.kernels.get("linode") {
-            Some(vmrepro::recipe::KernelSource::Recipe(recipe)) => {
-                vmrepro::kernel::lookup_built(&common::settings().cache(), "linode", recipe)
+            Some(vmrepro::project::recipe::KernelSource::Recipe(recipe)) => {
+                vmrepro::media::kernel::lookup_built(&common::settings().cache(), "linode", recipe)
             }
             _ => None,
         });
@@ -852,8 +852,9 @@ fn kernel_by_path() -> Result<(), Failed> {
     let project = dir.path();
     let cache = common::settings().cache();
     let p = Project::open(project).map_err(|e| e.to_string())?;
-    let image = vmrepro::image::image(&cache, p.recipe("bookworm").map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let image =
+        vmrepro::media::image::image(&cache, p.recipe("bookworm").map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     let kernels = project.join("images/kernels");
     std::fs::create_dir_all(kernels.join("provider"))?;
     for file in ["vmlinuz", "initrd.img"] {

@@ -23,20 +23,22 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use vmrepro::progress::{Events, Terminal};
+use vmrepro::check::report;
+use vmrepro::check::verdict::Status;
+use vmrepro::guest::vm::MachineOptions;
+use vmrepro::host;
+use vmrepro::host::progress::{Events, Terminal};
 use vmrepro::project::Project;
-use vmrepro::scenario::{Cell, Scenario};
+use vmrepro::project::{Cell, Scenario};
+use vmrepro::run;
+use vmrepro::run::RunOptions;
 use vmrepro::settings::Settings;
-use vmrepro::trial::RunOptions;
-use vmrepro::verdict::Status;
-use vmrepro::vm::MachineOptions;
-use vmrepro::{report, tools, trial};
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // As many guests at once as cores and free memory allow, as `vmrepro run`.
     args.test_threads
-        .get_or_insert_with(|| trial::default_jobs(MachineOptions::default().memory_mib));
+        .get_or_insert_with(|| run::default_jobs(MachineOptions::default().memory_mib));
     // The settings, read once from the environment as `vmrepro` reads them.
     let settings = match Settings::from_env() {
         Ok(settings) => Arc::new(settings),
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
         .and_then(|p| p.scenarios().map(|s| (p, s)))
         .map_err(|e| e.to_string())
         .map(|(project, scenarios)| {
-            let cells = vmrepro::scenario::trials_of(&scenarios);
+            let cells = vmrepro::project::trials_of(&scenarios);
             let cells = match settings.shard {
                 Some(shard) => shard.select(cells),
                 None => cells,
@@ -126,7 +128,7 @@ fn trials(
     args: &Arguments,
 ) -> Vec<Trial> {
     let cache = shared.settings.cache();
-    let order = trial::longest_first(&cells, &trial::kernels_to_build(project, &cache));
+    let order = run::longest_first(&cells, &run::kernels_to_build(project, &cache));
     let mut said = std::collections::BTreeSet::new();
     order
         .into_iter()
@@ -136,7 +138,7 @@ fn trials(
             let skip = if shared.settings.required.contains(&cell.release) {
                 None
             } else {
-                trial::reachable(project, &cache, &cell.release).err()
+                run::reachable(project, &cache, &cell.release).err()
             };
             let trial = {
                 let (project, shared, scenario, cell) = (
@@ -196,7 +198,7 @@ impl Shared {
             .get_or_init(|| {
                 let events = Events::new(Arc::new(Terminal::new(false, false)));
                 let settings = &self.settings;
-                tools::ensure_tools(&events, settings.install).map_err(|e| e.to_string())?;
+                host::ensure_tools(&events, settings.install).map_err(|e| e.to_string())?;
                 let accel = settings.accel().map_err(|e| e.to_string())?;
                 eprintln!(
                     "vmrepro: accelerator {} ({})",
@@ -217,7 +219,7 @@ fn run_trial(
     shared: &Shared,
 ) -> Result<Completion, Failed> {
     let options = shared.options()?;
-    let checked = trial::check(project, scenario, cell, &options);
+    let checked = run::check(project, scenario, cell, &options);
     shared.keep(checked.row.clone());
     let status = checked.row.status;
     let outcome = match &checked.outcome {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use vmrepro::snapshot::{self, Meta, SnapshotError};
+use vmrepro::check::snapshot::{self, Meta, SnapshotError};
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();

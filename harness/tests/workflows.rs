@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use vmrepro::check::report::{self, Row};
+use vmrepro::check::verdict::Status;
 use vmrepro::project::Project;
-use vmrepro::report::{self, Row};
-use vmrepro::scenario::{Cell, KernelFlavour};
-use vmrepro::trial;
-use vmrepro::verdict::Status;
+use vmrepro::project::{Cell, KernelFlavour};
+use vmrepro::run;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -640,7 +640,7 @@ fn empty_selection_fails() -> Result<(), Failed> {
 /// anything is built; otherwise it names the accelerator.
 fn kvm_check() -> Result<(), Failed> {
     let github = tempfile::tempdir()?;
-    let kvm_here = vmrepro::vm::choose_accel(vmrepro::vm::AccelWanted::Auto)
+    let kvm_here = vmrepro::guest::vm::choose_accel(vmrepro::guest::vm::AccelWanted::Auto)
         .is_ok_and(|a| a.accel.name() == "kvm" && std::env::var("VMREPRO_ACCEL").is_err());
     let output = run(script("check-kvm.sh", &[], github.path()).env("VMREPRO_ACCEL", "kvm"))?;
     let said = text(&output);
@@ -762,14 +762,14 @@ fn cache_keys() -> Result<(), Failed> {
         let (key, path) = (get("key"), get("path"));
         let harness_key = match what {
             "kernel" => {
-                let Some(vmrepro::recipe::KernelSource::Recipe(recipe)) =
+                let Some(vmrepro::project::recipe::KernelSource::Recipe(recipe)) =
                     project.kernels.get("linode")
                 else {
                     return Err("the project's linode flavour is not built from a recipe".into());
                 };
-                vmrepro::kernel::key(&cache, "linode", recipe).map_err(|e| e.to_string())?
+                vmrepro::media::kernel::key(&cache, "linode", recipe).map_err(|e| e.to_string())?
             }
-            release => vmrepro::image::key(&project.recipes[release]),
+            release => vmrepro::media::image::key(&project.recipes[release]),
         };
         let expected_path = cache.root().join(kind).join(&harness_key);
         if path != expected_path.to_string_lossy() {
@@ -792,7 +792,7 @@ fn cache_keys() -> Result<(), Failed> {
             );
         }
         if what == "bookworm"
-            && vmrepro::image::lookup(&cache, &project.recipes["bookworm"]).is_some()
+            && vmrepro::media::image::lookup(&cache, &project.recipes["bookworm"]).is_some()
             && !expected_path.exists()
         {
             return Err(format!(
@@ -812,7 +812,7 @@ fn guest_trial(name: &'static str, test: fn() -> Result<(), Failed>) -> Trial {
     let reachable = common::settings()
         .project_at(&root())
         .map_err(|e| e.to_string())
-        .and_then(|p| trial::reachable(&p, &common::settings().cache(), "bookworm"));
+        .and_then(|p| run::reachable(&p, &common::settings().cache(), "bookworm"));
     match reachable {
         Err(why) if !common::settings().required.contains("bookworm") => {
             eprintln!("workflows: {name} skipped: {why}");

@@ -9,7 +9,7 @@ use regex::Regex;
 use crate::guest::console::{CommandOutput, Console, ConsoleError};
 use crate::guest::net;
 use crate::guest::vm::Vm;
-use crate::spec::{CaptureKind, CaptureSpec, Normalizer};
+use crate::project::{CaptureKind, CaptureSpec, Normalizer};
 
 /// How much of each output stream the harness's own commands in a round
 /// of captures bring back (evidence of a whole boot is larger than most
@@ -107,7 +107,7 @@ pub(crate) fn take(
     let probes = specs
         .iter()
         .any(|spec| matches!(spec.what, CaptureKind::ProbeTcp(_)));
-    let default = crate::spec::DEFAULT_MAX_OUTPUT;
+    let default = crate::project::DEFAULT_MAX_OUTPUT;
     let mut scripts: Vec<(&str, &str, u64)> = vec![(&facts_what, GuestFacts::SCRIPT, default)];
     scripts.extend(
         specs

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::spec::EvidenceSource as Source;
+pub use crate::project::EvidenceSource as Source;
 
 /// The guest-side reader: one function per source.
 const SCRIPT: &str = include_str!("evidence.sh");

@@ -9,7 +9,7 @@ use crate::guest::console::CommandOutput;
 use crate::guest::life::Ended;
 use crate::guest::vm::{AccelChoice, VmSetup};
 use crate::guest::warm::Start;
-use crate::spec::{Action, Cell, Expectations, StepStatus};
+use crate::project::{Action, Cell, Expectations, StepStatus};
 
 /// What one step did.
 #[derive(Debug, Clone)]
@@ -475,7 +475,7 @@ pub(crate) fn write_artifacts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Normalizer;
+    use crate::project::Normalizer;
 
     fn capture(name: &str, text: &str, normalize: Vec<Normalizer>) -> Capture {
         Capture {

@@ -6,7 +6,7 @@ use crate::check::capture::Capture;
 use crate::check::outcome::{Examined, NotBack, Outcome};
 use crate::check::snapshot::SnapshotError;
 use crate::check::verdict::{self, Ended, Status, Verdict};
-use crate::spec::{Action, Scenario, StepStatus};
+use crate::project::{Action, Scenario, StepStatus};
 
 /// Renders a finished trial; `row` is its row of the outcome table, whose
 /// status is the verdict.
@@ -650,7 +650,7 @@ impl Row {
     /// one line.
     pub fn without_outcome(
         scenario: &str,
-        cell: &crate::spec::Cell,
+        cell: &crate::project::Cell,
         status: Status,
         why: &str,
     ) -> Row {
@@ -817,7 +817,7 @@ mod tests {
     use crate::check::outcome as run;
     use crate::guest::vm::{Accel, AccelChoice};
     use crate::guest::warm::Start;
-    use crate::spec::{Cell, KernelFlavour};
+    use crate::project::{Cell, KernelFlavour};
     use std::collections::BTreeMap;
     use std::path::Path;
 
@@ -849,7 +849,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
         Scenario::parse(
             Path::new("scenarios/s.toml"),
             SCENARIO,
-            &crate::spec::Known {
+            &crate::project::Known {
                 releases: vec!["bookworm".into(), "jessie".into()],
                 kernels: vec!["stock".into(), "linode".into()],
             },
@@ -865,7 +865,7 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             text: text.into(),
             raw: text.into(),
             probe: None,
-            normalize: vec![crate::spec::Normalizer::Iptables],
+            normalize: vec![crate::project::Normalizer::Iptables],
         }
     }
 

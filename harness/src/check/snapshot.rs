@@ -7,8 +7,8 @@ use std::sync::Once;
 
 use crate::check::capture::Capture;
 use crate::check::outcome::Outcome;
-use crate::spec::project::Project;
-use crate::spec::Scenario;
+use crate::project::Project;
+use crate::project::Scenario;
 
 /// A snapshot did not match, or none is committed yet.
 #[derive(Debug, thiserror::Error)]

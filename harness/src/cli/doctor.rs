@@ -5,17 +5,18 @@ use anyhow::Result;
 use std::path::PathBuf;
 use vmrepro::project::Project;
 
-use vmrepro::verdict::{EXIT_ENV, EXIT_PASS};
-use vmrepro::{image, tools};
+use vmrepro::check::verdict::{EXIT_ENV, EXIT_PASS};
+use vmrepro::host;
+use vmrepro::media::image;
 
 use super::flags::ListFormat;
 use crate::{built_kernels, Outputs};
 
 /// `vmrepro setup`: installs what the host lacks and says what it has.
 pub(crate) fn setup(outputs: &Outputs) -> Result<u8> {
-    tools::ensure_tools(&outputs.events, outputs.settings.install)?;
-    for tool in tools::TOOLS {
-        let version = tools::tool_version(tool.command).unwrap_or_else(|| "installed".into());
+    host::ensure_tools(&outputs.events, outputs.settings.install)?;
+    for tool in host::TOOLS {
+        let version = host::tool_version(tool.command).unwrap_or_else(|| "installed".into());
         out!("{:<20} {version}", tool.command);
     }
     let accel = outputs.settings.accel()?;
@@ -70,18 +71,18 @@ pub(crate) fn doctor(
     format: ListFormat,
     outputs: &Outputs,
 ) -> Result<u8> {
-    let tools: Vec<DoctorTool> = tools::TOOLS
+    let tools: Vec<DoctorTool> = host::TOOLS
         .iter()
         .map(|tool| {
-            let found = tools::find_command(tool.command);
+            let found = host::find_command(tool.command);
             DoctorTool {
                 name: tool.command.to_owned(),
                 version: found
                     .as_ref()
-                    .and_then(|_| tools::tool_version(tool.command)),
+                    .and_then(|_| host::tool_version(tool.command)),
                 fix: found
                     .is_none()
-                    .then(|| tools::InstallPlan::for_host().shell_commands(&[*tool])),
+                    .then(|| host::InstallPlan::for_host().shell_commands(&[*tool])),
                 found: found.map(|p| p.display().to_string()),
                 purpose: tool.purpose.to_owned(),
             }
@@ -90,7 +91,7 @@ pub(crate) fn doctor(
     let kernel_source = project.and_then(|p| {
         let (name, recipe) = built_kernels(p).into_iter().next()?;
         let source = &recipe.source_package;
-        let version = tools::package_version(source);
+        let version = host::package_version(source);
         Some(DoctorTool {
             name: source.clone(),
             found: version.as_ref().map(|_| "installed".to_owned()),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use vmrepro::scenario::{FirstBoot, Shard};
+use vmrepro::project::{FirstBoot, Shard};
 use vmrepro::settings::{AccelWanted, Settings, SettingsError};
 
 #[derive(Parser)]

@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 
+use vmrepro::check::verdict::EXIT_PASS;
 use vmrepro::project::Project;
-use vmrepro::scenario::{Cell, Scenario};
-use vmrepro::trial;
-use vmrepro::verdict::EXIT_PASS;
+use vmrepro::project::{Cell, Scenario};
+use vmrepro::run;
 
 use super::flags::GuestArgs;
 use super::terminal::interactive;
@@ -17,7 +17,7 @@ pub(crate) fn shell(project: &Project, guest: &GuestArgs, outputs: &Outputs) -> 
     let (scenario, cell) = guest_of(project, guest)?;
     let options = run_options(outputs)?;
     let terminal = outputs.terminal.clone();
-    trial::shell(project, scenario.as_ref(), &cell, &options, |stream| {
+    run::shell(project, scenario.as_ref(), &cell, &options, |stream| {
         // The terminal is the shell's now.
         terminal.stop_live();
         interactive(stream)
@@ -37,7 +37,7 @@ pub(crate) fn exec(
 ) -> Result<u8> {
     let (scenario, cell) = guest_of(project, guest)?;
     let options = run_options(outputs)?;
-    let out = trial::exec(
+    let out = run::exec(
         project,
         scenario.as_ref(),
         &cell,

@@ -3,10 +3,11 @@
 
 use anyhow::Result;
 
+use vmrepro::host;
+use vmrepro::media::{image, kernel};
 use vmrepro::project::Project;
-use vmrepro::{image, kernel, tools};
 
-use vmrepro::verdict::{EXIT_ENV, EXIT_PASS};
+use vmrepro::check::verdict::{EXIT_ENV, EXIT_PASS};
 
 use super::flags::{ImagesCommand, ListFormat};
 use crate::{built_kernels, Outputs, UsageError};
@@ -43,7 +44,7 @@ pub(crate) fn images(project: &Project, command: ImagesCommand, outputs: &Output
             kernel_only,
             no_kernel,
         } => {
-            tools::ensure_tools(&outputs.events, outputs.settings.install)?;
+            host::ensure_tools(&outputs.events, outputs.settings.install)?;
             if !no_kernel {
                 for (name, recipe) in built_kernels(project) {
                     let kernel = kernel::built(&cache, name, recipe)?;
@@ -91,7 +92,7 @@ pub(crate) fn images(project: &Project, command: ImagesCommand, outputs: &Output
             let removed = cache.remove(|row| {
                 names.is_empty()
                     || (row.kind == kernel::KIND && names.iter().any(|n| n == "kernels"))
-                    || (row.kind == vmrepro::warm::KIND && names.iter().any(|n| n == "warm"))
+                    || (row.kind == vmrepro::guest::warm::KIND && names.iter().any(|n| n == "warm"))
                     || releases.iter().any(|release| {
                         row.name == *release || row.name.starts_with(&format!("{release}-"))
                     })
@@ -133,7 +134,7 @@ pub(crate) fn images(project: &Project, command: ImagesCommand, outputs: &Output
             Ok(EXIT_PASS)
         }
         ImagesCommand::Import { release, file } => {
-            tools::ensure_tools(&outputs.events, outputs.settings.install)?;
+            host::ensure_tools(&outputs.events, outputs.settings.install)?;
             let recipe = recipe_of(&release)?;
             let imported = image::import(&cache, recipe, &file)?;
             out!(

@@ -3,9 +3,9 @@
 
 use anyhow::{Context as _, Result};
 
+use vmrepro::check::report;
+use vmrepro::check::verdict::EXIT_PASS;
 use vmrepro::project::Project;
-use vmrepro::report;
-use vmrepro::verdict::EXIT_PASS;
 
 use super::flags::{Format, ListFormat};
 use super::trials::print_rows;
@@ -53,12 +53,12 @@ pub(crate) fn matrix(project: &Project, format: Format, outputs: &Outputs) -> Re
 pub(crate) fn accept(project: &Project, names: &[String], list: bool) -> Result<u8> {
     let dir = project.snapshots_dir();
     if list {
-        for name in vmrepro::snapshot::pending(&dir)? {
+        for name in vmrepro::check::snapshot::pending(&dir)? {
             out!("{}", dir.join(format!("{name}.snap.new")).display());
         }
         return Ok(EXIT_PASS);
     }
-    let accepted = vmrepro::snapshot::accept(&dir, names)?;
+    let accepted = vmrepro::check::snapshot::accept(&dir, names)?;
     if accepted.is_empty() {
         return Err(UsageError(format!(
             "no pending snapshot{} in {}",
@@ -104,7 +104,7 @@ pub(crate) fn new_scenario(project: &Project, name: &str) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmrepro::scenario::Scenario;
+    use vmrepro::project::Scenario;
 
     #[test]
     fn the_skeleton_is_a_valid_scenario() {
@@ -112,7 +112,7 @@ mod tests {
         let scenario = Scenario::parse(
             std::path::Path::new("example.toml"),
             &text,
-            &vmrepro::scenario::Known {
+            &vmrepro::project::Known {
                 releases: vec!["bookworm".to_owned()],
                 kernels: vec!["stock".to_owned()],
             },

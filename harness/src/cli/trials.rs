@@ -3,10 +3,10 @@
 
 use anyhow::{Context as _, Result};
 
+use vmrepro::check::{report, verdict};
 use vmrepro::project::Project;
-use vmrepro::scenario::{Cell, Scenario};
-use vmrepro::trial;
-use vmrepro::{report, verdict};
+use vmrepro::project::{Cell, Scenario};
+use vmrepro::run;
 
 use super::flags::{Format, ReproArgs, RunArgs};
 use super::terminal::{interactive, need_terminal};
@@ -29,7 +29,7 @@ pub(crate) fn repro(project: &Project, args: ReproArgs, outputs: &Outputs) -> Re
     let options = run_options(outputs)?;
     // The same path as `run` and the test target, so the same cell
     // gets the same verdict and exit status through all three.
-    let (checked, kept) = trial::check_keeping(project, &scenario, &cell, &options, shell_fail);
+    let (checked, kept) = run::check_keeping(project, &scenario, &cell, &options, shell_fail);
     let code = checked.row.status.exit_code();
     let markdown = &checked.report;
     match output {
@@ -73,7 +73,7 @@ pub(crate) fn run(project: &Project, args: RunArgs, outputs: &Outputs) -> Result
         .map(|k| parse_kernel(project, k))
         .transpose()?;
     let options = run_options(outputs)?;
-    let cells = vmrepro::scenario::trials_of(&selected);
+    let cells = vmrepro::project::trials_of(&selected);
     // Sharded first, as the test target does, then filtered.
     let cells = match shard.or(outputs.settings.shard) {
         Some(shard) => shard.select(cells),
@@ -97,7 +97,7 @@ pub(crate) fn run(project: &Project, args: RunArgs, outputs: &Outputs) -> Result
             ))
             .into());
         };
-        let (checked, kept) = trial::check_keeping(project, scenario, cell, &options, true);
+        let (checked, kept) = run::check_keeping(project, scenario, cell, &options, true);
         say_error(scenario, cell, &checked);
         print_rows(std::slice::from_ref(&checked.row), format, outputs)?;
         let code = checked.row.status.exit_code();
@@ -107,13 +107,13 @@ pub(crate) fn run(project: &Project, args: RunArgs, outputs: &Outputs) -> Result
         return Ok(code);
     }
     let jobs = jobs
-        .unwrap_or_else(|| trial::default_jobs(options.machine.memory_mib))
+        .unwrap_or_else(|| run::default_jobs(options.machine.memory_mib))
         .max(1);
     outputs.events.line(&format!(
         "vmrepro: {} cell(s), {jobs} at a time",
         cells.len()
     ));
-    let results = trial::check_all(project, cells, &options, jobs, say_error)?;
+    let results = run::check_all(project, cells, &options, jobs, say_error)?;
     let worst = verdict::exit_code(results.iter().map(|(checked, _)| checked.row.status));
     let mut rows: Vec<report::Row> = results
         .into_iter()
@@ -154,8 +154,8 @@ fn pick_cell(
 
 /// Says what failed, then hands the terminal to the kept guest's shell.
 fn shell_after_failure(
-    kept: trial::KeptGuest,
-    checked: &trial::Checked,
+    kept: run::KeptGuest,
+    checked: &run::Checked,
     outputs: &Outputs,
 ) -> Result<()> {
     outputs.terminal.stop_live();
@@ -169,7 +169,7 @@ fn shell_after_failure(
 }
 
 /// Prints a trial's error as it happens (skips are said in the table).
-fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
+fn say_error(scenario: &Scenario, cell: &Cell, checked: &run::Checked) {
     if let Err(e) = &checked.outcome {
         if checked.row.status != verdict::Status::Skipped {
             eprintln!("vmrepro: {} on {cell}: {e}", scenario.name);
@@ -177,7 +177,9 @@ fn say_error(scenario: &Scenario, cell: &Cell, checked: &trial::Checked) {
     }
     // insta's own diff is for `cargo test`; here the difference is said
     // in the command's words (its text is the captures', already inert).
-    if let Err(vmrepro::snapshot::SnapshotError::Differs { path, diff, .. }) = &checked.snapshot {
+    if let Err(vmrepro::check::snapshot::SnapshotError::Differs { path, diff, .. }) =
+        &checked.snapshot
+    {
         eprintln!(
             "vmrepro: {} on {cell}: the captures differ from {path}:\n{}",
             scenario.name,

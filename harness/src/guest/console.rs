@@ -31,9 +31,9 @@ use base64::Engine as _;
 use regex::Regex;
 use sha2::Digest as _;
 
-use crate::build::image::AUTOLOGIN_BANNER;
 use crate::guest::life::{Ended, Life};
 use crate::guest::vm;
+use crate::media::image::AUTOLOGIN_BANNER;
 
 /// How often the reader thread looks up from a quiet port to see whether it
 /// has been told to stop.
@@ -71,7 +71,7 @@ const LIFE_EVERY: Duration = Duration::from_millis(250);
 const OUTPUT_TAIL_LINES: usize = 15;
 /// How much of each output stream of a command is brought back when no
 /// limit is given.
-pub(crate) use crate::spec::DEFAULT_MAX_OUTPUT;
+pub(crate) use crate::project::DEFAULT_MAX_OUTPUT;
 /// The most text the reader thread holds before it drops the oldest: only
 /// a guest that writes to the control port itself, bypassing the runner's
 /// limits, can send that much between two results.

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::host::threads::{self, ThreadTimes};
-pub use crate::spec::GuestEnd;
+pub use crate::project::GuestEnd;
 
 /// A boot with no console output for this long has stopped making
 /// progress: systemd redraws its "A start job is running" line every

@@ -2,12 +2,12 @@
 //! directly, the kernel console in a log file and a control serial port on a
 //! unix socket.
 //!
-//! A guest can also start from a state saved by [`Vm::save_state`] (QEMU's
+//! A guest can also start from a state saved by `Vm::save_state` (QEMU's
 //! migration stream written to a file) instead of from power-on; QEMU's
 //! machine protocol (QMP) on a second socket drives saving and resuming.
 //!
-//! QEMU never outlives the harness: it is killed when the [`Vm`] is dropped
-//! (normal end, error or panic), by the [`Supervisor`] on SIGINT/SIGTERM/SIGHUP,
+//! QEMU never outlives the harness: it is killed when the `Vm` is dropped
+//! (normal end, error or panic), by the supervisor (`host::process`) on SIGINT/SIGTERM/SIGHUP,
 //! and by the kernel (`PR_SET_PDEATHSIG`) if the harness dies any other way.
 
 use std::collections::BTreeMap;
@@ -21,10 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 
-use crate::build::kernel::Kernel;
 use crate::guest::qmp::{connect, ConnectError, MonitorError, Qmp};
 use crate::host::process::{self, Registration, Supervisor};
 use crate::host::progress::Events;
+use crate::media::kernel::Kernel;
 
 /// How many console lines an error message carries.
 pub(crate) const TAIL_LINES: usize = 30;

@@ -15,13 +15,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::build::cache::KeyHash;
+use crate::media::cache::KeyHash;
 use serde::{Deserialize, Serialize};
 
-use crate::build::cache::{Cache, CacheError};
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{Vm, VmConfig, VmDisk, VmError};
 use crate::host;
+use crate::media::cache::{Cache, CacheError};
 
 /// The cache kind saved states live under.
 pub const KIND: &str = "warm";
@@ -480,9 +480,9 @@ dpkg-db-backup.service, man-db.service (man-db.service still running when the fl
         assert!(script.contains("limit=120\n"), "{script}");
         assert!(!script.contains('@'));
     }
-    use crate::build::kernel::Kernel;
     use crate::guest::vm::{Accel, AccelChoice, MachineOptions};
-    use crate::spec::KernelFlavour;
+    use crate::media::kernel::Kernel;
+    use crate::project::KernelFlavour;
 
     fn config(dir: &Path) -> VmConfig {
         let disk = dir.join("rootfs.qcow2");

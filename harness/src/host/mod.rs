@@ -11,7 +11,7 @@
 //! `qemu-utils` is newer than what the release offers, both are taken from
 //! the release's backports suite, added with the host's own mirror.
 
-pub mod process;
+pub(crate) mod process;
 pub mod progress;
 pub(crate) mod sys;
 pub(crate) mod threads;

@@ -5,9 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::build::cache::Cache;
-use crate::build::image::{self, ImageError};
-use crate::build::kernel::{self, KernelError};
 use crate::check::capture::Capture;
 use crate::check::evidence;
 use crate::check::outcome::{
@@ -18,9 +15,12 @@ use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
 use crate::guest::warm::{self, Start, WarmError};
 use crate::host::progress::Events;
-use crate::spec::project::Project;
-use crate::spec::recipe::KernelSource;
-use crate::spec::{Cell, Expectations, FirstBoot, Scenario, StepStatus};
+use crate::media::cache::Cache;
+use crate::media::image::{self, ImageError};
+use crate::media::kernel::{self, KernelError};
+use crate::project::recipe::KernelSource;
+use crate::project::Project;
+use crate::project::{Cell, Expectations, FirstBoot, Scenario, StepStatus};
 
 use super::steps::{self, Finished, Flow, Ledger, Live};
 
@@ -116,7 +116,7 @@ impl RunError {
 pub enum RunError {
     /// The project has no recipe for the cell's release.
     #[error(transparent)]
-    Project(#[from] crate::spec::project::ProjectError),
+    Project(#[from] crate::project::ProjectError),
     /// The image (or its release) is not available.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -125,7 +125,7 @@ pub enum RunError {
     Kernel(#[from] KernelError),
     /// An extra disk could not be made.
     #[error(transparent)]
-    Disk(#[from] crate::build::disk::DiskError),
+    Disk(#[from] crate::media::disk::DiskError),
     /// QEMU trouble.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -331,7 +331,7 @@ fn bootable(
                     kernel::prebuilt(name, image, initrd.as_deref())?
                 }
                 _ => {
-                    return Err(crate::spec::project::ProjectError::UnknownKernel {
+                    return Err(crate::project::ProjectError::UnknownKernel {
                         name: name.to_owned(),
                         known: project.kernel_names().join(", "),
                     }
@@ -344,7 +344,7 @@ fn bootable(
     for disk in scenario.map(|s| s.disks.as_slice()).unwrap_or_default() {
         disks.push(VmDisk {
             name: disk.name.clone(),
-            base: crate::build::disk::disk(
+            base: crate::media::disk::disk(
                 &options.cache,
                 disk,
                 &recipe.ext4_features,

@@ -3,23 +3,28 @@
 //! snapshot, and make (and save) its row of the outcome table. Also runs
 //! many trials at once.
 
-pub mod cell;
+pub(crate) mod cell;
 mod rescue;
 #[cfg(test)]
 mod stand;
 mod steps;
 
+pub use crate::check::outcome::{Outcome, Timings};
+pub use crate::guest::warm::Start;
+pub use cell::{
+    bare_boot, exec, run_cell, shell, warm_state, BootTimes, ExecOutput, KeptGuest, RunError,
+    RunOptions, StepFailure, StepProblem,
+};
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::check::outcome::Outcome;
 use crate::check::report::{self, Row};
 use crate::check::snapshot::{self, SnapshotError};
 use crate::check::verdict::{self, Ended, Status, Verdict};
 use crate::host;
-use crate::run::cell::{RunError, RunOptions};
-use crate::spec::project::Project;
-use crate::spec::{Cell, Scenario};
+use crate::project::Project;
+use crate::project::{Cell, Scenario};
 
 /// What a trial produced.
 pub struct Checked {
@@ -62,12 +67,12 @@ impl Required {
 /// of an unreachable release learns it within seconds.
 pub fn reachable(
     project: &Project,
-    cache: &crate::build::cache::Cache,
+    cache: &crate::media::cache::Cache,
     release: &str,
 ) -> Result<(), String> {
     static PROBES: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
     let recipe = project.recipe(release).map_err(|e| e.to_string())?;
-    if crate::build::image::lookup(cache, recipe).is_some() {
+    if crate::media::image::lookup(cache, recipe).is_some() {
         return Ok(());
     }
     let mut probes = PROBES
@@ -77,8 +82,8 @@ pub fn reachable(
         .entry(release.to_owned())
         .or_insert_with(|| {
             // Why, in words; the callers say which release.
-            crate::build::image::probe_reachable(recipe).map_err(|e| match e {
-                crate::build::image::ImageError::Unreachable { reason, .. } => reason,
+            crate::media::image::probe_reachable(recipe).map_err(|e| match e {
+                crate::media::image::ImageError::Unreachable { reason, .. } => reason,
                 other => other.to_string(),
             })
         })
@@ -108,7 +113,7 @@ pub fn check_keeping(
     let (outcome, kept) = match reachable(project, &options.cache, &cell.release) {
         Err(reason) => (
             Err(RunError::Image(
-                crate::build::image::ImageError::Unreachable {
+                crate::media::image::ImageError::Unreachable {
                     release: cell.release.clone(),
                     reason,
                 },
@@ -240,17 +245,17 @@ pub fn default_jobs(memory_mib: u32) -> usize {
 }
 
 /// The kernel flavours built from a recipe that the cache does not have yet.
-pub fn kernels_to_build(project: &Project, cache: &crate::build::cache::Cache) -> Vec<String> {
+pub fn kernels_to_build(project: &Project, cache: &crate::media::cache::Cache) -> Vec<String> {
     project
         .kernels
         .iter()
         .filter_map(|(name, source)| match source {
-            crate::spec::recipe::KernelSource::Recipe(recipe) => {
-                crate::build::kernel::lookup_built(cache, name, recipe)
+            crate::project::recipe::KernelSource::Recipe(recipe) => {
+                crate::media::kernel::lookup_built(cache, name, recipe)
                     .is_none()
                     .then(|| name.clone())
             }
-            crate::spec::recipe::KernelSource::Prebuilt { .. } => None,
+            crate::project::recipe::KernelSource::Prebuilt { .. } => None,
         })
         .collect()
 }
@@ -286,7 +291,7 @@ pub fn longest_first(cells: &[(Scenario, Cell)], to_build: &[String]) -> Vec<usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Expectations, FirstBoot, KernelFlavour, Matrix};
+    use crate::project::{Expectations, FirstBoot, KernelFlavour, Matrix};
 
     fn cells() -> Vec<(Scenario, Cell)> {
         let scenario = Scenario {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-use crate::build::image::CONTROL_TTY;
 use crate::check::capture::Capture;
 use crate::check::outcome::{Examined, NotBack};
-use crate::spec::{CaptureSpec, GuestEnd};
+use crate::media::image::CONTROL_TTY;
+use crate::project::{CaptureSpec, GuestEnd};
 
 use super::steps::{Ledger, Machine};
 

@@ -15,7 +15,7 @@ use crate::guest::console::{Console, ConsoleError};
 use crate::guest::fake::LocalShell;
 use crate::guest::life::Ended;
 use crate::guest::vm::VmError;
-use crate::spec::{CaptureKind, CaptureSpec, GuestEnd, Known, Scenario};
+use crate::project::{CaptureKind, CaptureSpec, GuestEnd, Known, Scenario};
 
 use super::steps::Machine;
 

@@ -16,7 +16,7 @@ use crate::check::outcome::{NotBack, StepRecord, Timings};
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{Vm, VmError};
 use crate::host::progress::Events;
-use crate::spec::{Action, CaptureSpec, Cell, Expectations, GuestEnd, Scenario, StepStatus};
+use crate::project::{Action, CaptureSpec, Cell, Expectations, GuestEnd, Scenario, StepStatus};
 
 use super::cell::{RunError, StepFailure, StepProblem, SETTLE_TIMEOUT};
 

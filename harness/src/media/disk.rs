@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::cache::{Cache, CacheError, KeyHash};
 use crate::host::process::{self, ProcessError};
-use crate::spec::DiskSpec;
+use crate::media::cache::{Cache, CacheError, KeyHash};
+use crate::project::DiskSpec;
 
 /// The cache kind extra disks live under.
 pub const KIND: &str = "disks";
@@ -302,7 +302,7 @@ fn hash_tree(mut key: KeyHash, folder: &Path, relative: &Path) -> Result<KeyHash
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::DiskFilesystem;
+    use crate::project::DiskFilesystem;
 
     fn spec(dir: &Path) -> DiskSpec {
         DiskSpec {

@@ -16,16 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::build::cache::KeyHash;
+use crate::media::cache::KeyHash;
 use serde::{Deserialize, Serialize};
 
-use crate::build::cache::{Cache, CacheError};
-use crate::build::kernel::Kernel;
 use crate::host;
 use crate::host::process::{self, ProcessError};
 use crate::host::progress::Events;
-use crate::spec::recipe::ImageRecipe;
-use crate::spec::KernelFlavour;
+use crate::media::cache::{Cache, CacheError};
+use crate::media::kernel::Kernel;
+use crate::project::recipe::ImageRecipe;
+use crate::project::KernelFlavour;
 
 /// Bump when the build changes what ends up in an image, so that old cache
 /// entries are not reused.
@@ -193,7 +193,7 @@ pub struct Image {
 
 impl Image {
     /// The stock kernel of this image; the other flavours come from
-    /// [`crate::build::kernel`].
+    /// [`crate::media::kernel`].
     pub(crate) fn stock_kernel(&self) -> Kernel {
         Kernel {
             flavour: KernelFlavour::stock(),
@@ -256,7 +256,7 @@ pub fn lookup(cache: &Cache, recipe: &ImageRecipe) -> Option<Image> {
         .map(image_of)
 }
 
-fn image_of(entry: crate::build::cache::Entry<Manifest>) -> Image {
+fn image_of(entry: crate::media::cache::Entry<Manifest>) -> Image {
     Image {
         disk: entry.dir.join("rootfs.qcow2"),
         dir: entry.dir,
@@ -505,7 +505,7 @@ pub fn import(cache: &Cache, recipe: &ImageRecipe, file: &Path) -> Result<Image,
                 Duration::from_secs(1800),
             )
             .map_err(failed)?;
-            let offset = crate::build::partition::find_ext_filesystem(&raw).map_err(|message| {
+            let offset = crate::media::partition::find_ext_filesystem(&raw).map_err(|message| {
                 ImageError::Tree {
                     release: recipe.release.clone(),
                     message: format!("{}: {message}", file.display()),

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::spec::recipe::{self, ImageRecipe, KernelSource, RecipeError};
-use crate::spec::{KernelFlavour, Known, Scenario, ScenarioError};
+use crate::project::recipe::{self, ImageRecipe, KernelSource, RecipeError};
+use crate::project::{KernelFlavour, Known, Scenario, ScenarioError};
 
 /// Why a project could not be loaded.
 #[derive(Debug, thiserror::Error)]

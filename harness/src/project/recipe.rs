@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::line_column;
+use crate::project::line_column;
 
 /// A recipe file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +230,7 @@ struct RawKernel {
 pub(crate) fn load_kernels(images: &Path) -> Result<BTreeMap<String, KernelSource>, RecipeError> {
     let mut kernels = BTreeMap::new();
     for name in recipe_names(images, "kernels") {
-        if name == crate::spec::KernelFlavour::STOCK {
+        if name == crate::project::KernelFlavour::STOCK {
             return Err(recipe_error(
                 &images.join("kernels/stock.toml"),
                 "`stock` is the release's own kernel and cannot be redefined".into(),

@@ -1,5 +1,5 @@
 //! Kernels booted directly by QEMU: a release's stock kernel (taken out of its
-//! image, see [`crate::build::image`]), a kernel built here from a recipe in
+//! image, see [`crate::media::image`]), a kernel built here from a recipe in
 //! `images/kernels/` (a Debian `linux-source` package configured with `make
 //! allnoconfig` plus the recipe's fragment, which keeps a build to minutes;
 //! cached, keyed by the fragment and the source version), or a kernel image
@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::build::cache::KeyHash;
+use crate::media::cache::KeyHash;
 use serde::{Deserialize, Serialize};
 
-use crate::build::cache::{Cache, CacheError};
 use crate::host::process::{self, ProcessError};
 use crate::host::progress::Events;
 use crate::host::{self, HostError};
-use crate::spec::recipe::KernelRecipe;
-use crate::spec::KernelFlavour;
+use crate::media::cache::{Cache, CacheError};
+use crate::project::recipe::KernelRecipe;
+use crate::project::KernelFlavour;
 
 /// Bump when the build steps change what comes out.
 const KERNEL_FORMAT: &str = "vmrepro-kernel-1";

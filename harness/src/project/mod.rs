@@ -1,16 +1,21 @@
-//! Scenario files: what to do inside a guest, what to look at afterwards, and
-//! what must be true.
+//! What the project's files say: scenario files (the model here, the
+//! parser beside it), release and kernel [`recipe`]s, and the [`Project`]
+//! folder that holds them.
+//!
+//! A scenario says what to do inside a guest, what to look at afterwards,
+//! and what must be true.
 //!
 //! A scenario is a TOML file in `scenarios/`. It is parsed strictly: an unknown
 //! key, a wrong type or a missing field is an error that names the file, the
 //! line and the key, because a typo in a regression test must never turn into a
 //! silently weaker test.
 
+mod layout;
 mod parse;
-pub mod project;
 pub mod recipe;
 mod shard;
 
+pub use layout::{Project, ProjectError};
 pub(crate) use parse::line_column;
 pub use parse::ScenarioError;
 pub use shard::{trials_of, Shard};

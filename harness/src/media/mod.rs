@@ -1,9 +1,9 @@
 //! What a trial boots, built once and cached: the [`cache`] of build
 //! results, release [`image`]s, the Linode-style [`kernel`] and a
-//! scenario's extra [`disk`]s.
+//! scenario's extra `disk`s.
 
 pub mod cache;
-pub mod disk;
+pub(crate) mod disk;
 pub mod image;
 pub mod kernel;
 pub(crate) mod partition;
