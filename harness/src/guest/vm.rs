@@ -282,6 +282,39 @@ impl VmDisk {
 }
 
 impl VmConfig {
+    /// For unit tests: a configuration whose disk and kernel are files of
+    /// one byte in `dir`, its artifacts in `dir/artifacts`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &Path) -> VmConfig {
+        let disk = dir.join("rootfs.qcow2");
+        let image = dir.join("vmlinuz");
+        for file in [&disk, &image] {
+            if !file.exists() {
+                std::fs::write(file, b"x").expect("writable temp dir");
+            }
+        }
+        VmConfig {
+            base_disk: disk,
+            kernel: crate::media::kernel::Kernel {
+                flavour: crate::project::KernelFlavour::named("linode"),
+                image,
+                initrd: None,
+                release: "6.1.0-test".into(),
+            },
+            machine: MachineOptions::default(),
+            accel: AccelChoice {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            },
+            artifacts: dir.join("artifacts"),
+            keep_overlay: None,
+            resume_from: None,
+            events: crate::host::progress::Events::silent(),
+            forward_tcp: Vec::new(),
+            disks: Vec::new(),
+        }
+    }
+
     /// The kernel command line.
     pub(crate) fn kernel_cmdline(&self) -> String {
         let mut cmdline = vec!["console=ttyS0", "root=/dev/vda", "rw"];

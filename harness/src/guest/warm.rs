@@ -480,38 +480,9 @@ dpkg-db-backup.service, man-db.service (man-db.service still running when the fl
         assert!(script.contains("limit=120\n"), "{script}");
         assert!(!script.contains('@'));
     }
-    use crate::guest::vm::{Accel, AccelChoice, MachineOptions};
-    use crate::media::kernel::Kernel;
-    use crate::project::KernelFlavour;
 
     fn config(dir: &Path) -> VmConfig {
-        let disk = dir.join("rootfs.qcow2");
-        let image = dir.join("vmlinuz");
-        for file in [&disk, &image] {
-            if !file.exists() {
-                std::fs::write(file, b"x").expect("writable temp dir");
-            }
-        }
-        VmConfig {
-            base_disk: disk,
-            kernel: Kernel {
-                flavour: KernelFlavour::named("linode"),
-                image,
-                initrd: None,
-                release: "6.1.0-test".into(),
-            },
-            machine: MachineOptions::default(),
-            accel: AccelChoice {
-                accel: Accel::Tcg,
-                reason: "test".into(),
-            },
-            artifacts: dir.join("artifacts"),
-            keep_overlay: None,
-            resume_from: None,
-            events: crate::host::progress::Events::silent(),
-            forward_tcp: Vec::new(),
-            disks: Vec::new(),
-        }
+        VmConfig::for_tests(dir)
     }
 
     #[test]
@@ -539,7 +510,7 @@ dpkg-db-backup.service, man-db.service (man-db.service still running when the fl
         let mut machine = base.clone();
         machine.machine.machine = "q35".into();
         let mut accel = base.clone();
-        accel.accel.accel = Accel::Kvm;
+        accel.accel.accel = crate::guest::vm::Accel::Kvm;
         let mut kernel = base.clone();
         kernel.kernel.release = "6.1.0-other".into();
         let mut network = base.clone();

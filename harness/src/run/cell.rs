@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::check::capture::Capture;
-use crate::check::evidence;
-use crate::check::outcome::{
-    check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
-};
+use crate::check::outcome::{Outcome, StepRecord, Timings};
 use crate::check::verdict::Unfinished;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::vm::{AccelChoice, MachineOptions, Vm, VmConfig, VmDisk, VmError};
@@ -20,9 +17,10 @@ use crate::media::image::{self, ImageError};
 use crate::media::kernel::{self, KernelError};
 use crate::project::recipe::KernelSource;
 use crate::project::Project;
-use crate::project::{Cell, Expectations, FirstBoot, Scenario, StepStatus};
+use crate::project::{Cell, FirstBoot, Scenario, StepStatus};
 
-use super::steps::{self, Finished, Flow, Ledger, Live};
+use super::steps::{self, Flow, Ledger, Live};
+use super::trial;
 
 /// How long a boot (first or after a reboot) may take to reach a shell.
 /// Generous because TCG on a busy 2-core machine can take a minute.
@@ -575,58 +573,6 @@ fn boot(
     })
 }
 
-/// What [`drive`] found out.
-struct Driven {
-    before_reboot: Vec<Capture>,
-    not_back: Option<NotBack>,
-    /// The captures at the end: where the boot did not come back, what
-    /// could be taken where it ended, with no evidence and no units.
-    end: Finished,
-}
-
-/// The flow on a booted guest: the steps, the captures at the end and the
-/// states of the units the cell's expectations name.
-fn drive(
-    guest: &mut Guest,
-    scenario: &Scenario,
-    cell: &Cell,
-    expect: &Expectations,
-    label: &str,
-    steps: &mut Vec<StepRecord>,
-) -> Result<Driven, RunError> {
-    let Flow {
-        before_reboot,
-        evidence_before,
-        not_back,
-    } = guest.run_steps(scenario, cell, label, steps)?;
-    if let Some(mut not_back) = not_back {
-        // What the console said stands in for the captures; where the mode
-        // the boot ended in gives a shell, the scenario's captures follow,
-        // taken there.
-        let (examined, taken) = {
-            let (mut live, mut ledger) = guest.parts(label);
-            super::rescue::examine(&mut live, &mut ledger, &scenario.captures, &not_back)
-        };
-        not_back.examined = Some(examined);
-        let mut captures = vec![not_back.as_capture()];
-        captures.extend(taken);
-        return Ok(Driven {
-            before_reboot,
-            not_back: Some(not_back),
-            end: Finished {
-                evidence: None,
-                captures,
-                units: BTreeMap::new(),
-            },
-        });
-    }
-    Ok(Driven {
-        before_reboot,
-        not_back: None,
-        end: guest.finish(scenario, expect, label, evidence_before)?,
-    })
-}
-
 impl Guest {
     /// The guest as the step interpreter sees it, and where it reports.
     fn parts<'a>(&'a mut self, label: &'a str) -> (Live<'a>, Ledger<'a>) {
@@ -656,43 +602,11 @@ impl Guest {
         steps::run(&mut live, &mut ledger, scenario, cell, records)
     }
 
-    /// The captures at the end (see [`steps::finish`]).
-    fn finish(
-        &mut self,
-        scenario: &Scenario,
-        expect: &Expectations,
-        label: &str,
-        evidence_before: Option<String>,
-    ) -> Result<Finished, RunError> {
-        let (mut live, mut ledger) = self.parts(label);
-        steps::finish(&mut live, &mut ledger, scenario, expect, evidence_before)
-    }
-
-    /// The error to report for one that came from driving the guest: when
-    /// the console failed because QEMU is gone (its socket closed, nothing
-    /// more to read), QEMU's own exit status and output explain it.
+    /// The error to report for one that came from driving the guest (see
+    /// [`trial::explain`]).
     fn explain(&mut self, error: RunError) -> RunError {
-        let RunError::Console(console) = error else {
-            return error;
-        };
-        // A guest that powered itself off (or otherwise ended) is what the
-        // console already named; QEMU ending after it is its consequence,
-        // not the host's failure.
-        if matches!(console, ConsoleError::GuestEnded { .. }) {
-            return RunError::Console(console);
-        }
-        // A closed control port is QEMU going away, or gone.
-        let grace = match console {
-            ConsoleError::Closed { .. } | ConsoleError::Io { .. } => Duration::from_secs(2),
-            _ => Duration::ZERO,
-        };
-        match self.vm.check_running_within(grace) {
-            Err(exit @ VmError::Exited { .. }) => RunError::QemuEnded {
-                during: console.to_string().lines().next().unwrap_or("").to_owned(),
-                source: exit,
-            },
-            _ => RunError::Console(console),
-        }
+        let (mut live, _) = self.parts("");
+        trial::explain(&mut live, error)
     }
 }
 
@@ -744,7 +658,10 @@ pub(crate) fn run_cell_keeping(
     };
     let expect = scenario.expectations_for(cell);
     let mut steps = Vec::new();
-    let driven = drive(&mut guest, scenario, cell, &expect, &label, &mut steps);
+    let driven = {
+        let (mut live, mut ledger) = guest.parts(&label);
+        trial::drive(&mut live, &mut ledger, scenario, cell, &expect, &mut steps)
+    };
     let kept = |mut guest: Guest| {
         (keep && guest.vm.check_running().is_ok()).then(|| KeptGuest {
             guest,
@@ -775,15 +692,7 @@ pub(crate) fn run_cell_keeping(
         artifacts: artifacts.clone(),
         not_back: None,
     };
-    let Driven {
-        before_reboot,
-        not_back,
-        end: Finished {
-            evidence,
-            mut captures,
-            units,
-        },
-    } = match driven {
+    let driven = match driven {
         Ok(driven) => driven,
         Err(e) => {
             let cause = guest.explain(e);
@@ -799,47 +708,13 @@ pub(crate) fn run_cell_keeping(
             return (Err(stopped), kept(guest));
         }
     };
-    // The report travels in memory; the files beside it are for later,
-    // and a folder that cannot take them is said, not hidden.
-    let written = evidence.as_ref().map_or(Ok(()), |read| {
-        [("before-reboot", &read.before), ("after", &read.after)]
-            .into_iter()
-            .try_for_each(|(name, text)| {
-                std::fs::write(artifacts.join(format!("evidence.{name}.txt")), text)
-            })
-    });
-    let reboot_changes = evidence.map(|read| read.changes);
-    if scenario.evidence.snapshot {
-        if let Some(changes) = &reboot_changes {
-            captures.push(evidence::as_capture(changes));
-        }
-    }
-    if let Err(e) = written.and(write_artifacts(&artifacts, &before_reboot, &captures)) {
-        options.cache.events().note(
-            &label,
-            &format!(
-                "could not write the captures to {}: {e}",
-                artifacts.display()
-            ),
-        );
-    }
-    let mut outcome = Outcome {
-        changes: persistence_diff(&before_reboot, &captures),
-        failures: check_expectations(
-            &expect,
-            not_back.as_ref(),
-            reboot_changes.as_ref(),
-            &units,
-            &before_reboot,
-            &captures,
-        ),
-        reboot_changes,
-        not_back,
-        before_reboot,
-        captures,
-        units,
-        ..outcome_of(&guest, steps)
-    };
+    let mut outcome = trial::conclude(
+        outcome_of(&guest, steps),
+        driven,
+        scenario,
+        options.cache.events(),
+        &label,
+    );
     // Stopping the guest (unless it is kept) is the trial's last phase.
     let stopping = Instant::now();
     let kept = kept(guest);
@@ -964,4 +839,116 @@ fn interactive_shell(
             message: e.to_string(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::KernelFlavour;
+    use crate::run::stand::{dir, outcome, scenario};
+
+    fn failure(problem: StepProblem) -> StepFailure {
+        StepFailure {
+            index: 2,
+            title: "restart the service".into(),
+            problem,
+            captures: Ok(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_failed_step_says_what_it_printed_each_stream_on_its_own_lines() {
+        let status = failure(StepProblem::Status {
+            got: 3,
+            expected: StepStatus::Exactly(0),
+            stdout: "out".into(),
+            stderr: String::new(),
+        });
+        assert_eq!(
+            status.to_string(),
+            "step 2 (restart the service) exited 3, expected 0\n--- stdout ---\nout\n--- stderr ---\n"
+        );
+        let late = failure(StepProblem::TimedOut {
+            after: Duration::from_secs(5),
+            stdout: String::new(),
+            stderr: "waiting\n".into(),
+        });
+        assert_eq!(
+            late.to_string(),
+            "step 2 (restart the service) was still running after its 5s limit and was stopped in the guest\n--- stdout ---\n--- stderr ---\nwaiting\n"
+        );
+    }
+
+    #[test]
+    fn whose_doing_an_unfinished_flow_was() {
+        let unreachable = || {
+            RunError::Image(ImageError::Unreachable {
+                release: "jessie".into(),
+                reason: "archive.debian.org does not resolve".into(),
+            })
+        };
+        assert_eq!(unreachable().unfinished(), Unfinished::Unreachable);
+        assert_eq!(
+            unreachable().unreachable(),
+            Some("archive.debian.org does not resolve")
+        );
+        let qemu = RunError::Vm(VmError::Spawn(std::io::Error::other("no QEMU")));
+        assert_eq!(qemu.unfinished(), Unfinished::Host);
+        assert!(qemu.unreachable().is_none() && qemu.known().is_none());
+        let step = RunError::Step(Box::new(failure(StepProblem::Status {
+            got: 1,
+            expected: StepStatus::Exactly(0),
+            stdout: String::new(),
+            stderr: String::new(),
+        })));
+        assert_eq!(step.unfinished(), Unfinished::Guest);
+        assert!(step.captures_after_failure().is_some());
+        // A flow stopped on a booted guest is judged by its cause, and
+        // keeps what was known of the trial.
+        let (_keep, dir) = dir();
+        let scenario = scenario(&dir, "");
+        let stopped = |cause| RunError::Stopped {
+            cause: Box::new(cause),
+            known: Box::new(outcome(&scenario, &dir)),
+        };
+        let stopped_step = stopped(step);
+        assert_eq!(stopped_step.unfinished(), Unfinished::Guest);
+        assert!(stopped_step.captures_after_failure().is_some());
+        assert!(stopped_step.known().is_some());
+        assert_eq!(
+            stopped_step.to_string().lines().next(),
+            Some("step 2 (restart the service) exited 1, expected 0")
+        );
+        let stopped_unreachable = stopped(unreachable());
+        assert_eq!(stopped_unreachable.unfinished(), Unfinished::Unreachable);
+        assert!(stopped_unreachable.unreachable().is_some());
+        assert!(stopped_unreachable.captures_after_failure().is_none());
+    }
+
+    #[test]
+    fn a_saved_state_s_name_says_what_it_was_saved_with() {
+        let (_keep, dir) = dir();
+        let cell = Cell {
+            release: "bookworm".into(),
+            kernel: KernelFlavour::stock(),
+        };
+        let plain = scenario(&dir, "");
+        let packages = scenario(&dir, "packages = [\"procps\"]\n");
+        let config = |forward_tcp: Vec<u16>| VmConfig {
+            forward_tcp,
+            ..VmConfig::for_tests(&dir)
+        };
+        assert_eq!(
+            warm_name(&cell, None, &config(Vec::new())),
+            "bookworm-stock"
+        );
+        assert_eq!(
+            warm_name(&cell, Some(&plain), &config(Vec::new())),
+            "bookworm-stock"
+        );
+        assert_eq!(
+            warm_name(&cell, Some(&packages), &config(vec![8080])),
+            "bookworm-stock+packages-net"
+        );
+    }
 }

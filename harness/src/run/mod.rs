@@ -8,6 +8,7 @@ mod rescue;
 #[cfg(test)]
 mod stand;
 mod steps;
+mod trial;
 
 pub use crate::check::outcome::{Outcome, Timings};
 pub use crate::guest::warm::Start;

@@ -37,6 +37,9 @@ pub(super) trait Machine {
     fn processor(&mut self) -> Result<String, VmError>;
     /// The kernel console's log file.
     fn console_log(&self) -> PathBuf;
+    /// Whether QEMU still runs, given up to `grace` to end if it is going
+    /// away (see [`Vm::check_running_within`]); an error describes its exit.
+    fn check_running_within(&mut self, grace: Duration) -> Result<(), VmError>;
     /// Types on the kernel console, as at its keyboard.
     fn type_on_console(&mut self, text: &str) -> Result<(), VmError>;
     /// Waits for a control shell started from the emergency or rescue mode
@@ -82,6 +85,10 @@ impl Machine for Live<'_> {
 
     fn console_log(&self) -> PathBuf {
         self.vm.console_log().to_owned()
+    }
+
+    fn check_running_within(&mut self, grace: Duration) -> Result<(), VmError> {
+        self.vm.check_running_within(grace)
     }
 
     fn type_on_console(&mut self, text: &str) -> Result<(), VmError> {
