@@ -70,7 +70,7 @@ impl Qmp {
     }
 
     /// A QMP connection over a connected socket.
-    fn over(stream: UnixStream) -> std::io::Result<Qmp> {
+    pub(crate) fn over(stream: UnixStream) -> std::io::Result<Qmp> {
         stream.set_nonblocking(true)?;
         let _runtime = process::runtime().enter();
         let (reader, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
@@ -202,30 +202,35 @@ async fn next_message(
     serde_json::from_str(&line).map_err(std::io::Error::other)
 }
 
+/// For unit tests: a QMP connection whose peer answers each request with
+/// the next canned lines, and tells the requests it read when joined.
+#[cfg(test)]
+pub(crate) fn fake(answers: Vec<&'static str>) -> (Qmp, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let peer = std::thread::spawn(move || {
+        let mut reader = BufReader::new(theirs.try_clone().expect("clone"));
+        let mut writer = theirs;
+        let mut requests = Vec::new();
+        for answer in answers {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            requests.push(line.trim().to_owned());
+            writer.write_all(answer.as_bytes()).expect("answer");
+        }
+        requests
+    });
+    (Qmp::over(ours).expect("a QMP connection"), peer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{BufRead as _, BufReader, Write as _};
 
-    /// A QMP peer that answers each request with the next canned lines.
-    fn fake_qmp(answers: Vec<&'static str>) -> (Qmp, std::thread::JoinHandle<Vec<String>>) {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let peer = std::thread::spawn(move || {
-            let mut reader = BufReader::new(theirs.try_clone().expect("clone"));
-            let mut writer = theirs;
-            let mut requests = Vec::new();
-            for answer in answers {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                requests.push(line.trim().to_owned());
-                writer.write_all(answer.as_bytes()).expect("answer");
-            }
-            requests
-        });
-        (Qmp::over(ours).expect("a QMP connection"), peer)
-    }
+    use super::fake as fake_qmp;
 
     #[test]
     fn an_event_is_found_whether_it_came_before_or_after_the_wait() {

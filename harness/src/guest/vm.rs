@@ -274,6 +274,13 @@ pub(crate) struct VmDisk {
 }
 
 impl VmDisk {
+    /// The disk's throwaway overlay in `workdir`, unless it is kept.
+    fn overlay(&self, workdir: &Path) -> PathBuf {
+        self.keep_overlay
+            .clone()
+            .unwrap_or_else(|| workdir.join(format!("disk-{}.qcow2", self.name)))
+    }
+
     /// The QEMU device id, which `device_del` and the `DEVICE_DELETED`
     /// event name.
     pub(crate) fn device_id(name: &str) -> String {
@@ -496,28 +503,13 @@ impl Vm {
             Duration::from_secs(60),
         )?;
 
-        let mut disk_args = Vec::new();
-        if !config.disks.is_empty() {
-            // microvm has no PCI bus unless asked for one; its virtio
-            // devices sit on MMIO.
-            let controller = if config.machine.machine.starts_with("microvm") {
-                "virtio-scsi-device,id=scsi0"
-            } else {
-                "virtio-scsi-pci,id=scsi0"
-            };
-            disk_args.extend(["-device".to_owned(), controller.to_owned()]);
-        }
         for disk in &config.disks {
-            let overlay = disk
-                .keep_overlay
-                .clone()
-                .unwrap_or_else(|| workdir.path().join(format!("disk-{}.qcow2", disk.name)));
             let base = fs::canonicalize(&disk.base).map_err(io(&disk.base))?;
             let mut create = Command::new("qemu-img");
             create
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
                 .arg(&base)
-                .arg(&overlay);
+                .arg(disk.overlay(workdir.path()));
             process::run_logged(
                 &config.events,
                 &format!("creating the overlay of disk {}", disk.name),
@@ -525,72 +517,14 @@ impl Vm {
                 &workdir.path().join("qemu-img.log"),
                 Duration::from_secs(60),
             )?;
-            let id = VmDisk::device_id(&disk.name);
-            disk_args.extend([
-                "-drive".to_owned(),
-                format!(
-                    "file={},if=none,id=drive-{},format=qcow2,cache=unsafe",
-                    overlay.display(),
-                    disk.name
-                ),
-                "-device".to_owned(),
-                format!(
-                    "scsi-hd,bus=scsi0.0,drive=drive-{},id={id},serial={}",
-                    disk.name, disk.name
-                ),
-            ]);
         }
 
         let forwarded = free_ports(&config.forward_tcp).map_err(io(Path::new("127.0.0.1")))?;
         let control_path = workdir.path().join("control.sock");
-        let console_path = workdir.path().join("console.sock");
         let qmp_path = workdir.path().join("qmp.sock");
         let console_log = config.artifacts.join("console.log");
         let qemu_log = config.artifacts.join("qemu.log");
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(config.machine.qemu_args(config.accel.accel));
-        qemu.arg("-kernel").arg(&config.kernel.image);
-        if let Some(initrd) = &config.kernel.initrd {
-            qemu.arg("-initrd").arg(initrd);
-        }
-        qemu.arg("-append")
-            .arg(config.kernel_cmdline())
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=qcow2,cache=unsafe",
-                overlay.display()
-            ))
-            .args(&disk_args)
-            // The kernel console goes to its log whether or not anyone is
-            // connected (QEMU's chardev `logfile`), and takes keys on a
-            // socket: in emergency mode the guest's only shell is there.
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=console,path={},server=on,wait=off,logfile={}",
-                console_path.display(),
-                console_log.display()
-            ))
-            .arg("-serial")
-            .arg("chardev:console")
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=control,path={},server=on,wait=off",
-                control_path.display()
-            ))
-            .arg("-serial")
-            .arg("chardev:control")
-            .args(network_args(&config.machine, &forwarded))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
-        if let Some(state) = &config.resume_from {
-            // The saved guest was stopped before saving, so it stays paused
-            // after loading until `cont`.
-            qemu.arg("-incoming").arg(format!(
-                "exec:cat {}",
-                crate::text::shell_quote(&state.to_string_lossy())
-            ));
-        }
+        let mut qemu = qemu_command(config, &overlay, workdir.path(), &forwarded);
         let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
         let log2 = log.try_clone().map_err(io(&qemu_log))?;
         qemu.stdin(Stdio::null())
@@ -930,6 +864,41 @@ impl Drop for Vm {
     }
 }
 
+#[cfg(test)]
+impl Vm {
+    /// For unit tests: a guest whose "QEMU" is `program` (run with `args`),
+    /// whose monitor is `qmp`, and whose logs go in `dir`.
+    pub(crate) fn for_tests(program: &str, args: &[&str], qmp: Qmp, dir: &Path) -> Vm {
+        let child = {
+            let _runtime = process::runtime().enter();
+            tokio::process::Command::new(program)
+                .args(args)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("a stand-in for QEMU")
+        };
+        let (control, _) = UnixStream::pair().expect("socketpair");
+        Vm {
+            child,
+            workdir: tempfile::tempdir_in(dir).expect("workdir"),
+            control,
+            qmp,
+            console_log: dir.join("console.log"),
+            console_input: None,
+            qemu_log: dir.join("qemu.log"),
+            started: Instant::now(),
+            setup: VmSetup::default(),
+            forwarded: BTreeMap::new(),
+            _registration: Supervisor::global().register(None, None),
+        }
+    }
+
+    /// Its work folder, where the sockets are.
+    pub(crate) fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+}
+
 /// Why one step of [`Vm::poll`] failed.
 enum PollError {
     /// QEMU or its monitor failed.
@@ -994,6 +963,93 @@ impl From<MonitorError> for VmError {
             message: e.message,
         }
     }
+}
+
+/// QEMU's command line for `config`: the guest's disk is `overlay`, the
+/// extra disks' overlays and the sockets are in `workdir`, and each guest
+/// TCP port in `forwarded` is reached from the host port it maps to.
+fn qemu_command(
+    config: &VmConfig,
+    overlay: &Path,
+    workdir: &Path,
+    forwarded: &BTreeMap<u16, u16>,
+) -> Command {
+    let mut disk_args = Vec::new();
+    if !config.disks.is_empty() {
+        // microvm has no PCI bus unless asked for one; its virtio devices
+        // sit on MMIO.
+        let controller = if config.machine.machine.starts_with("microvm") {
+            "virtio-scsi-device,id=scsi0"
+        } else {
+            "virtio-scsi-pci,id=scsi0"
+        };
+        disk_args.extend(["-device".to_owned(), controller.to_owned()]);
+    }
+    for disk in &config.disks {
+        let id = VmDisk::device_id(&disk.name);
+        disk_args.extend([
+            "-drive".to_owned(),
+            format!(
+                "file={},if=none,id=drive-{},format=qcow2,cache=unsafe",
+                disk.overlay(workdir).display(),
+                disk.name
+            ),
+            "-device".to_owned(),
+            format!(
+                "scsi-hd,bus=scsi0.0,drive=drive-{},id={id},serial={}",
+                disk.name, disk.name
+            ),
+        ]);
+    }
+    let console_log = config.artifacts.join("console.log");
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(config.machine.qemu_args(config.accel.accel));
+    qemu.arg("-kernel").arg(&config.kernel.image);
+    if let Some(initrd) = &config.kernel.initrd {
+        qemu.arg("-initrd").arg(initrd);
+    }
+    qemu.arg("-append")
+        .arg(config.kernel_cmdline())
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe",
+            overlay.display()
+        ))
+        .args(&disk_args)
+        // The kernel console goes to its log whether or not anyone is
+        // connected (QEMU's chardev `logfile`), and takes keys on a
+        // socket: in emergency mode the guest's only shell is there.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=console,path={},server=on,wait=off,logfile={}",
+            workdir.join("console.sock").display(),
+            console_log.display()
+        ))
+        .arg("-serial")
+        .arg("chardev:console")
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=control,path={},server=on,wait=off",
+            workdir.join("control.sock").display()
+        ))
+        .arg("-serial")
+        .arg("chardev:control")
+        .args(network_args(&config.machine, forwarded))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            workdir.join("qmp.sock").display()
+        ));
+    if let Some(state) = &config.resume_from {
+        // The saved guest was stopped before saving, so it stays paused
+        // after loading until `cont`.
+        qemu.arg("-incoming").arg(format!(
+            "exec:cat {}",
+            crate::text::shell_quote(&state.to_string_lossy())
+        ));
+    }
+    qemu
 }
 
 /// A word as a shell reads it: as it is when it is plain, quoted otherwise.
@@ -1156,6 +1212,242 @@ CR0=80050033 CR2=00007f2b1c0f0000 CR3=000000000a40e000 CR4=000006f0\nEFER=000000
             options.describe(),
             "q35, qboot, default CPU, 512 MiB, cmdline +quiet"
         );
+    }
+
+    #[test]
+    fn a_guest_s_qemu_command_line_has_its_disks_consoles_network_and_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workdir = Path::new("/tmp/vmrepro-vm-x");
+        let mut config = VmConfig::for_tests(dir.path());
+        config.disks = vec![VmDisk {
+            name: "data".into(),
+            base: dir.path().join("data.qcow2"),
+            keep_overlay: None,
+        }];
+        config.resume_from = Some(dir.path().join("state file"));
+        config.kernel.initrd = Some(dir.path().join("initrd.img"));
+        let forwarded = BTreeMap::from([(8080, 40123)]);
+        let command = qemu_command(&config, &workdir.join("overlay.qcow2"), workdir, &forwarded);
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = args.join(" ");
+        assert_eq!(command.get_program(), "qemu-system-x86_64");
+        for expected in [
+            "-nodefaults -no-user-config -display none -machine pc -accel tcg",
+            &format!("-kernel {}", dir.path().join("vmlinuz").display()),
+            &format!("-initrd {}", dir.path().join("initrd.img").display()),
+            "-drive file=/tmp/vmrepro-vm-x/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe",
+            "-device virtio-scsi-pci,id=scsi0",
+            "-drive file=/tmp/vmrepro-vm-x/disk-data.qcow2,if=none,id=drive-data,format=qcow2,cache=unsafe",
+            "scsi-hd,bus=scsi0.0,drive=drive-data,id=disk-data,serial=data",
+            "socket,id=console,path=/tmp/vmrepro-vm-x/console.sock,server=on,wait=off,logfile=",
+            "-serial chardev:console -chardev socket,id=control,path=/tmp/vmrepro-vm-x/control.sock",
+            "hostfwd=tcp:127.0.0.1:40123-:8080",
+            "-qmp unix:/tmp/vmrepro-vm-x/qmp.sock,server=on,wait=off",
+        ] {
+            assert!(line.contains(expected), "{expected:?} not in {line}");
+        }
+        // The state's path is quoted for the shell QEMU hands it to.
+        assert_eq!(args[args.len() - 2], "-incoming");
+        assert!(args[args.len() - 1].starts_with("exec:cat '"), "{line}");
+        assert!(args[args.len() - 1].ends_with("state file'"), "{line}");
+        // The console comes before the control port: ttyS0 and ttyS1.
+        let console = line.find("id=console").expect("console");
+        let control = line.find("id=control").expect("control");
+        assert!(console < control);
+    }
+
+    /// A guest whose QEMU is a `sleep`, and whose monitor answers `answers`.
+    fn vm_answering(
+        dir: &Path,
+        answers: Vec<&'static str>,
+    ) -> (Vm, std::thread::JoinHandle<Vec<String>>) {
+        let (qmp, peer) = crate::guest::qmp::fake(answers);
+        (Vm::for_tests("sleep", &["30"], qmp, dir), peer)
+    }
+
+    #[test]
+    fn where_the_processor_is_comes_from_the_run_state_and_two_looks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = serde_json::to_string(&kernel("ffffffff81e3c0b4", false)).expect("json");
+        let second = serde_json::to_string(&kernel("ffffffff81e3c0f0", false)).expect("json");
+        let answers: Vec<&'static str> = vec![
+            "{\"return\": {\"status\": \"running\", \"running\": true}}\n",
+            Box::leak(format!("{{\"return\": {first}}}\n").into_boxed_str()),
+            Box::leak(format!("{{\"return\": {second}}}\n").into_boxed_str()),
+        ];
+        let (mut vm, peer) = vm_answering(dir.path(), answers);
+        let said = vm.processor().expect("an answer");
+        assert_eq!(
+            said,
+            describe_processor(
+                "running",
+                &kernel("ffffffff81e3c0b4", false),
+                &kernel("ffffffff81e3c0f0", false)
+            )
+        );
+        vm.stop();
+        let requests = peer.join().expect("peer");
+        assert_eq!(requests.len(), 3);
+        assert!(requests[1].contains("info registers"), "{}", requests[1]);
+    }
+
+    #[test]
+    fn resuming_waits_for_the_state_then_lets_the_guest_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut vm, peer) = vm_answering(
+            dir.path(),
+            vec![
+                "{\"return\": {\"status\": \"inmigrate\"}}\n",
+                "{\"return\": {\"status\": \"paused\"}}\n",
+                "{\"return\": {}}\n",
+            ],
+        );
+        vm.resume(Duration::from_secs(10)).expect("resumed");
+        drop(vm);
+        let requests = peer.join().expect("peer");
+        assert_eq!(requests[2], r#"{"execute":"cont"}"#);
+
+        let (mut vm, _peer) = vm_answering(
+            dir.path(),
+            vec!["{\"return\": {\"status\": \"internal-error\"}}\n"],
+        );
+        std::fs::write(
+            dir.path().join("qemu.log"),
+            "qemu: a device failed to load\n",
+        )
+        .expect("log");
+        let err = vm
+            .resume(Duration::from_secs(10))
+            .expect_err("an error state");
+        let text = err.to_string();
+        assert!(text.contains("loading the saved state"), "{text}");
+        assert!(text.contains("internal-error"), "{text}");
+        assert!(text.contains("a device failed to load"), "{text}");
+    }
+
+    #[test]
+    fn saving_stops_the_guest_and_waits_for_the_migration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("state");
+        std::fs::write(&file, vec![0u8; 4096]).expect("state");
+        let (mut vm, peer) = vm_answering(
+            dir.path(),
+            vec![
+                "{\"return\": {}}\n",
+                "{\"return\": {}}\n",
+                "{\"return\": {}}\n",
+                "{\"return\": {\"status\": \"active\"}}\n",
+                "{\"return\": {\"status\": \"completed\"}}\n",
+            ],
+        );
+        assert_eq!(
+            vm.save_state(&file, Duration::from_secs(10))
+                .expect("saved"),
+            4096
+        );
+        drop(vm);
+        let requests = peer.join().expect("peer");
+        assert_eq!(requests[0], r#"{"execute":"stop"}"#);
+        assert!(requests[2].contains("exec:cat >"), "{}", requests[2]);
+
+        let (mut vm, _peer) = vm_answering(
+            dir.path(),
+            vec![
+                "{\"return\": {}}\n",
+                "{\"return\": {}}\n",
+                "{\"return\": {}}\n",
+                "{\"return\": {\"status\": \"failed\", \"error-desc\": \"No space left on device\"}}\n",
+            ],
+        );
+        let err = vm
+            .save_state(&file, Duration::from_secs(10))
+            .expect_err("failed");
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+    }
+
+    #[test]
+    fn a_disk_is_gone_when_qemu_says_its_device_was_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut vm, _peer) = vm_answering(
+            dir.path(),
+            vec!["{\"return\": {}}\n{\"event\": \"DEVICE_DELETED\", \"data\": {\"device\": \"disk-data\"}}\n"],
+        );
+        vm.detach("data", Duration::from_secs(5)).expect("detached");
+        let (mut vm, _peer) = vm_answering(dir.path(), vec!["{\"return\": {}}\n"]);
+        let err = vm
+            .detach("data", Duration::from_millis(300))
+            .expect_err("no event");
+        assert!(err.to_string().contains("DEVICE_DELETED"), "{err}");
+    }
+
+    #[test]
+    fn a_qemu_that_ended_says_how_with_its_output_and_the_console() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (qmp, _peer) = crate::guest::qmp::fake(Vec::new());
+        std::fs::write(
+            dir.path().join("qemu.log"),
+            "qemu-system-x86_64: terminating on signal 15\n",
+        )
+        .expect("log");
+        std::fs::write(
+            dir.path().join("console.log"),
+            "[    1.0] reboot: Power down\r\n",
+        )
+        .expect("log");
+        let mut vm = Vm::for_tests("sh", &["-c", "exit 3"], qmp, dir.path());
+        let err = vm
+            .check_running_within(Duration::from_secs(5))
+            .expect_err("it ended");
+        let VmError::Exited {
+            status,
+            output,
+            tail,
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert!(status.contains('3'), "{status}");
+        assert!(output.contains("terminating on signal 15"), "{output}");
+        assert!(tail.contains("Power down"), "{tail}");
+    }
+
+    #[test]
+    fn quitting_asks_qemu_and_waits_for_it_to_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (qmp, peer) = crate::guest::qmp::fake(vec!["{\"return\": {}}\n"]);
+        let mut vm = Vm::for_tests("sleep", &["0.2"], qmp, dir.path());
+        vm.check_running().expect("running");
+        vm.quit().expect("ended");
+        assert_eq!(peer.join().expect("peer"), [r#"{"execute":"quit"}"#]);
+    }
+
+    #[test]
+    fn keys_typed_on_the_console_reach_its_socket() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (qmp, _peer) = crate::guest::qmp::fake(Vec::new());
+        let mut vm = Vm::for_tests("sleep", &["30"], qmp, dir.path());
+        let listener = std::os::unix::net::UnixListener::bind(vm.workdir().join("console.sock"))
+            .expect("bind");
+        vm.type_on_console("root\r").expect("typed");
+        vm.type_on_console("ls\r").expect("typed");
+        let (mut console, _) = listener.accept().expect("connected");
+        console
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 64];
+        while got.len() < 8 {
+            let n = console.read(&mut buffer).expect("keys");
+            assert!(n > 0, "closed after {got:?}");
+            got.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(got, b"root\rls\r");
+        assert!(vm.control().is_ok());
+        assert!(vm.pid().is_some());
     }
 
     #[test]

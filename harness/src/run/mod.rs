@@ -24,6 +24,7 @@ use crate::check::report::{self, Row};
 use crate::check::snapshot::{self, SnapshotError};
 use crate::check::verdict::{self, Ended, Status, Verdict};
 use crate::host;
+use crate::host::progress::Events;
 use crate::project::Project;
 use crate::project::{Cell, Scenario};
 
@@ -110,7 +111,6 @@ pub fn check_keeping(
     options: &RunOptions,
     keep_failed: bool,
 ) -> (Checked, Option<cell::KeptGuest>) {
-    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     let (outcome, kept) = match reachable(project, &options.cache, &cell.release) {
         Err(reason) => (
             Err(RunError::Image(
@@ -123,12 +123,41 @@ pub fn check_keeping(
         ),
         Ok(()) => cell::run_cell_keeping(project, scenario, cell, options, keep_failed),
     };
+    let checked = judge(
+        project,
+        scenario,
+        cell,
+        options.required.contains(&cell.release),
+        &host::qemu_version(),
+        options.cache.events(),
+        outcome,
+    );
+    // Only a failure is kept; anything else stops its guest here.
+    let kept = kept.filter(|_| checked.row.status == Status::Fail);
+    (checked, kept)
+}
+
+/// A trial's outcome (or why its flow could not finish) judged: the
+/// snapshot compared, the verdict decided, the report and the row made,
+/// and both written beside the artifacts (a folder that cannot take them
+/// is said on `events`; the report travels in memory either way).
+/// `required` says the cell's release must boot in this run; `qemu` is
+/// QEMU's version, for the report.
+fn judge(
+    project: &Project,
+    scenario: &Scenario,
+    cell: &Cell,
+    required: bool,
+    qemu: &str,
+    events: &Events,
+    outcome: Result<Outcome, RunError>,
+) -> Checked {
+    let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
     let (row, snapshot, report) = match &outcome {
         Ok(outcome) => {
             let snapshot = snapshot::compare_outcome(project, scenario, outcome);
             let row = Row::of(outcome, &snapshot);
-            let report =
-                report::markdown(scenario, outcome, &row, &snapshot, &host::qemu_version());
+            let report = report::markdown(scenario, outcome, &row, &snapshot, qemu);
             (row, snapshot, report)
         }
         Err(e) => {
@@ -137,7 +166,7 @@ pub fn check_keeping(
                 why: e.unfinished(),
                 message: e.unreachable().unwrap_or(&first_line),
                 release: &cell.release,
-                required: options.required.contains(&cell.release),
+                required,
             });
             // The report says what the row says: a required release that
             // cannot be fetched is an error there too, not a skip.
@@ -148,7 +177,7 @@ pub fn check_keeping(
                 e,
                 e.captures_after_failure(),
                 e.known(),
-                &host::qemu_version(),
+                qemu,
             );
             (
                 Row::without_outcome(&scenario.name, cell, status, &why),
@@ -162,7 +191,7 @@ pub fn check_keeping(
     if let Err(e) = std::fs::create_dir_all(&artifacts)
         .and_then(|()| std::fs::write(artifacts.join("report.md"), &report))
     {
-        options.cache.events().note(
+        events.note(
             &format!("{} {cell}", scenario.name),
             &format!(
                 "could not write {}: {e}",
@@ -172,7 +201,7 @@ pub fn check_keeping(
     }
     if let Err(e) = report::save_row(&artifacts, &row) {
         // The outcome table of a run is made from the saved rows.
-        options.cache.events().note(
+        events.note(
             &format!("{} {cell}", scenario.name),
             &format!(
                 "could not save this trial's row in {}, so the outcome table will lack it: {e}",
@@ -180,19 +209,13 @@ pub fn check_keeping(
             ),
         );
     }
-    // Only a failure is kept; anything else stops its guest here.
-    let kept = kept.filter(|_| row.status == Status::Fail);
-    (
-        Checked {
-            row,
-            outcome,
-            snapshot,
-            report,
-        },
-        kept,
-    )
+    Checked {
+        row,
+        outcome,
+        snapshot,
+        report,
+    }
 }
-
 /// Runs trials with at most `jobs` guests at once, each on a blocking thread
 /// of its own; the cache is the only state they share, and it is locked.
 /// Trials start longest-expected first; `done` sees each as it finishes,
@@ -351,6 +374,126 @@ mod tests {
                 "bullseye-stock",
                 "bullseye-linode"
             ]
+        );
+    }
+
+    /// A trial of the stand-in's scenario in a project at `dir`, judged.
+    fn judged(
+        dir: &std::path::Path,
+        required: bool,
+        outcome: impl FnOnce(&Scenario, &std::path::Path) -> Result<Outcome, RunError>,
+    ) -> (Checked, Vec<String>, std::path::PathBuf) {
+        let project = Project::open(dir).expect("project");
+        let scenario =
+            crate::run::stand::scenario(dir, "[[capture]]\nname = \"value\"\nrun = \"echo 17\"\n");
+        let cell = scenario.matrix.cells()[0].clone();
+        let artifacts = project.artifacts_dir(&scenario.name, &cell.to_string());
+        let (notes, events) = crate::run::stand::Notes::events();
+        let checked = judge(
+            &project,
+            &scenario,
+            &cell,
+            required,
+            "QEMU emulator version 10.0.2",
+            &events,
+            outcome(&scenario, &artifacts),
+        );
+        (checked, notes.taken(), artifacts)
+    }
+
+    fn finished(scenario: &Scenario, artifacts: &std::path::Path) -> Result<Outcome, RunError> {
+        let text = "17\n".to_owned();
+        Ok(Outcome {
+            captures: vec![crate::check::capture::Capture {
+                name: "value".into(),
+                command: "echo 17".into(),
+                status: 0,
+                raw: text.clone(),
+                text,
+                probe: None,
+                normalize: Vec::new(),
+            }],
+            ..crate::run::stand::outcome(scenario, artifacts)
+        })
+    }
+
+    #[test]
+    fn a_release_that_cannot_be_fetched_is_skipped_unless_required() {
+        let unreachable = |_: &Scenario, _: &std::path::Path| {
+            Err(RunError::Image(
+                crate::media::image::ImageError::Unreachable {
+                    release: "bookworm".into(),
+                    reason: "the archive does not answer".into(),
+                },
+            ))
+        };
+        let (_keep, dir) = crate::run::stand::dir();
+        let (checked, notes, artifacts) = judged(&dir, false, unreachable);
+        assert_eq!(checked.row.status, Status::Skipped);
+        assert!(checked.snapshot.is_ok() && checked.outcome.is_err());
+        let report = std::fs::read_to_string(artifacts.join("report.md")).expect("report.md");
+        assert_eq!(report, checked.report);
+        assert!(report.contains("the archive does not answer"), "{report}");
+        assert_eq!(report::load_rows(&dir.join("target/vmrepro")).len(), 1);
+        assert_eq!(notes, Vec::<String>::new());
+        let (checked, _, _) = judged(&dir, true, unreachable);
+        assert_eq!(checked.row.status, Status::Error);
+        assert!(!checked.passed());
+    }
+
+    #[test]
+    fn a_finished_trial_is_compared_with_its_snapshot() {
+        let (_keep, dir) = crate::run::stand::dir();
+        // None committed yet: new, never a pass.
+        let (checked, _, _) = judged(&dir, false, finished);
+        assert_eq!(checked.row.status, Status::New);
+        assert!(matches!(checked.snapshot, Err(SnapshotError::New { .. })));
+        // Committed and the same: a pass.
+        let committed = dir.join("snapshots/x@bookworm-stock.snap");
+        std::fs::create_dir_all(dir.join("snapshots")).expect("snapshots");
+        std::fs::write(
+            &committed,
+            "---\nsource: x\n---\n== value (exit 0) ==\n17\n",
+        )
+        .expect("snap");
+        let (checked, _, _) = judged(&dir, false, finished);
+        assert_eq!(checked.row.status, Status::Pass, "{:?}", checked.snapshot);
+        assert!(checked.passed());
+        // Committed and different: a failure whose report shows the lines.
+        std::fs::write(
+            &committed,
+            "---\nsource: x\n---\n== value (exit 0) ==\n16\n",
+        )
+        .expect("snap");
+        let (checked, _, artifacts) = judged(&dir, false, finished);
+        assert_eq!(checked.row.status, Status::Fail);
+        let Err(SnapshotError::Differs { diff, .. }) = &checked.snapshot else {
+            panic!("{:?}", checked.snapshot);
+        };
+        assert!(diff.contains("-16\n+17"), "{diff}");
+        assert!(checked.report.contains("-16"), "{}", checked.report);
+        assert_eq!(
+            std::fs::read_to_string(artifacts.join("report.md")).expect("report.md"),
+            checked.report
+        );
+        let _ = std::fs::remove_file(dir.join("snapshots/x@bookworm-stock.snap.new"));
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_written_is_said_and_still_returned() {
+        let (_keep, dir) = crate::run::stand::dir();
+        // A file where the artifacts' folder should be.
+        std::fs::create_dir_all(dir.join("target/vmrepro/x")).expect("folder");
+        std::fs::write(dir.join("target/vmrepro/x/bookworm-stock"), "").expect("file");
+        let (checked, notes, _) = judged(&dir, false, finished);
+        assert_eq!(checked.row.status, Status::New);
+        assert!(checked.report.contains("17"), "{}", checked.report);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("could not write"), "{}", notes[0]);
+        assert!(
+            notes[1].contains("the outcome table will lack it"),
+            "{}",
+            notes[1]
         );
     }
 }

@@ -284,3 +284,31 @@ pub(super) fn outcome(scenario: &Scenario, artifacts: &Path) -> Outcome {
         not_back: None,
     }
 }
+
+/// A reporter that keeps the notes it is sent, for tests to read.
+#[derive(Default)]
+pub(super) struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Notes {
+    /// A reporter and the events that reach it.
+    pub(super) fn events() -> (std::sync::Arc<Notes>, crate::host::progress::Events) {
+        let notes = std::sync::Arc::new(Notes::default());
+        let events = crate::host::progress::Events::new(notes.clone());
+        (notes, events)
+    }
+
+    /// The notes so far.
+    pub(super) fn taken(&self) -> Vec<String> {
+        self.0.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+impl crate::host::progress::Reporter for Notes {
+    fn report(&self, event: &crate::host::progress::Event<'_>) {
+        if let crate::host::progress::Event::Note { message, .. } = event {
+            if let Ok(mut notes) = self.0.lock() {
+                notes.push((*message).to_owned());
+            }
+        }
+    }
+}

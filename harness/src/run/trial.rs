@@ -166,26 +166,11 @@ mod tests {
     //! A trial after its boot, whole, on the stand-in guest of
     //! [`crate::run::stand`]: the flow, the outcome and the verdict.
 
-    use std::sync::{Arc, Mutex};
-
     use super::*;
     use crate::check::outcome::Timings;
     use crate::check::verdict::{self, Status};
-    use crate::host::progress::{Event, Reporter};
     use crate::project::GuestEnd;
-    use crate::run::stand::{dir, ended_in, outcome, scenario, Stand};
-
-    /// The notes a trial made.
-    #[derive(Default)]
-    struct Notes(Mutex<Vec<String>>);
-
-    impl Reporter for Notes {
-        fn report(&self, event: &Event<'_>) {
-            if let Event::Note { message, .. } = event {
-                self.0.lock().expect("notes").push((*message).to_owned());
-            }
-        }
-    }
+    use crate::run::stand::{dir, ended_in, outcome, scenario, Notes, Stand};
 
     /// The trial of `scenario` on `stand`, its artifacts in `artifacts`:
     /// the outcome (or why the flow stopped), and the notes it made.
@@ -194,8 +179,7 @@ mod tests {
         scenario: &Scenario,
         artifacts: &std::path::Path,
     ) -> (Result<Outcome, RunError>, Vec<String>) {
-        let notes = Arc::new(Notes::default());
-        let events = Events::new(notes.clone());
+        let (notes, events) = Notes::events();
         let base = outcome(scenario, artifacts);
         let (mut timings, mut kernel_release, mut records) = (Timings::default(), None, Vec::new());
         let mut ledger = Ledger {
@@ -224,8 +208,7 @@ mod tests {
                 "x bookworm-stock",
             )
         });
-        let notes = notes.0.lock().expect("notes").clone();
-        (result, notes)
+        (result, notes.taken())
     }
 
     fn status(outcome: &Outcome) -> Status {
