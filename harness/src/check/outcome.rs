@@ -455,21 +455,54 @@ pub(crate) fn describe_change(before: &Capture, after: &Capture) -> String {
 }
 
 /// Writes each capture's raw output beside the report, as
-/// `NAME.before-reboot.txt` and `NAME.after.txt`.
+/// `NAME.before-reboot.txt` and `NAME.after.txt` (`NAME` made fit for a
+/// file name).
 pub(crate) fn write_artifacts(
     dir: &std::path::Path,
     before: &[Capture],
     after: &[Capture],
 ) -> std::io::Result<()> {
+    // Every file is tried; the first failure is said.
+    let mut failed = Ok(());
     for (suffix, captures) in [("before-reboot", before), ("after", after)] {
+        let mut used = std::collections::BTreeSet::new();
         for capture in captures {
-            std::fs::write(
-                dir.join(format!("{}.{suffix}.txt", capture.name)),
-                &capture.raw,
-            )?;
+            let mut stem = file_stem(&capture.name);
+            // Two names that differ only in what a file name cannot hold.
+            let mut n = 1;
+            while !used.insert(stem.clone()) {
+                n += 1;
+                stem = format!("{} ({n})", file_stem(&capture.name));
+            }
+            let written = std::fs::write(dir.join(format!("{stem}.{suffix}.txt")), &capture.raw);
+            if failed.is_ok() {
+                failed = written;
+            }
         }
     }
-    Ok(())
+    failed
+}
+
+/// A capture's name as the start of a file name in the artifacts folder:
+/// a `/` (which a name such as `tcp/8080 from the host` has) or any
+/// control character becomes `_`, a name of dots alone gets a `_` before
+/// it, and a long one is cut to 200 bytes (file names hold 255).
+fn file_stem(name: &str) -> String {
+    let mut stem: String = name
+        .chars()
+        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+        .collect();
+    if stem.is_empty() || stem.chars().all(|c| c == '.') {
+        stem.insert(0, '_');
+    }
+    if stem.len() > 200 {
+        let mut end = 200;
+        while !stem.is_char_boundary(end) {
+            end -= 1;
+        }
+        stem.truncate(end);
+    }
+    stem
 }
 
 #[cfg(test)]
@@ -553,5 +586,37 @@ mod tests {
         let mut open = capture("port", "open\n", vec![]);
         open.probe = Some(8080);
         assert_eq!(describe(&open), "tcp/8080 open from outside");
+    }
+
+    #[test]
+    fn every_capture_is_written_whatever_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let captures = [
+            capture("tcp/8080 from the host", "no answer\n", Vec::new()),
+            capture("tcp_8080 from the host", "other\n", Vec::new()),
+            capture("..", "dots\n", Vec::new()),
+            capture("journal: a\tb", "tab\n", Vec::new()),
+        ];
+        write_artifacts(dir.path(), &captures, &captures[..1]).expect("written");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "_...before-reboot.txt",
+                "journal: a_b.before-reboot.txt",
+                "tcp_8080 from the host (2).before-reboot.txt",
+                "tcp_8080 from the host.after.txt",
+                "tcp_8080 from the host.before-reboot.txt",
+            ]
+        );
+        assert_eq!(file_stem(&"é".repeat(150)).len(), 200);
+        // A folder that is not there fails, after trying every file.
+        let gone = dir.path().join("gone");
+        assert!(write_artifacts(&gone, &captures, &[]).is_err());
     }
 }
