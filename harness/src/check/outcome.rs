@@ -9,7 +9,7 @@ use crate::guest::console::CommandOutput;
 use crate::guest::life::Ended;
 use crate::guest::vm::{AccelChoice, VmSetup};
 use crate::guest::warm::Start;
-use crate::project::{Action, Cell, Expectations, StepStatus};
+use crate::project::{Action, Cell, Expectations, Scenario, StepStatus};
 
 /// What one step did.
 #[derive(Debug, Clone)]
@@ -231,6 +231,38 @@ impl Timings {
 }
 
 impl Outcome {
+    /// What is known of a trial of `scenario` on `cell` before its flow
+    /// runs: nothing taken, nothing checked, no time spent yet; the guest's
+    /// start and setup are the caller's to fill in.
+    pub(crate) fn before_the_flow(
+        scenario: &Scenario,
+        cell: &Cell,
+        accel: AccelChoice,
+        artifacts: std::path::PathBuf,
+    ) -> Outcome {
+        Outcome {
+            scenario: scenario.name.clone(),
+            cell: cell.clone(),
+            accel,
+            guest_kernel: String::new(),
+            setup: VmSetup::default(),
+            packages: BTreeMap::new(),
+            image_origin: String::new(),
+            steps: Vec::new(),
+            before_reboot: Vec::new(),
+            captures: Vec::new(),
+            changes: Vec::new(),
+            reboot_changes: None,
+            units: BTreeMap::new(),
+            expect: scenario.expectations_for(cell),
+            failures: Vec::new(),
+            start: Start::Cold,
+            timings: Timings::default(),
+            artifacts,
+            not_back: None,
+        }
+    }
+
     /// Whether every expectation held.
     pub fn passed(&self) -> bool {
         self.failures.is_empty()

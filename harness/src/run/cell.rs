@@ -656,11 +656,17 @@ pub(crate) fn run_cell_keeping(
         Ok(guest) => guest,
         Err(e) => return (Err(e), None),
     };
-    let expect = scenario.expectations_for(cell);
-    let mut steps = Vec::new();
-    let driven = {
+    // What is known of the trial before its flow; the flow adds the rest.
+    let base = Outcome {
+        setup: guest.vm.setup().clone(),
+        packages: guest.packages.clone(),
+        image_origin: guest.image_origin.clone(),
+        start: guest.start.clone(),
+        ..Outcome::before_the_flow(scenario, cell, options.accel.clone(), artifacts)
+    };
+    let result = {
         let (mut live, mut ledger) = guest.parts(&label);
-        trial::drive(&mut live, &mut ledger, scenario, cell, &expect, &mut steps)
+        trial::run(&mut live, &mut ledger, scenario, base, started)
     };
     let kept = |mut guest: Guest| {
         (keep && guest.vm.check_running().is_ok()).then(|| KeptGuest {
@@ -668,53 +674,10 @@ pub(crate) fn run_cell_keeping(
             cell: cell.clone(),
         })
     };
-    let outcome_of = |guest: &Guest, steps: Vec<StepRecord>| Outcome {
-        scenario: scenario.name.clone(),
-        cell: cell.clone(),
-        accel: options.accel.clone(),
-        guest_kernel: guest.kernel_release.clone().unwrap_or_default(),
-        setup: guest.vm.setup().clone(),
-        packages: guest.packages.clone(),
-        image_origin: guest.image_origin.clone(),
-        steps,
-        before_reboot: Vec::new(),
-        captures: Vec::new(),
-        changes: Vec::new(),
-        reboot_changes: None,
-        units: BTreeMap::new(),
-        expect: expect.clone(),
-        failures: Vec::new(),
-        start: guest.start.clone(),
-        timings: Timings {
-            total: started.elapsed().as_secs_f64(),
-            ..guest.timings.clone()
-        },
-        artifacts: artifacts.clone(),
-        not_back: None,
+    let mut outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => return (Err(e), kept(guest)),
     };
-    let driven = match driven {
-        Ok(driven) => driven,
-        Err(e) => {
-            let cause = guest.explain(e);
-            let known = outcome_of(&guest, steps);
-            options.cache.events().finish(
-                &label,
-                &format!("stopped after {:.1}s", known.timings.total),
-            );
-            let stopped = RunError::Stopped {
-                cause: Box::new(cause),
-                known: Box::new(known),
-            };
-            return (Err(stopped), kept(guest));
-        }
-    };
-    let mut outcome = trial::conclude(
-        outcome_of(&guest, steps),
-        driven,
-        scenario,
-        options.cache.events(),
-        &label,
-    );
     // Stopping the guest (unless it is kept) is the trial's last phase.
     let stopping = Instant::now();
     let kept = kept(guest);
@@ -844,6 +807,7 @@ fn interactive_shell(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::cache::Cache;
     use crate::project::KernelFlavour;
     use crate::run::stand::{dir, outcome, scenario};
 
@@ -949,6 +913,88 @@ mod tests {
         assert_eq!(
             warm_name(&cell, Some(&packages), &config(vec![8080])),
             "bookworm-stock+packages-net"
+        );
+    }
+
+    /// A project at `dir` whose bookworm image is already in a cache there
+    /// (files of one byte), and run options over that cache.
+    fn cached_bookworm(dir: &std::path::Path) -> (Project, RunOptions) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let project = Project::open(&root)
+            .expect("the repository's project")
+            .with_artifacts(&dir.join("artifacts"));
+        let cache = Cache::at(dir.join("cache"));
+        let recipe = project.recipe("bookworm").expect("bookworm").clone();
+        let seeded: Result<_, crate::media::cache::CacheError> = cache.get_or_build(
+            image::KIND,
+            &image::key(&recipe),
+            "seeding",
+            |dir: &std::path::Path| {
+                for file in ["rootfs.qcow2", "vmlinuz", "initrd.img"] {
+                    std::fs::write(dir.join(file), b"x").expect("file");
+                }
+                Ok(image::Manifest {
+                    hash: recipe.hash(),
+                    stock_kernel_release: "6.1.0-40-amd64".into(),
+                    build_seconds: 1.0,
+                    packages: BTreeMap::from([("systemd".into(), "252.39-1".into())]),
+                    origin: "mmdebstrap".into(),
+                })
+            },
+        );
+        seeded.expect("seeded");
+        let accel = AccelChoice {
+            accel: crate::guest::vm::Accel::Tcg,
+            reason: "test".into(),
+        };
+        (project, RunOptions::new(cache, accel))
+    }
+
+    #[test]
+    fn what_a_cell_boots_is_found_in_the_cache() {
+        let (_keep, dir) = dir();
+        let (project, options) = cached_bookworm(&dir);
+        let scenario = scenario(&dir, "[[capture]]\nname = \"web\"\nprobe_tcp = 8080\n");
+        let cell = Cell {
+            release: "bookworm".into(),
+            kernel: KernelFlavour::stock(),
+        };
+        let artifacts = dir.join("artifacts/x/bookworm-stock");
+        std::fs::create_dir_all(&artifacts).expect("artifacts");
+        std::fs::write(artifacts.join("console.log"), "an earlier run").expect("old");
+        let found = bootable(&project, &cell, &options, &artifacts, Some(&scenario))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(found.config.kernel.release, "6.1.0-40-amd64");
+        assert!(found.config.kernel.initrd.is_some());
+        assert!(found.config.base_disk.ends_with("rootfs.qcow2"));
+        assert_eq!(found.config.forward_tcp, [8080]);
+        assert_eq!(found.packages["systemd"], "252.39-1");
+        assert_eq!(found.image_origin, "mmdebstrap");
+        assert!(
+            !artifacts.exists(),
+            "an earlier run's artifacts are not mixed with this one's"
+        );
+        assert_eq!(
+            warm_name(&cell, Some(&scenario), &found.config),
+            "bookworm-stock-net"
+        );
+
+        // A release or a kernel the project has no recipe for.
+        let unknown = Cell {
+            release: "sid".into(),
+            kernel: KernelFlavour::stock(),
+        };
+        let err = bootable(&project, &unknown, &options, &artifacts, None).err();
+        assert!(matches!(err, Some(RunError::Project(_))), "{err:?}");
+        let unknown = Cell {
+            release: "bookworm".into(),
+            kernel: KernelFlavour::named("custom"),
+        };
+        let err = bootable(&project, &unknown, &options, &artifacts, None).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.to_string().contains("custom")),
+            "{err:?}"
         );
     }
 }

@@ -228,11 +228,31 @@ pub fn check_all<T: Send + 'static>(
     jobs: usize,
     done: fn(&Scenario, &Cell, &Checked) -> T,
 ) -> std::io::Result<Vec<(Checked, T)>> {
-    let jobs = jobs.max(1);
     let order = longest_first(&cells, &kernels_to_build(project, &options.cache));
+    let (project, options) = (project.clone(), options.clone());
+    schedule(
+        cells,
+        &order,
+        jobs,
+        move |scenario, cell| check(&project, scenario, cell, &options),
+        done,
+    )
+}
+
+/// Runs `trial` on each of `cells`, started in `order`, at most `jobs` at
+/// once, each on a blocking thread of its own (a guest is driven
+/// synchronously); `done` sees each as it finishes, and the results come
+/// back in the order of `cells`.
+fn schedule<T: Send + 'static>(
+    cells: Vec<(Scenario, Cell)>,
+    order: &[usize],
+    jobs: usize,
+    trial: impl Fn(&Scenario, &Cell) -> Checked + Send + Sync + 'static,
+    done: fn(&Scenario, &Cell, &Checked) -> T,
+) -> std::io::Result<Vec<(Checked, T)>> {
+    let jobs = jobs.max(1);
+    let trial = std::sync::Arc::new(trial);
     crate::host::process::block_on(async {
-        // A task per trial, each on a blocking thread of its own (the guest
-        // is driven synchronously), at most `jobs` at once.
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
         let mut handles = Vec::new();
         for (scenario, cell) in order.iter().map(|&i| cells[i].clone()) {
@@ -241,16 +261,16 @@ pub fn check_all<T: Send + 'static>(
                 .acquire_owned()
                 .await
                 .map_err(std::io::Error::other)?;
-            let (project, options) = (project.clone(), options.clone());
+            let trial = trial.clone();
             handles.push(tokio::task::spawn_blocking(move || {
-                let checked = check(&project, &scenario, &cell, &options);
+                let checked = trial(&scenario, &cell);
                 let answer = done(&scenario, &cell, &checked);
                 drop(permit);
                 (checked, answer)
             }));
         }
         let mut results: Vec<Option<(Checked, T)>> = (0..order.len()).map(|_| None).collect();
-        for (handle, &i) in handles.into_iter().zip(&order) {
+        for (handle, &i) in handles.into_iter().zip(order) {
             results[i] = Some(handle.await.map_err(std::io::Error::other)?);
         }
         Ok(results.into_iter().flatten().collect())
@@ -495,5 +515,68 @@ mod tests {
             "{}",
             notes[1]
         );
+    }
+
+    #[test]
+    fn trials_start_in_order_at_most_jobs_at_once_and_come_back_in_theirs() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
+        let cells = cells();
+        let order = longest_first(&cells, &[]);
+        let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let trial = |record: std::sync::Arc<std::sync::Mutex<Vec<String>>>| {
+            move |scenario: &Scenario, cell: &Cell| {
+                let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                MOST.fetch_max(now, Ordering::SeqCst);
+                record.lock().expect("record").push(cell.to_string());
+                // Long enough for the others to start, if they could.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                RUNNING.fetch_sub(1, Ordering::SeqCst);
+                Checked {
+                    row: Row::without_outcome(&scenario.name, cell, Status::Pass, "pass"),
+                    outcome: Err(RunError::Vm(crate::guest::vm::VmError::Spawn(
+                        std::io::Error::other("not run"),
+                    ))),
+                    snapshot: Ok(()),
+                    report: format!("report of {cell}"),
+                }
+            }
+        };
+        // One at a time: they start in the order given.
+        let results = schedule(
+            cells.clone(),
+            &order,
+            1,
+            trial(started.clone()),
+            |_, c, _| c.to_string(),
+        )
+        .expect("scheduled");
+        assert_eq!(*started.lock().expect("started"), names(&cells, &order));
+        assert_eq!(MOST.load(Ordering::SeqCst), 1);
+        // Whatever the order they ran in, the results are in the cells'.
+        let answers: Vec<&str> = results.iter().map(|(_, a)| a.as_str()).collect();
+        let expected: Vec<String> = cells.iter().map(|(_, c)| c.to_string()).collect();
+        assert_eq!(answers, expected);
+        assert!(results
+            .iter()
+            .all(|(c, a)| c.report == format!("report of {a}")));
+        // Two at a time: never more.
+        MOST.store(0, Ordering::SeqCst);
+        let results =
+            schedule(cells.clone(), &order, 2, trial(started), |_, _, _| ()).expect("scheduled");
+        assert_eq!(results.len(), 4);
+        assert!(MOST.load(Ordering::SeqCst) <= 2);
+    }
+
+    #[test]
+    fn a_kernel_the_cache_lacks_is_to_be_built() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let project = Project::open(&root).expect("the repository's project");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let cache = crate::media::cache::Cache::at(cache.path());
+        assert_eq!(kernels_to_build(&project, &cache), ["linode"]);
+        let jobs = default_jobs(1024);
+        assert!(jobs >= 1);
     }
 }

@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::check::capture::{Capture, GuestFacts, Taken};
-use crate::check::outcome::{Outcome, Timings};
+use crate::check::outcome::Outcome;
 use crate::guest::console::{Console, ConsoleError};
 use crate::guest::fake::LocalShell;
 use crate::guest::life::Ended;
 use crate::guest::vm::{Accel, AccelChoice, VmError};
-use crate::guest::warm::Start;
 use crate::project::{CaptureKind, CaptureSpec, GuestEnd, Known, Scenario};
 
 use super::steps::Machine;
@@ -258,31 +257,15 @@ pub(super) fn ended_in(end: GuestEnd) -> Ended {
 /// What is known of a trial on `scenario`'s first cell before its flow
 /// runs, its artifacts to go in `artifacts`.
 pub(super) fn outcome(scenario: &Scenario, artifacts: &Path) -> Outcome {
-    let cell = scenario.matrix.cells()[0].clone();
-    Outcome {
-        scenario: scenario.name.clone(),
-        expect: scenario.expectations_for(&cell),
-        cell,
-        accel: AccelChoice {
+    Outcome::before_the_flow(
+        scenario,
+        &scenario.matrix.cells()[0],
+        AccelChoice {
             accel: Accel::Tcg,
             reason: "the stand-in".into(),
         },
-        guest_kernel: "6.1.0-stand-in".into(),
-        setup: Default::default(),
-        packages: Default::default(),
-        image_origin: "the stand-in".into(),
-        steps: Vec::new(),
-        before_reboot: Vec::new(),
-        captures: Vec::new(),
-        changes: Vec::new(),
-        reboot_changes: None,
-        units: Default::default(),
-        failures: Vec::new(),
-        start: Start::Cold,
-        timings: Timings::default(),
-        artifacts: artifacts.to_owned(),
-        not_back: None,
-    }
+        artifacts.to_owned(),
+    )
 }
 
 /// A reporter that keeps the notes it is sent, for tests to read.

@@ -5,12 +5,12 @@
 //! boot is unit-tested on the stand-in guest.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::check::capture::Capture;
 use crate::check::evidence;
 use crate::check::outcome::{
-    check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord,
+    check_expectations, persistence_diff, write_artifacts, NotBack, Outcome, StepRecord, Timings,
 };
 use crate::guest::console::ConsoleError;
 use crate::guest::vm::VmError;
@@ -19,6 +19,54 @@ use crate::project::{Cell, Expectations, Scenario};
 
 use super::cell::RunError;
 use super::steps::{self, Finished, Flow, Ledger, Machine};
+
+/// A trial's flow on a booted guest, start to outcome: `base` is what is
+/// known of it before (see [`Outcome::before_the_flow`]), `started` when
+/// the trial began. A flow that cannot run to its end is
+/// [`RunError::Stopped`], with what was known of the trial by then.
+pub(super) fn run(
+    machine: &mut dyn Machine,
+    ledger: &mut Ledger<'_>,
+    scenario: &Scenario,
+    base: Outcome,
+    started: Instant,
+) -> Result<Outcome, RunError> {
+    let mut records = Vec::new();
+    let cell = base.cell.clone();
+    let expect = base.expect.clone();
+    let driven = drive(machine, ledger, scenario, &cell, &expect, &mut records);
+    // The steps, the guest's kernel and the time so far, from the ledger
+    // the flow filled in.
+    let known = Outcome {
+        steps: records,
+        guest_kernel: ledger.kernel_release.clone().unwrap_or_default(),
+        timings: Timings {
+            total: started.elapsed().as_secs_f64(),
+            ..ledger.timings.clone()
+        },
+        ..base
+    };
+    match driven {
+        Ok(driven) => Ok(conclude(
+            known,
+            driven,
+            scenario,
+            ledger.events,
+            ledger.label,
+        )),
+        Err(e) => {
+            let cause = explain(machine, e);
+            ledger.events.finish(
+                ledger.label,
+                &format!("stopped after {:.1}s", known.timings.total),
+            );
+            Err(RunError::Stopped {
+                cause: Box::new(cause),
+                known: Box::new(known),
+            })
+        }
+    }
+}
 
 /// What [`drive`] found out.
 pub(super) struct Driven {
@@ -167,7 +215,6 @@ mod tests {
     //! [`crate::run::stand`]: the flow, the outcome and the verdict.
 
     use super::*;
-    use crate::check::outcome::Timings;
     use crate::check::verdict::{self, Status};
     use crate::project::GuestEnd;
     use crate::run::stand::{dir, ended_in, outcome, scenario, Notes, Stand};
@@ -180,34 +227,20 @@ mod tests {
         artifacts: &std::path::Path,
     ) -> (Result<Outcome, RunError>, Vec<String>) {
         let (notes, events) = Notes::events();
-        let base = outcome(scenario, artifacts);
-        let (mut timings, mut kernel_release, mut records) = (Timings::default(), None, Vec::new());
+        let (mut timings, mut kernel_release) = (Timings::default(), None);
         let mut ledger = Ledger {
             events: &events,
             label: "x bookworm-stock",
             timings: &mut timings,
             kernel_release: &mut kernel_release,
         };
-        let driven = drive(
+        let result = run(
             stand,
             &mut ledger,
             scenario,
-            &base.cell.clone(),
-            &base.expect.clone(),
-            &mut records,
+            outcome(scenario, artifacts),
+            Instant::now(),
         );
-        let result = driven.map(|driven| {
-            conclude(
-                Outcome {
-                    steps: records,
-                    ..base
-                },
-                driven,
-                scenario,
-                &events,
-                "x bookworm-stock",
-            )
-        });
         (result, notes.taken())
     }
 
@@ -427,5 +460,24 @@ snapshot = true
         });
         assert!(matches!(explain(&mut stand, step), RunError::Vm(_)));
         assert_eq!(stand.asked, ["running?", "running?"]);
+    }
+
+    #[test]
+    fn a_flow_that_stops_keeps_what_was_known_of_the_trial() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            "[[step]]\nrun = \"echo first\"\n\n[[step]]\nrun = \"exit 4\"\n\n[[step]]\nreboot = true\n",
+        );
+        let mut stand = Stand::new(&dir);
+        let (result, _) = trial(&mut stand, &scenario, &dir);
+        let Err(RunError::Stopped { cause, known }) = result else {
+            panic!("a stopped flow, not {:?}", result.map(|o| o.failures));
+        };
+        assert!(matches!(*cause, RunError::Step(_)), "{cause}");
+        assert_eq!(known.steps.len(), 1, "the step that ran is known");
+        assert_eq!(known.guest_kernel, "6.1.0-stand-in");
+        assert!(known.timings.total >= known.timings.steps);
+        assert!(known.captures.is_empty() && known.failures.is_empty());
     }
 }
