@@ -1177,6 +1177,45 @@ mod tests {
     }
 
     #[test]
+    fn systemd_is_waited_for_and_a_start_that_does_not_end_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = dir.path().join("up");
+        let systemctl = dir.path().join("systemctl");
+        std::fs::write(
+            &systemctl,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n  is-system-running) if [ -e {up} ]; then echo degraded; else echo starting; fi ;;\n  list-jobs) echo '12 networking.service start running' ;;\nesac\n",
+                up = up.display()
+            ),
+        )
+        .expect("systemctl");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let mut guest = FakeGuest::start("", Some(dir.path()));
+        std::fs::write(&up, "").expect("up");
+        let state = guest
+            .console
+            .wait_settled("systemd to settle", Duration::from_secs(10))
+            .expect("settled");
+        assert_eq!(state, "degraded");
+        std::fs::remove_file(&up).expect("down");
+        let err = guest
+            .console
+            .wait_settled("systemd to settle", Duration::from_millis(800))
+            .expect_err("still starting");
+        let ConsoleError::Timeout { control_tail, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(control_tail.contains("starting"), "{control_tail}");
+        assert!(
+            control_tail.contains("networking.service"),
+            "{control_tail}"
+        );
+        still_answers(&mut guest);
+    }
+
+    #[test]
     fn prompts_are_recognised_with_or_without_bracketed_paste() {
         let prompt = Regex::new(PROMPT).expect("valid");
         for text in [
