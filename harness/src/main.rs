@@ -57,9 +57,6 @@ fn emit(text: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Progress is rendered here, on standard error: live lines on a
-    // terminal, plain ones with -v or off a terminal, none with -q.
-    let terminal = Arc::new(Terminal::new(cli.quiet, !cli.verbose));
     // `exec` passes the command's status through, so its own failures
     // need a status no command is likely to give.
     let exec = matches!(cli.command, Command::Exec { .. });
@@ -73,6 +70,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Run(_) | Command::Repro(_)) && !settings.insta_quiet {
         return quiet_insta();
     }
+    // Progress is rendered here, on standard error: live lines on a
+    // terminal, plain ones with -v or off a terminal, none with -q.
+    let terminal = Arc::new(Terminal::new(cli.quiet, !cli.verbose));
     let outputs = Outputs {
         colour: cli.color.wanted(&settings),
         events: Events::new(terminal.clone()),
