@@ -121,5 +121,18 @@ mod tests {
         assert_eq!(scenario.name, "example");
         assert!(scenario.has_reboot());
         assert_eq!(scenario.expect.survive_reboot, ["saved configuration"]);
+        // The name goes where the scenario's name goes, and nowhere else
+        // (not into the examples of other keys).
+        let placed: Vec<&str> = SKELETON
+            .lines()
+            .filter(|line| line.contains("NAME"))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                "name = \"NAME\"",
+                "# Captures are recorded into the snapshot (snapshots/NAME@RELEASE-KERNEL.snap),"
+            ]
+        );
     }
 }
