@@ -221,7 +221,15 @@ pub(crate) struct Console {
     /// Whether the shell of this boot is prepared: from then on, a login
     /// banner on the control port means the shell died.
     shell_up: bool,
+    /// Where the runner's directory (`vmrepro`) goes: the first of these
+    /// the guest can write in.
+    homes: Vec<String>,
 }
+
+/// Where the runner's directory goes in a guest: on a memory file system
+/// where there is one (systemd mounts /run as tmpfs from jessie's 215 on:
+/// mount-setup.c), so that a full or broken disk cannot take it.
+const HOMES: [&str; 3] = ["/run", "/dev/shm", "/tmp"];
 
 enum Wait {
     Matched(String),
@@ -277,7 +285,15 @@ impl Console {
             life: kernel_log.clone().map(Life::new),
             kernel_log,
             shell_up: false,
+            homes: HOMES.map(str::to_owned).to_vec(),
         })
+    }
+
+    /// For unit tests: the runner's directory goes in `home` (a test's own
+    /// folder, where the fake guest is the host itself).
+    #[cfg(test)]
+    pub(crate) fn set_home(&mut self, home: &std::path::Path) {
+        self.homes = vec![home.display().to_string()];
     }
 
     /// Attaches to the control port of a guest in `vm`: its kernel console
@@ -413,21 +429,25 @@ impl Console {
             ),
         )?;
         self.expect_marker(what, &format!(r"VMRS-{id}\r?\n"), deadline)?;
-        // The runner's directory: on a memory file system where there is
-        // one (systemd mounts /run as tmpfs from jessie's 215 on:
-        // mount-setup.c), so that a full or broken disk cannot take it.
-        // A runner already there (a resumed guest saved with it) is not
-        // sent again: typing costs time on the serial port.
+        // The runner's directory, in the first of the homes the guest can
+        // write in. A runner already there (a resumed guest saved with it)
+        // is not sent again: typing costs time on the serial port.
         let runner = compact_runner();
         let name = format!(
             "run-{}.sh",
             &crate::text::hex(&sha2::Sha256::digest(runner.as_bytes()))[..12]
         );
         let id = self.fresh_id();
+        let homes = self
+            .homes
+            .iter()
+            .map(|home| crate::text::shell_quote(home))
+            .collect::<Vec<_>>()
+            .join(" ");
         self.send(
             what,
             &format!(
-                "__vmrepro_d=; for __vmrepro_b in /run /dev/shm /tmp; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
+                "__vmrepro_d=; for __vmrepro_b in {homes}; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
             ),
         )?;
         let answer = self.expect_marker(
@@ -443,7 +463,10 @@ impl Console {
         if dir.is_empty() {
             return Err(ConsoleError::Unrecorded {
                 what: what.to_owned(),
-                detail: "make a directory for the harness's files: /run, /dev/shm and /tmp are all read-only or full".into(),
+                detail: format!(
+                    "make a directory for the harness's files: {} are all read-only or full",
+                    self.homes.join(", ")
+                ),
             });
         }
         if !have {
@@ -570,13 +593,35 @@ echo \"$state\"
         scripts: &[(&str, &str, u64)],
         each: Duration,
     ) -> Result<Vec<CommandOutput>, ConsoleError> {
+        match self.round_trip(scripts, each)? {
+            Some(outputs) => Ok(outputs),
+            // The harness's directory was emptied since the last round
+            // trip (a clean-up of /run, say): it is made again and the
+            // runner sent again, once.
+            None => {
+                let what = "the harness's directory, made again";
+                let deadline = Instant::now() + GUEST_SLACK + Duration::from_secs(30);
+                self.prepare(what, deadline)?;
+                self.round_trip(scripts, each)?
+                    .ok_or_else(|| self.protocol(what, "the runner was gone again at once".into()))
+            }
+        }
+    }
+
+    /// One round trip of [`Console::run_all_limited`]; `None` when the
+    /// runner was no longer in its directory, and nothing was run.
+    fn round_trip(
+        &mut self,
+        scripts: &[(&str, &str, u64)],
+        each: Duration,
+    ) -> Result<Option<Vec<CommandOutput>>, ConsoleError> {
         let what = scripts
             .iter()
             .map(|(what, _, _)| *what)
             .collect::<Vec<_>>()
             .join(", ");
         if scripts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let Some(runner) = self.runner.clone() else {
             return Err(self.protocol(&what, "a command before the shell was ready".into()));
@@ -607,7 +652,11 @@ echo \"$state\"
         // the disk a scenario may have filled), and the status of writing
         // it goes to the runner with the secret: an interactive shell's
         // variables are not in any file or command line a command can read.
-        let mut text = String::new();
+        // The runner is looked for first (with the shell's built-in test):
+        // where it is gone, the shell says so at once, instead of a round
+        // trip that never starts and waits out its deadline.
+        let quoted_runner = crate::text::shell_quote(&runner);
+        let mut text = format!("if [ -f {quoted_runner} ]; then\n");
         let mut lines = format!("'{id} {limit_secs} {KILL_AFTER_SECS} {}'", self.nonce);
         for (i, (_, script, max)) in scripts.iter().enumerate() {
             let file = crate::text::shell_quote(&format!("{dir}/cmd-{}-{i}", self.nonce));
@@ -619,19 +668,22 @@ echo \"$state\"
             lines.push_str(&format!(" \"$__vmrepro_{i} {head} {tail}\""));
         }
         text.push_str(&format!(
-            "printf '%s\\n' {lines} | bash {}\n",
-            crate::text::shell_quote(&runner),
+            "printf '%s\\n' {lines} | bash {quoted_runner}\nelse printf '%s-%s\\n' VMRM {id}; fi\n",
         ));
         self.send(&what, &text)?;
-        let frame = Regex::new(&format!(r"(?s)VMRB-{id}\r?\n(.*?)VMRE-{id}\r?\n"))
-            .map_err(|e| self.protocol(&what, e.to_string()))?;
+        let frame = Regex::new(&format!(
+            r"(?s)VMRM-{id}\r?\n|VMRB-{id}\r?\n(.*?)VMRE-{id}\r?\n"
+        ))
+        .map_err(|e| self.protocol(&what, e.to_string()))?;
         let body = match self.wait_for(&frame, deadline, &what)? {
             Wait::Deadline(pending) => return Err(self.timeout(&what, started.elapsed(), pending)),
-            Wait::Matched(text) => frame
-                .captures(&text)
-                .and_then(|c| c.get(1))
-                .map(|m| m.as_str().to_owned())
-                .ok_or_else(|| self.protocol(&what, "frame did not parse".into()))?,
+            Wait::Matched(text) => match frame.captures(&text) {
+                Some(c) => match c.get(1) {
+                    Some(body) => body.as_str().to_owned(),
+                    None => return Ok(None),
+                },
+                None => return Err(self.protocol(&what, "frame did not parse".into())),
+            },
         };
         // Each result is a line of its own, found wherever it is among
         // whatever else the guest wrote to the port meanwhile.
@@ -656,10 +708,7 @@ echo \"$state\"
             };
             let field = |n: usize| caps.get(n).map_or("", |m| m.as_str());
             if field(2) == "unsent" {
-                return Err(ConsoleError::Unrecorded {
-                    what: (*what).to_owned(),
-                    detail: format!("store the command in {dir} (full?)"),
-                });
+                return Err(self.unrecorded(what, &runner, "store the command", deadline));
             }
             let (_, keep_tail) = kept_ends(*max);
             let stream = |size: usize, head: usize, tail: usize| {
@@ -674,10 +723,12 @@ echo \"$state\"
             let (stdout, stderr) = match (stream(4, 6, 7)?, stream(5, 8, 9)?) {
                 (Some(stdout), Some(stderr)) => (stdout, stderr),
                 _ => {
-                    return Err(ConsoleError::Unrecorded {
-                        what: (*what).to_owned(),
-                        detail: format!("record what the command printed in {dir} (full?)"),
-                    })
+                    return Err(self.unrecorded(
+                        what,
+                        &runner,
+                        "record what the command printed",
+                        deadline,
+                    ))
                 }
             };
             let (Ok(status), Ok(seconds)) = (field(2).parse::<u64>(), field(3).parse::<u64>())
@@ -700,7 +751,47 @@ echo \"$state\"
                 status: status as i32,
             });
         }
-        Ok(outputs)
+        Ok(Some(outputs))
+    }
+
+    /// Why the guest could not `do` what a round trip needed in the
+    /// runner's directory: the directory was removed (a command of the
+    /// round trip emptied /run, say), and is then made again for the
+    /// round trips after this one; or it is full, or broken.
+    fn unrecorded(
+        &mut self,
+        what: &str,
+        runner: &str,
+        task: &str,
+        deadline: Instant,
+    ) -> ConsoleError {
+        let dir = runner
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir)
+            .to_owned();
+        let id = self.fresh_id();
+        let asked = self.send(
+            what,
+            &format!(
+                "if [ -f {} ]; then printf '%s-%s here\\n' VMRD {id}; else printf '%s-%s gone\\n' VMRD {id}; fi\n",
+                crate::text::shell_quote(runner)
+            ),
+        );
+        let gone = asked.is_ok()
+            && self
+                .expect_marker(what, &format!(r"VMRD-{id} (here|gone)\r?\n"), deadline)
+                .is_ok_and(|answer| answer.contains("gone"));
+        let detail = if gone && self.prepare(what, deadline).is_ok() {
+            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran (the harness has made it again)")
+        } else if gone {
+            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran")
+        } else {
+            format!("{task} in {dir} (full?)")
+        };
+        ConsoleError::Unrecorded {
+            what: what.to_owned(),
+            detail,
+        }
     }
 
     /// Writes a file in the guest (creating its directory) with a mode.
@@ -1211,6 +1302,43 @@ mod tests {
         assert!(
             control_tail.contains("networking.service"),
             "{control_tail}"
+        );
+        still_answers(&mut guest);
+    }
+
+    #[test]
+    fn a_runner_removed_between_round_trips_is_sent_again() {
+        let mut guest = fake_guest();
+        let dir = guest.home.path().join("vmrepro");
+        std::fs::remove_dir_all(&dir).expect("the runner's directory");
+        let started = Instant::now();
+        still_answers(&mut guest);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no round trip is left to its deadline"
+        );
+        assert!(dir.is_dir());
+    }
+
+    #[test]
+    fn a_command_that_removes_the_runner_s_directory_is_named_and_the_shell_goes_on() {
+        let mut guest = fake_guest();
+        let dir = guest.home.path().join("vmrepro");
+        let err = guest
+            .console
+            .run(
+                "a clean-up",
+                &format!("rm -rf {}; echo cleaned", dir.display()),
+                Duration::from_secs(10),
+            )
+            .expect_err("its output is lost");
+        let ConsoleError::Unrecorded { detail, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(
+            detail.contains("was removed while the command ran")
+                && detail.contains("made it again"),
+            "{detail}"
         );
         still_answers(&mut guest);
     }

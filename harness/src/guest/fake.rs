@@ -16,11 +16,13 @@ pub(crate) struct LocalShell {
     child: Child,
     /// The console on the shell's terminal.
     pub(crate) console: Console,
+    /// The folder the console's runner lives in: the test's own, not the
+    /// host's /run, which other tests share.
+    pub(crate) home: tempfile::TempDir,
 }
 
 impl Drop for LocalShell {
     fn drop(&mut self) {
-        // The runner removes each command's files itself.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -56,9 +58,15 @@ impl LocalShell {
                 .expect("type ahead");
         }
         let mut console = Console::attach(ours, None).expect("attach");
+        let home = tempfile::tempdir().expect("a home for the runner");
+        console.set_home(home.path());
         console
             .wait_ready("fake guest", Duration::from_secs(20))
             .expect("ready");
-        LocalShell { child, console }
+        LocalShell {
+            child,
+            console,
+            home,
+        }
     }
 }
