@@ -42,10 +42,8 @@ use std::time::{Duration, Instant};
 use vmrepro::check::snapshot;
 use vmrepro::guest::vm::{self, Firmware, MachineOptions};
 use vmrepro::host::{self, progress};
-use vmrepro::media::cache::Cache;
-use vmrepro::media::image;
-use vmrepro::project::Project;
-use vmrepro::project::{Cell, FirstBoot, KernelFlavour, Scenario};
+use vmrepro::media::{cache::Cache, image};
+use vmrepro::project::{Cell, FirstBoot, KernelFlavour, Project, Scenario};
 use vmrepro::run::{self, BootTimes, Outcome, RunOptions, Start};
 use vmrepro::settings::Settings;
 

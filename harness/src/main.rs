@@ -13,8 +13,7 @@ use vmrepro::host;
 use vmrepro::host::progress::{Events, Terminal};
 use vmrepro::media::cache::Cache;
 use vmrepro::media::{image, kernel};
-use vmrepro::project::KernelFlavour;
-use vmrepro::project::{Project, ProjectError};
+use vmrepro::project::{KernelFlavour, Project, ProjectError};
 use vmrepro::run::{RunError, RunOptions};
 use vmrepro::settings::Settings;
 

@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 pub use crate::guest::vm::AccelWanted;
 use crate::guest::vm::{choose_accel, AccelChoice, VmError};
 use crate::media::cache::Cache;
-use crate::project::{FirstBoot, Shard};
-use crate::project::{Project, ProjectError};
+use crate::project::{FirstBoot, Project, ProjectError, Shard};
 use crate::run::cell::RunOptions;
 pub use crate::run::Required;
 

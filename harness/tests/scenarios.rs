@@ -26,12 +26,12 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmrepro::check::report;
 use vmrepro::check::verdict::Status;
 use vmrepro::guest::vm::MachineOptions;
-use vmrepro::host;
-use vmrepro::host::progress::{Events, Terminal};
-use vmrepro::project::Project;
-use vmrepro::project::{Cell, Scenario};
-use vmrepro::run;
-use vmrepro::run::RunOptions;
+use vmrepro::host::{
+    self,
+    progress::{Events, Terminal},
+};
+use vmrepro::project::{Cell, Project, Scenario};
+use vmrepro::run::{self, RunOptions};
 use vmrepro::settings::Settings;
 
 fn main() -> ExitCode {

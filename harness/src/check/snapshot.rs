@@ -7,8 +7,7 @@ use std::sync::Once;
 
 use crate::check::capture::Capture;
 use crate::check::outcome::Outcome;
-use crate::project::Project;
-use crate::project::Scenario;
+use crate::project::{Project, Scenario};
 
 /// A snapshot did not match, or none is committed yet.
 #[derive(Debug, thiserror::Error)]
@@ -152,35 +151,41 @@ pub fn compare(
         COMPARING.with(|c| c.set(false));
         result
     });
-    let committed = if new {
-        String::new()
-    } else {
-        std::fs::read_to_string(&path).unwrap_or_default()
-    };
-    let (name, path) = (name.to_owned(), path.display().to_string());
+    let shown = path.display().to_string();
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SnapshotError::Failed {
-            path,
+            path: shown,
             message: e.to_string(),
         }),
+        Err(_) if new => Err(SnapshotError::New {
+            name: name.to_owned(),
+            path: shown,
+        }),
         // insta reports a mismatch by panicking, and anything else it
-        // cannot do too: the two are told apart by comparing here.
-        Err(_) if new => Err(SnapshotError::New { name, path }),
-        Err(_) if differs(snapshot_body(&committed), content) => Err(SnapshotError::Differs {
-            diff: diff(snapshot_body(&committed), content),
-            name,
-            path,
-        }),
-        Err(panic) => Err(SnapshotError::Failed {
-            path,
-            message: panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("it stopped without saying why")
-                .to_owned(),
-        }),
+        // cannot do too: the two are told apart by comparing here, the
+        // only time the committed file is read again.
+        Err(panic) => {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            let body = snapshot_body(&committed);
+            if differs(body, content) {
+                Err(SnapshotError::Differs {
+                    diff: diff(body, content),
+                    name: name.to_owned(),
+                    path: shown,
+                })
+            } else {
+                Err(SnapshotError::Failed {
+                    path: shown,
+                    message: panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("it stopped without saying why")
+                        .to_owned(),
+                })
+            }
+        }
     }
 }
 

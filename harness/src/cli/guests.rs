@@ -4,8 +4,7 @@
 use anyhow::Result;
 
 use vmrepro::check::verdict::EXIT_PASS;
-use vmrepro::project::Project;
-use vmrepro::project::{Cell, Scenario};
+use vmrepro::project::{Cell, Project, Scenario};
 use vmrepro::run;
 
 use super::flags::GuestArgs;

@@ -4,8 +4,7 @@
 use anyhow::{Context as _, Result};
 
 use vmrepro::check::{report, verdict};
-use vmrepro::project::Project;
-use vmrepro::project::{Cell, Scenario};
+use vmrepro::project::{Cell, Project, Scenario};
 use vmrepro::run;
 
 use super::flags::{Format, ReproArgs, RunArgs};

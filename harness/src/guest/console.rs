@@ -765,10 +765,24 @@ echo \"$state\"
         task: &str,
         deadline: Instant,
     ) -> ConsoleError {
-        let dir = runner
-            .rsplit_once('/')
-            .map_or("", |(dir, _)| dir)
-            .to_owned();
+        let dir = runner.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let detail = if !self.runner_gone(what, runner, deadline) {
+            format!("{task} in {dir} (full?)")
+        } else if self.prepare(what, deadline).is_ok() {
+            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran (the harness has made it again)")
+        } else {
+            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran")
+        };
+        ConsoleError::Unrecorded {
+            what: what.to_owned(),
+            detail,
+        }
+    }
+
+    /// Whether the runner is no longer where the shell was prepared to
+    /// find it (asked of the shell's built-in test; a shell that does not
+    /// answer counts as not gone).
+    fn runner_gone(&mut self, what: &str, runner: &str, deadline: Instant) -> bool {
         let id = self.fresh_id();
         let asked = self.send(
             what,
@@ -777,21 +791,10 @@ echo \"$state\"
                 crate::text::shell_quote(runner)
             ),
         );
-        let gone = asked.is_ok()
+        asked.is_ok()
             && self
                 .expect_marker(what, &format!(r"VMRD-{id} (here|gone)\r?\n"), deadline)
-                .is_ok_and(|answer| answer.contains("gone"));
-        let detail = if gone && self.prepare(what, deadline).is_ok() {
-            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran (the harness has made it again)")
-        } else if gone {
-            format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran")
-        } else {
-            format!("{task} in {dir} (full?)")
-        };
-        ConsoleError::Unrecorded {
-            what: what.to_owned(),
-            detail,
-        }
+                .is_ok_and(|answer| answer.contains("gone"))
     }
 
     /// Writes a file in the guest (creating its directory) with a mode.

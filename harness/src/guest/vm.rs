@@ -520,10 +520,10 @@ impl Vm {
         }
 
         let forwarded = free_ports(&config.forward_tcp).map_err(io(Path::new("127.0.0.1")))?;
-        let control_path = workdir.path().join("control.sock");
-        let qmp_path = workdir.path().join("qmp.sock");
-        let console_log = config.artifacts.join("console.log");
-        let qemu_log = config.artifacts.join("qemu.log");
+        let control_path = workdir.path().join(CONTROL_SOCKET);
+        let qmp_path = workdir.path().join(QMP_SOCKET);
+        let console_log = config.artifacts.join(CONSOLE_LOG);
+        let qemu_log = config.artifacts.join(QEMU_LOG);
         let mut qemu = qemu_command(config, &overlay, workdir.path(), &forwarded);
         let log = File::create(&qemu_log).map_err(io(&qemu_log))?;
         let log2 = log.try_clone().map_err(io(&qemu_log))?;
@@ -769,7 +769,7 @@ impl Vm {
     /// A new handle on the control serial port.
     pub(crate) fn control(&self) -> Result<UnixStream, VmError> {
         self.control.try_clone().map_err(|source| VmError::Io {
-            path: self.workdir.path().join("control.sock"),
+            path: self.workdir.path().join(CONTROL_SOCKET),
             source,
         })
     }
@@ -786,7 +786,7 @@ impl Vm {
     /// reader.
     pub(crate) fn type_on_console(&mut self, text: &str) -> Result<(), VmError> {
         use std::io::{Read as _, Write as _};
-        let path = self.workdir.path().join("console.sock");
+        let path = self.workdir.path().join(CONSOLE_SOCKET);
         let io = |source| VmError::Io {
             path: path.clone(),
             source,
@@ -883,9 +883,9 @@ impl Vm {
             workdir: tempfile::tempdir_in(dir).expect("workdir"),
             control,
             qmp,
-            console_log: dir.join("console.log"),
+            console_log: dir.join(CONSOLE_LOG),
             console_input: None,
-            qemu_log: dir.join("qemu.log"),
+            qemu_log: dir.join(QEMU_LOG),
             started: Instant::now(),
             setup: VmSetup::default(),
             forwarded: BTreeMap::new(),
@@ -920,6 +920,18 @@ impl From<MonitorError> for PollError {
 }
 
 const WORKDIR_PREFIX: &str = "vmrepro-vm-";
+/// The control port's socket in the work directory (ttyS1: the harness's
+/// shell).
+const CONTROL_SOCKET: &str = "control.sock";
+/// The kernel console's socket in the work directory (ttyS0: typed on in
+/// emergency mode).
+const CONSOLE_SOCKET: &str = "console.sock";
+/// The monitor's socket in the work directory.
+const QMP_SOCKET: &str = "qmp.sock";
+/// The kernel console's log, beside the artifacts.
+const CONSOLE_LOG: &str = "console.log";
+/// QEMU's own output, beside the artifacts.
+const QEMU_LOG: &str = "qemu.log";
 const OWNER_FILE: &str = "owner.pid";
 
 /// Removes the work directories (overlays, sockets) of harness processes that
@@ -1001,7 +1013,6 @@ fn qemu_command(
             ),
         ]);
     }
-    let console_log = config.artifacts.join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(config.machine.qemu_args(config.accel.accel));
@@ -1023,15 +1034,15 @@ fn qemu_command(
         .arg("-chardev")
         .arg(format!(
             "socket,id=console,path={},server=on,wait=off,logfile={}",
-            workdir.join("console.sock").display(),
-            console_log.display()
+            workdir.join(CONSOLE_SOCKET).display(),
+            config.artifacts.join(CONSOLE_LOG).display()
         ))
         .arg("-serial")
         .arg("chardev:console")
         .arg("-chardev")
         .arg(format!(
             "socket,id=control,path={},server=on,wait=off",
-            workdir.join("control.sock").display()
+            workdir.join(CONTROL_SOCKET).display()
         ))
         .arg("-serial")
         .arg("chardev:control")
@@ -1039,7 +1050,7 @@ fn qemu_command(
         .arg("-qmp")
         .arg(format!(
             "unix:{},server=on,wait=off",
-            workdir.join("qmp.sock").display()
+            workdir.join(QMP_SOCKET).display()
         ));
     if let Some(state) = &config.resume_from {
         // The saved guest was stopped before saving, so it stays paused
@@ -1430,7 +1441,7 @@ CR0=80050033 CR2=00007f2b1c0f0000 CR3=000000000a40e000 CR4=000006f0\nEFER=000000
         let dir = tempfile::tempdir().expect("tempdir");
         let (qmp, _peer) = crate::guest::qmp::fake(Vec::new());
         let mut vm = Vm::for_tests("sleep", &["30"], qmp, dir.path());
-        let listener = std::os::unix::net::UnixListener::bind(vm.workdir().join("console.sock"))
+        let listener = std::os::unix::net::UnixListener::bind(vm.workdir().join(CONSOLE_SOCKET))
             .expect("bind");
         vm.type_on_console("root\r").expect("typed");
         vm.type_on_console("ls\r").expect("typed");

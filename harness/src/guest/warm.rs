@@ -481,14 +481,10 @@ dpkg-db-backup.service, man-db.service (man-db.service still running when the fl
         assert!(!script.contains('@'));
     }
 
-    fn config(dir: &Path) -> VmConfig {
-        VmConfig::for_tests(dir)
-    }
-
     #[test]
     fn the_key_changes_with_whatever_the_saved_state_depends_on() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let base = config(dir.path());
+        let base = VmConfig::for_tests(dir.path());
         let key = key("bookworm-linode", &base);
         assert!(key.starts_with("bookworm-linode-"), "{key}");
 

@@ -16,8 +16,7 @@ use crate::media::cache::Cache;
 use crate::media::image::{self, ImageError};
 use crate::media::kernel::{self, KernelError};
 use crate::project::recipe::KernelSource;
-use crate::project::Project;
-use crate::project::{Cell, FirstBoot, Scenario, StepStatus};
+use crate::project::{Cell, FirstBoot, Project, Scenario, StepStatus};
 
 use super::steps::{self, Flow, Ledger, Live};
 use super::trial;

@@ -25,8 +25,7 @@ use crate::check::snapshot::{self, SnapshotError};
 use crate::check::verdict::{self, Ended, Status, Verdict};
 use crate::host;
 use crate::host::progress::Events;
-use crate::project::Project;
-use crate::project::{Cell, Scenario};
+use crate::project::{Cell, Project, Scenario};
 
 /// What a trial produced.
 pub struct Checked {
@@ -216,6 +215,7 @@ fn judge(
         report,
     }
 }
+
 /// Runs trials with at most `jobs` guests at once, each on a blocking thread
 /// of its own; the cache is the only state they share, and it is locked.
 /// Trials start longest-expected first; `done` sees each as it finishes,

@@ -32,9 +32,14 @@ pub(super) fn run(
     started: Instant,
 ) -> Result<Outcome, RunError> {
     let mut records = Vec::new();
-    let cell = base.cell.clone();
-    let expect = base.expect.clone();
-    let driven = drive(machine, ledger, scenario, &cell, &expect, &mut records);
+    let driven = drive(
+        machine,
+        ledger,
+        scenario,
+        &base.cell,
+        &base.expect,
+        &mut records,
+    );
     // The steps, the guest's kernel and the time so far, from the ledger
     // the flow filled in.
     let known = Outcome {
@@ -69,7 +74,7 @@ pub(super) fn run(
 }
 
 /// What [`drive`] found out.
-pub(super) struct Driven {
+struct Driven {
     before_reboot: Vec<Capture>,
     not_back: Option<NotBack>,
     /// The captures at the end: where the boot did not come back, what
@@ -79,7 +84,7 @@ pub(super) struct Driven {
 
 /// The flow on a booted guest: the steps, the captures at the end and the
 /// states of the units the cell's expectations name.
-pub(super) fn drive(
+fn drive(
     machine: &mut dyn Machine,
     ledger: &mut Ledger<'_>,
     scenario: &Scenario,
@@ -124,7 +129,7 @@ pub(super) fn drive(
 /// The captures and the evidence are also written beside the report, in
 /// `base.artifacts`; a folder that cannot take them is said on `events`,
 /// not hidden, and changes nothing else: the outcome travels in memory.
-pub(super) fn conclude(
+fn conclude(
     base: Outcome,
     driven: Driven,
     scenario: &Scenario,
