@@ -76,6 +76,10 @@ fn main() -> ExitCode {
         ),
         with_guests("what_a_reboot_lost_is_found_without_captures", reboot_loses),
         with_guests(
+            "a_client_outside_meets_each_port_as_it_is",
+            ports_from_outside,
+        ),
+        with_guests(
             "a_project_anywhere_with_packages_and_a_copied_deb",
             project_anywhere,
         ),
@@ -1348,6 +1352,65 @@ fn reboot_loses() -> Result<(), Failed> {
     }
     if report.contains("the reboot changed mounts") {
         return Err(lacks("report", "mounts unchanged", &said));
+    }
+    Ok(())
+}
+
+const PORTS: &str = r#"
+name = "ports"
+description = """
+What a client outside the guest meets on four ports: a socket-activated
+service, a port nothing listens on, one a firewall drops and one a
+firewall rejects with a reset.
+"""
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "serve a line of text on tcp/8080 through socket activation"
+run = """
+printf '[Socket]\\nListenStream=8080\\nAccept=yes\\n' > /etc/systemd/system/hello.socket
+printf '[Service]\\nExecStart=/bin/echo hello\\nStandardOutput=socket\\n' > /etc/systemd/system/hello@.service
+systemctl start hello.socket
+"""
+[[step]]
+title = "drop tcp/8082, reject tcp/8083 with a reset"
+run = """
+iptables -A INPUT -p tcp --dport 8082 -j DROP
+iptables -A INPUT -p tcp --dport 8083 -j REJECT --reject-with tcp-reset
+"""
+[[capture]]
+name = "served"
+probe_tcp = 8080
+[[capture]]
+name = "nothing listens"
+probe_tcp = 8081
+[[capture]]
+name = "dropped"
+probe_tcp = 8082
+[[capture]]
+name = "rejected"
+probe_tcp = 8083
+"#;
+
+/// The probes of one round wait together and stop waiting once the guest
+/// has dealt with their SYNs: each port still reads as what it is.
+fn ports_from_outside() -> Result<(), Failed> {
+    let (dir, output, _, _) = repro_misbehaving("ports.toml", PORTS)?;
+    let snapshot = pending_snapshot(dir.path(), "ports")?;
+    for needle in [
+        "== served (exit 0) ==\nopen\n",
+        "== nothing listens (exit 0) ==\nrefused\n",
+        "== dropped (exit 0) ==\nno answer\n",
+        "== rejected (exit 0) ==\nrefused\n",
+    ] {
+        if !snapshot.contains(needle) {
+            return Err(lacks(
+                "snapshot",
+                needle,
+                &format!("{snapshot}\n{}", said(&output)),
+            ));
+        }
     }
     Ok(())
 }

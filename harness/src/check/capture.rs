@@ -144,7 +144,7 @@ pub(crate) fn take(
             CaptureKind::Run(_) => None,
         })
         .collect();
-    let mut probed = probe(up.as_ref(), vm, &probe_ports).into_iter();
+    let mut probed = probe(up.as_ref(), console, vm, &probe_ports).into_iter();
     let captures = specs
         .iter()
         .zip(&names)
@@ -196,14 +196,14 @@ pub(crate) fn take(
     })
 }
 
-/// Connects from the host to a guest port, once the guest's network card is
-/// up (`up`: how bringing it up went). The text is the port's state; a
-/// guest that could not bring its card up gives that error instead
-/// (non-zero status), never a made-up state.
 /// Probes every port at once from the host (see [`net::probe_tcp_all`]),
-/// once the network card is up; one result per `(what, port)`, in order.
+/// once the guest's network card is up (`up`: how bringing it up went);
+/// one result per `(what, port)`, in order. The text is the port's state;
+/// a guest that could not bring its card up gives that error instead
+/// (non-zero status), never a made-up state.
 fn probe(
     up: Option<&CommandOutput>,
+    console: &mut Console,
     vm: &mut Vm,
     ports: &[(String, u16)],
 ) -> Vec<Result<CommandOutput, ConsoleError>> {
@@ -241,17 +241,34 @@ fn probe(
         }
     }
     // A monitor that does not answer leaves only the bytes to go by.
-    let mut accepted = |undecided: &[usize]| -> Vec<usize> {
+    let mut look = |undecided: &[usize]| -> Vec<net::Seen> {
         let Ok(table) = vm.usernet() else {
             return Vec::new();
         };
         undecided
             .iter()
-            .copied()
-            .filter(|&i| net::accepted_in_usernet(&table, host_ports[i], ports[i].1))
+            .map(|&i| net::seen_in_usernet(&table, host_ports[i], ports[i].1))
             .collect()
     };
-    let states = net::probe_tcp_all(&host_ports.clone(), net::PROBE_WAIT, &mut accepted);
+    // Whether the guest has dealt with the SYNs QEMU has sent it. When the
+    // connection table shows a SYN sent, QEMU has already put it in the
+    // guest's receive ring and raised the card's interrupt (libslirp
+    // if.c, `if_output` → `if_start` → the card's receive, in the same
+    // call, the guest's hardware address being known since the card was
+    // brought up). The guest's kernel takes that interrupt, and answers or
+    // drops the SYN in the softirq that follows it, before it returns to
+    // any program (kernel/softirq.c, `irq_exit` → `invoke_softirq`); a
+    // shell that reads a line typed after the table was read has therefore
+    // run past it. Twice: where the kernel leaves softirqs to its
+    // ksoftirqd thread (`ksoftirqd_running`, Linux 4.10 to 6.2), that
+    // thread has run by the time the shell, having blocked on its next
+    // read, is woken for the second line.
+    let what = ports
+        .first()
+        .map_or_else(String::new, |(what, _)| what.clone());
+    let mut past =
+        || console.barrier(&what, net::PROBE_WAIT) && console.barrier(&what, net::PROBE_WAIT);
+    let states = net::probe_tcp_all(&host_ports.clone(), net::PROBE_WAIT, &mut look, &mut past);
     states
         .into_iter()
         .zip(ports.iter().zip(&host_ports))

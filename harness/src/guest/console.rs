@@ -807,6 +807,20 @@ echo \"$state\"
                 .is_ok_and(|answer| answer.contains("gone"))
     }
 
+    /// Whether the guest's shell reads and answers a line typed now within
+    /// `timeout`: proof that the guest has run its own programs since.
+    /// Only the shell's built-in printf runs, so nothing in the guest
+    /// changes.
+    pub(crate) fn barrier(&mut self, what: &str, timeout: Duration) -> bool {
+        let id = self.fresh_id();
+        let deadline = Instant::now() + timeout;
+        self.send(what, &format!("printf '%s-%s\\n' VMRK {id}\n"))
+            .is_ok()
+            && self
+                .expect_marker(what, &format!(r"VMRK-{id}\r?\n"), deadline)
+                .is_ok()
+    }
+
     /// Writes a file in the guest (creating its directory) with a mode.
     pub(crate) fn write_file(
         &mut self,

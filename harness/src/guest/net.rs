@@ -27,12 +27,13 @@ use crate::guest::vm::GUEST_ADDRESS;
 /// QEMU's own address on the user-mode network (its default).
 const GATEWAY: &str = "10.0.2.2";
 
-/// How long a probe waits for the guest to accept or refuse. That answer is
-/// the guest kernel's own (a SYN-ACK or a reset, sent as the SYN is
-/// received), not a service's, which may take seconds to start under
+/// How long a probe waits at most for the guest to accept or refuse. That
+/// answer is the guest kernel's own (a SYN-ACK or a reset, sent as the SYN
+/// is received), not a service's, which may take seconds to start under
 /// emulation: a guest sitting idle at its shell gives it within
 /// milliseconds, and 3 s leaves a wide margin. A firewall that drops the
-/// packets answers never.
+/// packets answers never; the wait is cut short once the guest is known to
+/// have dealt with the SYN (see [`probe_tcp_all`]).
 pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(3);
 
 /// What a connection to a guest port found.
@@ -82,36 +83,52 @@ echo 2>/dev/null > /dev/udp/{GATEWAY}/9 || true
 /// How often a probe looks at the connection while it waits.
 const PROBE_TICK: Duration = Duration::from_millis(20);
 
+/// What QEMU's connection table shows of one probe's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing yet: QEMU has not taken the host side of the connection.
+    Nothing,
+    /// QEMU has sent the guest its SYN, and the guest has not accepted.
+    Sent,
+    /// The guest accepted the connection.
+    Accepted,
+}
+
 /// Connects to 127.0.0.1:`host_port` (forwarded to the guest) and waits up
-/// to `wait` for the guest to accept, refuse or say something.
-/// `accepted` says whether the guest has accepted the connection yet (see
-/// [`accepted_in_usernet`]); it is asked between looks at the socket. The
+/// to `wait` for the guest to accept, refuse or say something. `look`
+/// reads the connection table (see [`seen_in_usernet`]) between looks at
+/// the socket, and `past` is the barrier of [`probe_tcp_all`]. The
 /// harness probes all of a round's ports at once with [`probe_tcp_all`].
 #[cfg(test)]
 fn probe_tcp(
     host_port: u16,
     wait: Duration,
-    accepted: &mut dyn FnMut() -> bool,
+    look: &mut dyn FnMut() -> Seen,
+    past: &mut dyn FnMut() -> bool,
 ) -> std::io::Result<PortState> {
-    let mut states = probe_tcp_all(&[host_port], wait, &mut |_| {
-        if accepted() {
-            vec![0]
-        } else {
-            Vec::new()
-        }
-    });
+    let mut states = probe_tcp_all(&[host_port], wait, &mut |_| vec![look()], past);
     states.pop().unwrap_or(Ok(PortState::NoAnswer))
 }
 
 /// [`probe_tcp`] for several ports at once: every connection is made
 /// first, then all wait together, so that ports that do not answer cost
-/// `wait` once, not once each. `accepted` is given the indexes of the ports
-/// still undecided and returns those whose connection the guest has
-/// accepted (one look at the connection table serves them all).
+/// one wait, not one each. `look` is given the indexes of the ports still
+/// undecided and returns what the connection table shows of each, in the
+/// same order (one look at the table serves them all).
+///
+/// Silence is "no answer" once `wait` has passed, or sooner, once the
+/// guest is known to have dealt with every SYN: when the table shows each
+/// undecided connection's SYN sent, `past` is asked once to make sure the
+/// guest has run its own programs since (see `check::capture`), and the
+/// table is then read twice more. A SYN is answered or dropped by the
+/// guest's kernel as it is received, before any program of the guest runs
+/// again; its answer reaches the table within QEMU's next turns. Where
+/// `past` cannot tell (it returns false), the whole `wait` is waited.
 pub(crate) fn probe_tcp_all(
     host_ports: &[u16],
     wait: Duration,
-    accepted: &mut dyn FnMut(&[usize]) -> Vec<usize>,
+    look: &mut dyn FnMut(&[usize]) -> Vec<Seen>,
+    past: &mut dyn FnMut() -> bool,
 ) -> Vec<std::io::Result<PortState>> {
     let deadline = Instant::now() + wait;
     // QEMU accepts for the guest; a refused connect means QEMU is not
@@ -134,6 +151,10 @@ pub(crate) fn probe_tcp_all(
             }
         }
     }
+    // How many looks at the table are left after the barrier before the
+    // silence counts as no answer; None until the barrier has been passed.
+    let mut looks_after_barrier: Option<u32> = None;
+    let mut barrier_tried = false;
     let mut byte = [0u8; 1];
     loop {
         for (i, stream) in streams.iter_mut().enumerate() {
@@ -160,16 +181,29 @@ pub(crate) fn probe_tcp_all(
             };
         }
         let undecided: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_none()).collect();
-        if undecided.is_empty() {
+        if undecided.is_empty() || looks_after_barrier == Some(0) {
             break;
         }
-        for i in accepted(&undecided) {
-            if let Some(state @ None) = states.get_mut(i) {
-                *state = Some(Ok(PortState::Open));
+        let seen = look(&undecided);
+        for (&i, seen) in undecided.iter().zip(&seen) {
+            if *seen == Seen::Accepted {
+                states[i] = Some(Ok(PortState::Open));
             }
         }
-        if states.iter().all(Option::is_some) {
-            break;
+        let all_sent = seen.len() == undecided.len()
+            && seen.iter().all(|s| *s != Seen::Nothing)
+            && seen.contains(&Seen::Sent);
+        match looks_after_barrier.as_mut() {
+            Some(left) => *left -= 1,
+            None if all_sent && !barrier_tried => {
+                barrier_tried = true;
+                if past() {
+                    looks_after_barrier = Some(2);
+                    // Straight to the next look: the barrier took its time.
+                    continue;
+                }
+            }
+            None => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -183,15 +217,17 @@ pub(crate) fn probe_tcp_all(
         .collect()
 }
 
-/// Whether QEMU's `info usernet` text shows a connection from host port
-/// `host_port` to guest port `guest_port` that the guest has accepted: a
-/// TCP state past the handshake. The listening forward itself reads
-/// `HOST_FORWARD`, a connection the guest has not answered `SYN_SENT`
-/// (libslirp misc.c, `slirp_connection_info`: a line per socket,
-/// `TCP[STATE] FD SRC-ADDRESS SRC-PORT DST-ADDRESS DST-PORT RECVQ SENDQ`,
-/// where an incoming connection's source is the forward's host address and
-/// port).
-pub(crate) fn accepted_in_usernet(text: &str, host_port: u16, guest_port: u16) -> bool {
+/// What QEMU's `info usernet` text shows of the connection from host port
+/// `host_port` to guest port `guest_port`. The listening forward itself
+/// reads `HOST_FORWARD`; the connection made for a client reads `SYN_SENT`
+/// from the moment QEMU has sent the guest its SYN (libslirp tcp_subr.c,
+/// `tcp_connect`: the state is set and `tcp_output` called as the host
+/// side is accepted) until the guest answers, and a state past the
+/// handshake once the guest has accepted (libslirp misc.c,
+/// `slirp_connection_info`: a line per socket, `TCP[STATE] FD SRC-ADDRESS
+/// SRC-PORT DST-ADDRESS DST-PORT RECVQ SENDQ`, where an incoming
+/// connection's source is the forward's host address and port).
+pub(crate) fn seen_in_usernet(text: &str, host_port: u16, guest_port: u16) -> Seen {
     const ACCEPTED: &[&str] = &[
         "ESTABLISHED",
         "CLOSE_WAIT",
@@ -201,20 +237,31 @@ pub(crate) fn accepted_in_usernet(text: &str, host_port: u16, guest_port: u16) -
         "FIN_WAIT_2",
         "TIME_WAIT",
     ];
-    text.lines().any(|line| {
+    let (host_port, guest_port) = (host_port.to_string(), guest_port.to_string());
+    let mut seen = Seen::Nothing;
+    for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some(state) = words
             .first()
             .and_then(|w| w.strip_prefix("TCP["))
             .and_then(|w| w.strip_suffix(']'))
         else {
-            return false;
+            continue;
         };
-        ACCEPTED.contains(&state)
-            && words.get(3) == Some(&host_port.to_string().as_str())
-            && words.get(4) == Some(&GUEST_ADDRESS)
-            && words.get(5) == Some(&guest_port.to_string().as_str())
-    })
+        if words.get(3) != Some(&host_port.as_str())
+            || words.get(4) != Some(&GUEST_ADDRESS)
+            || words.get(5) != Some(&guest_port.as_str())
+        {
+            continue;
+        }
+        if ACCEPTED.contains(&state) {
+            return Seen::Accepted;
+        }
+        if state == "SYN_SENT" {
+            seen = Seen::Sent;
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
@@ -231,8 +278,14 @@ mod tests {
         (l, port)
     }
 
+    /// A connection table that never shows the connection.
+    fn unseen(undecided: &[usize]) -> Vec<Seen> {
+        vec![Seen::Nothing; undecided.len()]
+    }
+
     #[test]
     fn bytes_mean_open_a_close_means_refused_silence_means_no_answer() {
+        let nothing = &mut || Seen::Nothing;
         let never = &mut || false;
         let (l, port) = listener();
         let server = std::thread::spawn(move || {
@@ -240,7 +293,7 @@ mod tests {
             c.write_all(b"hello\n").expect("write");
         });
         assert_eq!(
-            probe_tcp(port, PROBE_WAIT, never).expect("probe"),
+            probe_tcp(port, PROBE_WAIT, nothing, never).expect("probe"),
             PortState::Open
         );
         server.join().expect("server");
@@ -248,7 +301,7 @@ mod tests {
         let (l, port) = listener();
         let server = std::thread::spawn(move || drop(l.accept().expect("accept")));
         assert_eq!(
-            probe_tcp(port, PROBE_WAIT, never).expect("probe"),
+            probe_tcp(port, PROBE_WAIT, nothing, never).expect("probe"),
             PortState::Refused
         );
         server.join().expect("server");
@@ -256,7 +309,7 @@ mod tests {
         // Accepted (by the backlog) and never answered.
         let (_l, port) = listener();
         assert_eq!(
-            probe_tcp(port, Duration::from_millis(500), never).expect("probe"),
+            probe_tcp(port, Duration::from_millis(500), nothing, never).expect("probe"),
             PortState::NoAnswer
         );
     }
@@ -274,7 +327,7 @@ mod tests {
         });
         let wait = Duration::from_millis(600);
         let started = Instant::now();
-        let states = probe_tcp_all(&[a, b, c], wait, &mut |_| Vec::new());
+        let states = probe_tcp_all(&[a, b, c], wait, &mut unseen, &mut || false);
         let took = started.elapsed();
         server.join().expect("server");
         let states: Vec<PortState> = states.into_iter().map(|s| s.expect("probe")).collect();
@@ -285,9 +338,23 @@ mod tests {
         // Once for both silent ports, not twice: well under 2 × wait.
         assert!(took < wait * 2 - Duration::from_millis(100), "{took:?}");
         // The connection table's answer counts for the port it names.
-        let states = probe_tcp_all(&[a, b], wait, &mut |undecided| {
-            undecided.iter().copied().filter(|&i| i == 1).collect()
-        });
+        let states = probe_tcp_all(
+            &[a, b],
+            wait,
+            &mut |undecided| {
+                undecided
+                    .iter()
+                    .map(|&i| {
+                        if i == 1 {
+                            Seen::Accepted
+                        } else {
+                            Seen::Nothing
+                        }
+                    })
+                    .collect()
+            },
+            &mut || false,
+        );
         let states: Vec<PortState> = states.into_iter().map(|s| s.expect("probe")).collect();
         assert_eq!(states, vec![PortState::NoAnswer, PortState::Open]);
     }
@@ -298,13 +365,116 @@ mod tests {
         // the connection table says the guest accepted.
         let (_l, port) = listener();
         let mut asked = 0;
-        let state = probe_tcp(port, PROBE_WAIT, &mut || {
-            asked += 1;
-            asked >= 3
-        })
+        let state = probe_tcp(
+            port,
+            PROBE_WAIT,
+            &mut || {
+                asked += 1;
+                if asked >= 3 {
+                    Seen::Accepted
+                } else {
+                    Seen::Nothing
+                }
+            },
+            &mut || false,
+        )
         .expect("probe");
         assert_eq!(state, PortState::Open);
         assert_eq!(asked, 3);
+    }
+
+    #[test]
+    fn silence_once_the_guest_has_run_past_every_syn_is_no_answer_at_once() {
+        let (_quiet_a, a) = listener();
+        let (_quiet_b, b) = listener();
+        let mut barriers = 0;
+        let mut looks = 0;
+        let started = Instant::now();
+        let states = probe_tcp_all(
+            &[a, b],
+            PROBE_WAIT,
+            &mut |undecided| {
+                looks += 1;
+                vec![Seen::Sent; undecided.len()]
+            },
+            &mut || {
+                barriers += 1;
+                true
+            },
+        );
+        let took = started.elapsed();
+        let states: Vec<PortState> = states.into_iter().map(|s| s.expect("probe")).collect();
+        assert_eq!(states, vec![PortState::NoAnswer, PortState::NoAnswer]);
+        assert_eq!(barriers, 1);
+        // The look that found the SYNs sent, then two after the barrier.
+        assert_eq!(looks, 3);
+        assert!(took < PROBE_WAIT / 2, "{took:?}");
+    }
+
+    #[test]
+    fn an_answer_the_table_shows_after_the_barrier_still_counts() {
+        let (_l, port) = listener();
+        let mut looks = 0;
+        let state = probe_tcp(
+            port,
+            PROBE_WAIT,
+            &mut || {
+                looks += 1;
+                if looks >= 3 {
+                    Seen::Accepted
+                } else {
+                    Seen::Sent
+                }
+            },
+            &mut || true,
+        )
+        .expect("probe");
+        assert_eq!(state, PortState::Open);
+    }
+
+    #[test]
+    fn without_the_barrier_or_before_every_syn_is_sent_the_whole_wait_is_waited() {
+        let wait = Duration::from_millis(400);
+        // The barrier could not tell: asked once, then the wait runs out.
+        let (_l, port) = listener();
+        let mut barriers = 0;
+        let started = Instant::now();
+        let state = probe_tcp(port, wait, &mut || Seen::Sent, &mut || {
+            barriers += 1;
+            false
+        })
+        .expect("probe");
+        assert_eq!(state, PortState::NoAnswer);
+        assert_eq!(barriers, 1);
+        assert!(started.elapsed() >= wait);
+        // One port's SYN not yet sent: no barrier at all.
+        let (_quiet_a, a) = listener();
+        let (_quiet_b, b) = listener();
+        let mut barriers = 0;
+        let started = Instant::now();
+        let states = probe_tcp_all(
+            &[a, b],
+            wait,
+            &mut |undecided| {
+                undecided
+                    .iter()
+                    .map(|&i| if i == 0 { Seen::Sent } else { Seen::Nothing })
+                    .collect()
+            },
+            &mut || {
+                barriers += 1;
+                true
+            },
+        );
+        assert!(states.iter().all(|s| matches!(s, Ok(PortState::NoAnswer))));
+        assert_eq!(barriers, 0);
+        assert!(started.elapsed() >= wait);
+        // A table that cannot be read (no answer from the monitor) is no
+        // reason to stop early either.
+        let started = Instant::now();
+        let state = probe_tcp_all(&[a], wait, &mut |_| Vec::new(), &mut || true);
+        assert!(matches!(state[..], [Ok(PortState::NoAnswer)]));
+        assert!(started.elapsed() >= wait);
     }
 
     #[test]
@@ -317,11 +487,11 @@ mod tests {
   TCP[HOST_FORWARD]  12       127.0.0.1 40001       10.0.2.15  8080     0     0
   TCP[HOST_FORWARD]  13       127.0.0.1 40002       10.0.2.15    22     0     0
 ";
-        assert!(!accepted_in_usernet(table, 40001, 8080));
-        assert!(accepted_in_usernet(table, 40002, 22));
-        assert!(!accepted_in_usernet(table, 40002, 8080));
-        assert!(!accepted_in_usernet("", 40001, 8080));
+        assert_eq!(seen_in_usernet(table, 40001, 8080), Seen::Sent);
+        assert_eq!(seen_in_usernet(table, 40002, 22), Seen::Accepted);
+        assert_eq!(seen_in_usernet(table, 40002, 8080), Seen::Nothing);
+        assert_eq!(seen_in_usernet("", 40001, 8080), Seen::Nothing);
         let later = table.replace("TCP[SYN_SENT]   ", "TCP[CLOSE_WAIT] ");
-        assert!(accepted_in_usernet(&later, 40001, 8080));
+        assert_eq!(seen_in_usernet(&later, 40001, 8080), Seen::Accepted);
     }
 }
