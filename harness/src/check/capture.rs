@@ -260,9 +260,10 @@ fn probe(
     // any program (kernel/softirq.c, `irq_exit` → `invoke_softirq`); a
     // shell that reads a line typed after the table was read has therefore
     // run past it. Twice: where the kernel leaves softirqs to its
-    // ksoftirqd thread (`ksoftirqd_running`, Linux 4.10 to 6.2), that
-    // thread has run by the time the shell, having blocked on its next
-    // read, is woken for the second line.
+    // ksoftirqd thread (`ksoftirqd_running`, from "softirq: Let ksoftirqd
+    // do its job" in Linux 4.9 until its revert in 6.5), that thread has
+    // run by the time the shell, having blocked on its next read, is woken
+    // for the second line.
     let what = ports
         .first()
         .map_or_else(String::new, |(what, _)| what.clone());
