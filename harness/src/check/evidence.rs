@@ -27,11 +27,29 @@ const SCRIPT: &str = include_str!("evidence.sh");
 /// The marker line before each source's output.
 const SECTION: &str = "@@vmrepro-evidence ";
 
-/// The guest script that reads `sources`, in the order given.
-pub(crate) fn script(sources: &[Source]) -> String {
+/// When evidence is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moment {
+    /// Just before the last reboot.
+    BeforeReboot,
+    /// At the end, after the last reboot.
+    AfterReboot,
+}
+
+/// The guest script that reads `sources`, in the order given. With the
+/// journal, the script also reads, after the reboot, the boot before's
+/// warnings and, last, the boot's id and how long it has run: what the
+/// boot before logged after that moment is how it went down.
+pub(crate) fn script(sources: &[Source], moment: Moment) -> String {
     let mut script = SCRIPT.to_owned();
     for source in sources {
         script.push_str(&format!("evidence_{}\n", source.name()));
+    }
+    if sources.contains(&Source::Journal) {
+        if moment == Moment::AfterReboot {
+            script.push_str("evidence_journal_before\n");
+        }
+        script.push_str("evidence_boot\n");
     }
     script
 }
@@ -59,6 +77,28 @@ pub(crate) struct Evidence {
     /// Firewall lines by table listing (`iptables`, `ip6tables`, `nft`),
     /// normalised, in order.
     pub(crate) firewall: BTreeMap<String, Vec<String>>,
+    /// The boot's id (hex digits only, as the journal writes it) and the
+    /// microseconds it had run when the evidence was read, rounded up.
+    pub(crate) boot: Option<(String, u64)>,
+    /// The boot before's entries of priority warning or worse, read in
+    /// full after the reboot, in the journal's order.
+    pub(crate) previous_boot: Option<Vec<Entry>>,
+}
+
+/// A journal entry of a boot before, with when and in which boot it was
+/// logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The boot it belongs to (`_BOOT_ID`).
+    pub(crate) boot_id: String,
+    /// When it was logged, in microseconds since that boot began.
+    pub(crate) at: u64,
+    /// Its unit or identifier.
+    pub(crate) who: String,
+    /// Its message, normalised for comparing.
+    pub(crate) key: String,
+    /// Its message as logged.
+    pub(crate) message: String,
 }
 
 /// Keys under `/proc/sys` that change on every boot, or while the guest
@@ -149,6 +189,22 @@ impl Evidence {
                         }
                     }
                 }
+                "journal-before" => {
+                    evidence.previous_boot =
+                        Some(lines.iter().filter_map(|l| previous_entry(l)).collect());
+                }
+                "boot" => {
+                    evidence.boot = lines.first().and_then(|line| {
+                        let (id, up) = line.split_once(' ')?;
+                        // Hundredths of a second, cut: the moment read was
+                        // up to 10 ms later than it says.
+                        let (whole, hundredths) = up.trim().split_once('.')?;
+                        let micros = whole.parse::<u64>().ok()? * 1_000_000
+                            + hundredths.parse::<u64>().ok()? * 10_000
+                            + 10_000;
+                        Some((id.replace('-', ""), micros))
+                    });
+                }
                 "sysctl" => {
                     evidence.read.insert(Source::Sysctl);
                     for line in lines {
@@ -224,13 +280,39 @@ impl Evidence {
     }
 }
 
-/// The source a section of the script's output belongs to.
+/// The source a section of the script's output belongs to (the boot
+/// before's journal and the boot's clock stand alone: one of them cut
+/// short leaves the boot's own journal whole).
 fn source_of_section(name: &str) -> &str {
     match name {
         "addresses" | "routes" => "network",
         "iptables" | "ip6tables" | "nft" => "firewall",
         other => other,
     }
+}
+
+/// An entry of the boot before's journal: `journalctl -o json` begins
+/// every entry with `__CURSOR`, `__REALTIME_TIMESTAMP`,
+/// `__MONOTONIC_TIMESTAMP` and `_BOOT_ID` (logs-show.c, `output_json`, as
+/// in systemd 215). When it was logged is its source's own time where the
+/// journal has it (`_SOURCE_MONOTONIC_TIMESTAMP`: the kernel's, for its
+/// messages), else the time journald received it.
+fn previous_entry(line: &str) -> Option<Entry> {
+    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |name: &str| entry.get(name).and_then(|v| v.as_str());
+    let at = field("_SOURCE_MONOTONIC_TIMESTAMP")
+        .or_else(|| field("__MONOTONIC_TIMESTAMP"))?
+        .parse()
+        .ok()?;
+    let boot_id = field("_BOOT_ID")?.to_owned();
+    let ((who, key), message) = journal_entry(line)?;
+    Some(Entry {
+        boot_id,
+        at,
+        who,
+        key,
+        message,
+    })
 }
 
 /// A journal entry of `journalctl -o json`: its unit (or identifier) and
@@ -477,6 +559,12 @@ pub struct Changes {
     /// Units failed after the reboot, each with its journal lines of the
     /// boot after it.
     pub failed_units: Vec<(String, Vec<String>)>,
+    /// The journal's entries of priority warning or worse that the boot
+    /// before logged on its way down, after the harness's look before the
+    /// reboot: (unit or identifier, message), in the order logged, each
+    /// once.
+    #[serde(default)]
+    pub going_down: Vec<(String, String)>,
     /// Everything else that differs, by source in [`Source::ALL`] order.
     pub changes: Vec<Change>,
     /// The sources compared (read in full on both sides).
@@ -486,7 +574,7 @@ pub struct Changes {
 impl Changes {
     /// Whether the reboot changed nothing the sources show.
     pub fn is_empty(&self) -> bool {
-        self.failed_units.is_empty() && self.changes.is_empty()
+        self.failed_units.is_empty() && self.going_down.is_empty() && self.changes.is_empty()
     }
 
     /// A few words for the outcome table and the verdict line: counts by
@@ -501,6 +589,13 @@ impl Changes {
                     .map(|(u, _)| u.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            ));
+        }
+        if !self.going_down.is_empty() {
+            let n = self.going_down.len();
+            parts.push(format!(
+                "{n} warning{} going down",
+                if n == 1 { "" } else { "s" }
             ));
         }
         for source in Source::ALL {
@@ -529,6 +624,9 @@ pub(crate) fn as_capture(changes: &Changes) -> crate::check::capture::Capture {
     let mut text = String::new();
     for (unit, _) in &changes.failed_units {
         text.push_str(&format!("units {unit}: failed\n"));
+    }
+    for (who, message) in &changes.going_down {
+        text.push_str(&format!("journal going down {who}: {message}\n"));
     }
     for change in &changes.changes {
         text.push_str(&change.describe());
@@ -612,6 +710,19 @@ pub(crate) fn compare(before: &Evidence, after: &Evidence) -> Changes {
         }
     }
     if both(Source::Journal) {
+        if let (Some((boot_id, read_at)), Some(entries)) = (&before.boot, &after.previous_boot) {
+            let mut seen = BTreeSet::new();
+            for entry in entries {
+                if entry.boot_id == *boot_id
+                    && entry.at > *read_at
+                    && seen.insert((entry.who.clone(), entry.key.clone()))
+                {
+                    changes
+                        .going_down
+                        .push((entry.who.clone(), entry.message.clone()));
+                }
+            }
+        }
         for ((who, key), message) in &after.journal {
             if !before.journal.contains_key(&(who.clone(), key.clone())) {
                 push(Source::Journal, who, None, Some(message));
@@ -977,10 +1088,112 @@ loop 32768 0 - Live 0xffffffffc0{module_base}\n\
 
     #[test]
     fn the_script_calls_only_the_sources_asked_for() {
-        let script = script(&[Source::Units, Source::Sysctl]);
+        let units_and_sysctl = [Source::Units, Source::Sysctl];
+        for moment in [Moment::BeforeReboot, Moment::AfterReboot] {
+            let script = script(&units_and_sysctl, moment);
+            assert!(
+                script.ends_with("evidence_units\nevidence_sysctl\n"),
+                "{script}"
+            );
+        }
+        // With the journal, the boot's clock last, and the boot before's
+        // journal after the reboot only.
+        let before = script(&[Source::Journal], Moment::BeforeReboot);
         assert!(
-            script.ends_with("evidence_units\nevidence_sysctl\n"),
-            "{script}"
+            before.ends_with("\nevidence_journal\nevidence_boot\n"),
+            "{before}"
         );
+        let after = script(&[Source::Journal], Moment::AfterReboot);
+        assert!(
+            after.ends_with("\nevidence_journal\nevidence_journal_before\nevidence_boot\n"),
+            "{after}"
+        );
+    }
+
+    /// A line of `journalctl -o json` for the boot before.
+    fn logged(boot: &str, at: u64, who: &str, message: &str) -> String {
+        format!(
+            "{{\"__MONOTONIC_TIMESTAMP\":\"{at}\",\"_BOOT_ID\":\"{boot}\",\"PRIORITY\":\"4\",\"_SYSTEMD_UNIT\":\"{who}\",\"MESSAGE\":\"{message}\"}}\n"
+        )
+    }
+
+    #[test]
+    fn what_the_boot_before_logged_on_its_way_down_is_found_once() {
+        let id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let plain = id.replace('-', "");
+        let before = Evidence::parse(&format!(
+            "{}@@vmrepro-evidence boot\n{id} 41.27\n",
+            bookworm("", "0", "460000")
+        ));
+        assert_eq!(before.boot, Some((plain.clone(), 41_280_000)));
+        let previous = [
+            // Before the look, the boot's own: not the way down.
+            logged(&plain, 41_275_000, "early.service", "Something early"),
+            logged(
+                &plain,
+                52_000_000,
+                "slow.service",
+                "State 'stop-sigterm' timed out. Killing.",
+            ),
+            logged(
+                &plain,
+                52_100_000,
+                "slow.service",
+                "Killing process 812 (sleep) with signal SIGKILL.",
+            ),
+            logged(
+                &plain,
+                52_200_000,
+                "slow.service",
+                "Killing process 813 (sleep) with signal SIGKILL.",
+            ),
+            // Another boot's (journalctl without a kept journal shows the
+            // boot after instead).
+            logged(
+                "ffffffffffffffffffffffffffffffff",
+                60_000_000,
+                "x.service",
+                "Not this boot",
+            ),
+            "not json\n".to_owned(),
+        ]
+        .concat();
+        let after = Evidence::parse(&format!(
+            "{}@@vmrepro-evidence journal-before\n{previous}@@vmrepro-evidence boot\n{} 9.01\n",
+            bookworm("", "0", "729000"),
+            "11111111-2222-3333-4444-555555555555"
+        ));
+        let changes = compare(&before, &after);
+        assert_eq!(
+            changes.going_down,
+            vec![
+                (
+                    "slow.service".to_owned(),
+                    "State 'stop-sigterm' timed out. Killing.".to_owned()
+                ),
+                (
+                    "slow.service".to_owned(),
+                    "Killing process 812 (sleep) with signal SIGKILL.".to_owned()
+                ),
+            ],
+            "{changes:#?}"
+        );
+        assert_eq!(changes.short(), "2 warnings going down");
+        assert!(!changes.is_empty());
+        assert!(as_capture(&changes).text.contains(
+            "journal going down slow.service: State 'stop-sigterm' timed out. Killing.\n"
+        ));
+        // The kernel's own time for its messages, not journald's.
+        let kernel = "{\"__MONOTONIC_TIMESTAMP\":\"41300000\",\"_SOURCE_MONOTONIC_TIMESTAMP\":\"41200000\",\"_BOOT_ID\":\"BOOTHEX\",\"SYSLOG_IDENTIFIER\":\"kernel\",\"MESSAGE\":\"ICMPv6: deprecated sysctl\"}";
+        let entry = previous_entry(&kernel.replace("BOOTHEX", &plain)).expect("an entry");
+        assert_eq!(entry.at, 41_200_000);
+        // Without the boot's clock from before, or the journal of the boot
+        // before, nothing is claimed.
+        let mut unknown = before.clone();
+        unknown.boot = None;
+        assert!(compare(&unknown, &after).going_down.is_empty());
+        let mut unread = after.clone();
+        unread.previous_boot = None;
+        assert!(compare(&before, &unread).going_down.is_empty());
     }
 }

@@ -16,6 +16,26 @@ evidence_journal() {
   journalctl -b -p warning -o json --no-pager 2>/dev/null
 }
 
+# After the reboot: the entries of priority warning or worse of the boot
+# before it, among them those logged on its way down. Where the journal is
+# not kept across boots (systemd-journald(8), 215 on: in /run/log/journal
+# unless /var/log/journal exists), there is no boot before to show; the harness keeps only entries of the boot read
+# by evidence_boot before the reboot, whatever journalctl prints.
+evidence_journal_before() {
+  evidence_section journal-before
+  journalctl -b -1 -p warning -o json --no-pager 2>/dev/null
+}
+
+# This boot's id and how long it has run (/proc/uptime, in hundredths of a
+# second), read with the shell's own read, last: whatever the boot logs
+# after this, on its way down to the reboot, the harness finds in the
+# journal after the reboot.
+evidence_boot() {
+  local id up rest
+  evidence_section boot
+  read -r id </proc/sys/kernel/random/boot_id && read -r up rest </proc/uptime && printf '%s %s\n' "$id" "$up"
+}
+
 evidence_sysctl() {
   evidence_section sysctl
   (cd /proc/sys && grep -rs '' . 2>/dev/null)

@@ -356,6 +356,15 @@ pub(crate) fn check_expectations(
             .filter(|c| c.source.name() == source && item.is_none_or(|i| c.item == i))
             .map(|c| c.describe())
             .collect();
+        if source == "journal" {
+            changed.extend(
+                changes
+                    .going_down
+                    .iter()
+                    .filter(|(who, _)| item.is_none_or(|i| who == i))
+                    .map(|(who, message)| format!("journal {who}: {message} (going down)")),
+            );
+        }
         if source == "units" {
             changed.extend(
                 changes

@@ -32,7 +32,10 @@ pub(crate) fn markdown(
     );
     let explaining = explaining_lines(outcome);
     if !explaining.is_empty() {
-        let _ = writeln!(md, "Journal lines that explain it (this boot):\n\n```");
+        let _ = writeln!(
+            md,
+            "Journal lines that explain it (the boot after the reboot, and the way down to it where marked):\n\n```"
+        );
         for line in &explaining {
             let _ = writeln!(md, "{line}");
         }
@@ -359,6 +362,12 @@ fn explaining_lines(outcome: &Outcome) -> Vec<String> {
             .flat_map(|(unit, lines)| lines.iter().map(move |l| format!("{unit}: {l}")))
             .chain(
                 changes
+                    .going_down
+                    .iter()
+                    .map(|(who, message)| format!("{who}: {message} (on the way down)")),
+            )
+            .chain(
+                changes
                     .changes
                     .iter()
                     .filter(|c| c.source == crate::check::evidence::Source::Journal)
@@ -416,6 +425,15 @@ fn write_reboot_changes(md: &mut String, outcome: &Outcome) {
                 let _ = writeln!(md, "  {line}");
             }
             let _ = writeln!(md, "  ```");
+        }
+    }
+    if !changes.going_down.is_empty() {
+        let _ = writeln!(
+            md,
+            "- **Warnings on the way down**: what the boot before logged at priority warning or worse after vmrepro's look before the reboot, as the journal kept it"
+        );
+        for (who, message) in &changes.going_down {
+            let _ = writeln!(md, "  - {who}: `{message}`");
         }
     }
     for source in crate::check::evidence::Source::ALL {

@@ -33,8 +33,12 @@ case "$1" in
 esac
 "#;
 
-/// A `journalctl` that prints the file `journal` beside its folder.
-const JOURNALCTL: &str = "#!/bin/sh\ncat \"$(dirname \"$0\")/../journal\" 2>/dev/null\n";
+/// A `journalctl` that prints the file `journal` beside its folder, or
+/// `journal-before` when asked for the boot before (`-b -1`).
+const JOURNALCTL: &str = r#"#!/bin/sh
+case " $* " in *" -1 "*) f=journal-before ;; *) f=journal ;; esac
+cat "$(dirname "$0")/../$f" 2>/dev/null
+"#;
 
 /// The stand-in guest.
 pub(super) struct Stand {

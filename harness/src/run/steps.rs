@@ -148,7 +148,7 @@ pub(super) fn run(
     let total = scenario.steps.len();
     let mut before_reboot = Vec::new();
     let mut evidence_before = None;
-    let evidence = evidence_scripts(scenario, "before the reboot");
+    let evidence = evidence_scripts(scenario, evidence::Moment::BeforeReboot);
     for (i, step) in scenario.steps.iter().enumerate() {
         let index = i + 1;
         let what = format!("step {index}/{total} ({})", step.title);
@@ -379,7 +379,7 @@ pub(super) fn finish(
         )
     });
     let evidence = if evidence_before.is_some() {
-        evidence_scripts(scenario, "at the end")
+        evidence_scripts(scenario, evidence::Moment::AfterReboot)
     } else {
         Vec::new()
     };
@@ -413,16 +413,20 @@ pub(super) fn finish(
 }
 
 /// The harness's own reading of what a reboot can change, as an extra
-/// script for a round of captures (`when` says which), for a scenario that
-/// reboots and keeps any source.
-fn evidence_scripts(scenario: &Scenario, when: &str) -> Vec<(String, String)> {
+/// script for a round of captures, for a scenario that reboots and keeps
+/// any source.
+fn evidence_scripts(scenario: &Scenario, moment: evidence::Moment) -> Vec<(String, String)> {
     let sources = &scenario.evidence.sources;
     if sources.is_empty() || !scenario.steps.iter().any(|s| s.action == Action::Reboot) {
         return Vec::new();
     }
+    let when = match moment {
+        evidence::Moment::BeforeReboot => "before the reboot",
+        evidence::Moment::AfterReboot => "at the end",
+    };
     vec![(
         format!("reading what a reboot can change ({when})"),
-        evidence::script(sources),
+        evidence::script(sources, moment),
     )]
 }
 
@@ -941,6 +945,6 @@ units = { "hello.service" = "failed", "steady.service" = "active" }
 
         // A scenario with no reboot reads no evidence.
         let quiet = self::scenario(&dir, "[[step]]\nrun = \"true\"\n");
-        assert!(evidence_scripts(&quiet, "at the end").is_empty());
+        assert!(evidence_scripts(&quiet, evidence::Moment::AfterReboot).is_empty());
     }
 }

@@ -361,6 +361,64 @@ snapshot = true
     }
 
     #[test]
+    fn what_the_guest_logged_on_its_way_down_is_told_and_breaks_an_unchanged_journal() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            r#"
+[[step]]
+reboot = true
+
+[evidence]
+skip = ["units", "sysctl", "mounts", "network", "modules", "firewall"]
+
+[expect]
+unchanged = ["journal"]
+"#,
+        );
+        let mut stand = Stand::new(&dir);
+        // The stand-in's boot is the host's: its journal of the boot
+        // before has an entry from long before the harness's look, and one
+        // from long after it.
+        let entry = |at: &str, message: &str| {
+            format!(
+                r#"printf '{{"__MONOTONIC_TIMESTAMP":"{at}","_BOOT_ID":"%s","PRIORITY":"4","_SYSTEMD_UNIT":"slow.service","MESSAGE":"{message}"}}\n' "$id""#
+            )
+        };
+        stand.at_boot = format!(
+            "id=$(tr -d - </proc/sys/kernel/random/boot_id); {{ {}; {}; }} > {}/journal-before",
+            entry("1", "Started long ago."),
+            entry("999999999999999", "Stopping timed out. Terminating."),
+            dir.display()
+        );
+        let (outcome, _) = trial(&mut stand, &scenario, &dir);
+        let outcome = outcome.expect("the flow ran to its end");
+        let changes = outcome.reboot_changes.as_ref().expect("the evidence");
+        assert_eq!(
+            changes.going_down,
+            vec![(
+                "slow.service".to_owned(),
+                "Stopping timed out. Terminating.".to_owned()
+            )],
+            "{changes:#?}"
+        );
+        assert_eq!(
+            outcome.failures,
+            vec!["the reboot changed journal — journal slow.service: Stopping timed out. Terminating. (going down)".to_owned()]
+        );
+        let verdict = verdict::decide(verdict::Ended::Checked {
+            outcome: &outcome,
+            snapshot: &Ok(()),
+        });
+        assert_eq!(verdict.status, Status::Fail);
+        assert!(
+            verdict.text.contains("1 warning going down"),
+            "{}",
+            verdict.text
+        );
+    }
+
+    #[test]
     fn a_boot_that_ended_in_emergency_mode_is_judged_from_where_it_ended() {
         let (_keep, dir) = dir();
         let scenario = scenario(
