@@ -58,6 +58,10 @@ fn main() -> ExitCode {
         Trial::test("copy_stays_in_the_project", copy_stays_in_the_project),
         with_guests("a_kernel_given_by_path_boots", kernel_by_path),
         with_guests("a_full_disk_still_gives_true_captures", disk_full),
+        with_guests(
+            "a_full_run_moves_the_harness_and_keeps_the_status",
+            run_full,
+        ),
         with_guests("escapes_from_a_guest_stay_inert", guest_escapes),
         with_guests("a_flooding_capture_keeps_its_ends", flood),
         with_guests("forged_markers_do_not_hide_the_status", forged_markers),
@@ -1411,6 +1415,45 @@ fn ports_from_outside() -> Result<(), Failed> {
                 &format!("{snapshot}\n{}", said(&output)),
             ));
         }
+    }
+    Ok(())
+}
+
+const RUN_FULL: &str = r#"
+name = "run-full"
+description = "A step fills /run, the memory file system the harness keeps its files in."
+[matrix]
+releases = ["bookworm"]
+kernels = ["stock"]
+[[step]]
+title = "fill /run"
+run = "dd if=/dev/zero of=/run/fill bs=1M 2>/dev/null; df --output=pcent /run | tail -n 1"
+[[step]]
+title = "a step after it"
+run = "echo still here"
+[[capture]]
+name = "/run"
+run = "df --output=pcent /run | tail -n 1"
+"#;
+
+/// A step that fills /run: its status stands and the report says its
+/// output is lost; the harness moves to another home, and the step after
+/// it and the capture read the real state.
+fn run_full() -> Result<(), Failed> {
+    let (dir, output, report, _) = repro_misbehaving("run-full.toml", RUN_FULL)?;
+    let text = said(&output);
+    for needle in [
+        "**Verdict:** NEW",
+        "[… what the command printed is lost: the guest could not record what the command printed in /run/vmrepro, which is full or read-only …]",
+        "still here",
+    ] {
+        if !report.contains(needle) {
+            return Err(lacks("report", needle, &text));
+        }
+    }
+    let snapshot = pending_snapshot(dir.path(), "run-full")?;
+    if !snapshot.contains("== /run (exit 0) ==\n100%\n") {
+        return Err(lacks("snapshot", "/run at 100%", &snapshot));
     }
     Ok(())
 }

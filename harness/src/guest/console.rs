@@ -153,13 +153,16 @@ pub enum ConsoleError {
     },
     /// The guest could not store a command or record what it printed (the
     /// harness's own memory file system in the guest is full or gone): no
-    /// output and no status can be told.
+    /// output can be told, and no status unless `status` has it.
     #[error("{what}: the guest could not {detail}")]
     Unrecorded {
         /// The command (names the step or capture).
         what: String,
-        /// What could not be done, and the likely reason.
+        /// What could not be done, and the reason.
         detail: String,
+        /// The command's exit status, where it ran to its end and only
+        /// what it printed was lost.
+        status: Option<i32>,
     },
     /// The guest answered something that is not a framed result.
     #[error("malformed answer while {what}: {message}")]
@@ -429,9 +432,10 @@ impl Console {
             ),
         )?;
         self.expect_marker(what, &format!(r"VMRS-{id}\r?\n"), deadline)?;
-        // The runner's directory, in the first of the homes the guest can
-        // write in. A runner already there (a resumed guest saved with it)
-        // is not sent again: typing costs time on the serial port.
+        // The runner's directory, in the first of the homes with room for a
+        // round trip's files (see ROOM). A runner already there (a resumed
+        // guest saved with it) is not sent again: typing costs time on the
+        // serial port.
         let runner = compact_runner();
         let name = format!(
             "run-{}.sh",
@@ -444,10 +448,11 @@ impl Console {
             .map(|home| crate::text::shell_quote(home))
             .collect::<Vec<_>>()
             .join(" ");
+        let (room, nonce) = (ROOM, &self.nonce);
         self.send(
             what,
             &format!(
-                "__vmrepro_d=; for __vmrepro_b in {homes}; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
+                "__vmrepro_d=; for __vmrepro_b in {homes}; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && {{ {room} > \"$__vmrepro_b/vmrepro/out-{nonce}-room\"; }} 2>/dev/null && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
             ),
         )?;
         let answer = self.expect_marker(
@@ -467,6 +472,7 @@ impl Console {
                     "make a directory for the harness's files: {} are all read-only or full",
                     self.homes.join(", ")
                 ),
+                status: None,
             });
         }
         if !have {
@@ -484,7 +490,10 @@ impl Console {
             if !answer.contains(" ok") {
                 return Err(ConsoleError::Unrecorded {
                     what: what.to_owned(),
-                    detail: format!("install its command runner in {dir} (full?)"),
+                    detail: format!(
+                        "install its command runner in {dir}, which is full or read-only"
+                    ),
+                    status: None,
                 });
             }
         }
@@ -595,15 +604,21 @@ echo \"$state\"
     ) -> Result<Vec<CommandOutput>, ConsoleError> {
         match self.round_trip(scripts, each)? {
             Some(outputs) => Ok(outputs),
-            // The harness's directory was emptied since the last round
-            // trip (a clean-up of /run, say): it is made again and the
-            // runner sent again, once.
+            // Nothing ran: the harness's directory was emptied since the
+            // last round trip (a clean-up of /run, say), or filled. It is
+            // made again, in a home with room, and the runner sent again,
+            // once.
             None => {
                 let what = "the harness's directory, made again";
                 let deadline = Instant::now() + GUEST_SLACK + Duration::from_secs(30);
                 self.prepare(what, deadline)?;
-                self.round_trip(scripts, each)?
-                    .ok_or_else(|| self.protocol(what, "the runner was gone again at once".into()))
+                match self.round_trip(scripts, each)? {
+                    Some(outputs) => Ok(outputs),
+                    None => {
+                        let runner = self.runner.clone().unwrap_or_default();
+                        Err(self.unrecorded(what, &runner, "store the commands", deadline, None))
+                    }
+                }
             }
         }
     }
@@ -652,11 +667,15 @@ echo \"$state\"
         // the disk a scenario may have filled), and the status of writing
         // it goes to the runner with the secret: an interactive shell's
         // variables are not in any file or command line a command can read.
-        // The runner is looked for first (with the shell's built-in test):
-        // where it is gone, the shell says so at once, instead of a round
-        // trip that never starts and waits out its deadline.
+        // The runner is looked for first (with the shell's built-in test),
+        // and room for the round trip's files: where it is gone, or its
+        // directory full, the shell says so at once, instead of a round
+        // trip that never starts and waits out its deadline, or loses what
+        // its commands print.
         let quoted_runner = crate::text::shell_quote(&runner);
-        let mut text = format!("if [ -f {quoted_runner} ]; then\n");
+        let room_file = crate::text::shell_quote(&format!("{dir}/out-{}-room", self.nonce));
+        let mut text =
+            format!("if [ -f {quoted_runner} ] && {{ {ROOM} > {room_file}; }} 2>/dev/null; then\n");
         let mut lines = format!("'{id} {limit_secs} {KILL_AFTER_SECS} {}'", self.nonce);
         for (i, (_, script, max)) in scripts.iter().enumerate() {
             let file = crate::text::shell_quote(&format!("{dir}/cmd-{}-{i}", self.nonce));
@@ -698,14 +717,12 @@ echo \"$state\"
                 found.insert(i, caps);
             }
         }
-        // No command stored and the runner gone: the directory went between
-        // the look for the runner and the commands' files, and nothing ran,
-        // so the round trip is done again once the directory is back.
+        // No command stored: the directory went between the look for the
+        // runner and the commands' files, or it is full. Nothing ran, so
+        // the round trip is done again once the directory is back, or in
+        // another home.
         let unsent = |caps: &regex::Captures| caps.get(2).is_some_and(|m| m.as_str() == "unsent");
-        if found.len() == scripts.len()
-            && found.values().all(unsent)
-            && self.runner_gone(&what, &runner, deadline)
-        {
+        if found.len() == scripts.len() && found.values().all(unsent) {
             return Ok(None);
         }
         let mut outputs = Vec::with_capacity(scripts.len());
@@ -718,7 +735,7 @@ echo \"$state\"
             };
             let field = |n: usize| caps.get(n).map_or("", |m| m.as_str());
             if field(2) == "unsent" {
-                return Err(self.unrecorded(what, &runner, "store the command", deadline));
+                return Err(self.unrecorded(what, &runner, "store the command", deadline, None));
             }
             let (_, keep_tail) = kept_ends(*max);
             let stream = |size: usize, head: usize, tail: usize| {
@@ -738,6 +755,7 @@ echo \"$state\"
                         &runner,
                         "record what the command printed",
                         deadline,
+                        field(2).parse().ok(),
                     ))
                 }
             };
@@ -774,10 +792,15 @@ echo \"$state\"
         runner: &str,
         task: &str,
         deadline: Instant,
+        status: Option<i32>,
     ) -> ConsoleError {
         let dir = runner.rsplit_once('/').map_or("", |(dir, _)| dir);
         let detail = if !self.runner_gone(what, runner, deadline) {
-            format!("{task} in {dir} (full?)")
+            match self.has_room(what, dir, deadline) {
+                Some(false) => format!("{task} in {dir}, which is full or read-only"),
+                Some(true) => format!("{task} in {dir}, which was full or read-only for a while"),
+                None => format!("{task} in {dir}"),
+            }
         } else if self.prepare(what, deadline).is_ok() {
             format!("{task}: {dir}, where the harness keeps its files, was removed while the command ran (the harness has made it again)")
         } else {
@@ -786,7 +809,25 @@ echo \"$state\"
         ConsoleError::Unrecorded {
             what: what.to_owned(),
             detail,
+            status,
         }
+    }
+
+    /// Whether `dir` has room for a round trip's files now (see
+    /// [`ROOM`]); `None` when the shell does not say.
+    fn has_room(&mut self, what: &str, dir: &str, deadline: Instant) -> Option<bool> {
+        let id = self.fresh_id();
+        let file = crate::text::shell_quote(&format!("{dir}/out-{}-room", self.nonce));
+        self.send(
+            what,
+            &format!(
+                "if {{ {ROOM} > {file}; }} 2>/dev/null; then printf '%s-%s room\\n' VMRF {id}; else printf '%s-%s full\\n' VMRF {id}; fi\n"
+            ),
+        )
+        .ok()?;
+        self.expect_marker(what, &format!(r"VMRF-{id} (room|full)\r?\n"), deadline)
+            .ok()
+            .map(|answer| answer.contains("room"))
     }
 
     /// Whether the runner is no longer where the shell was prepared to
@@ -1156,6 +1197,14 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
     }
 }
 
+/// The shell's own printf writing 64 KiB of spaces: a file written with it
+/// (named like the round trip's output files, which the runner removes as
+/// it starts) shows that a directory has room for a round trip's command
+/// and result files, as an empty file would not (a full memory file system
+/// still makes one) nor a byte written over an old one (the page it frees
+/// is the one it takes).
+const ROOM: &str = "printf '%65536s' ''";
+
 /// How many bytes of the start and of the end of a stream are kept when it
 /// may bring back `max` in all.
 fn kept_ends(max: u64) -> (u64, u64) {
@@ -1244,7 +1293,7 @@ fn wrapped_base64(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The protocol against a fake guest: a local bash behind a pty (via
     //! `script`), with terminal echo on. This tests the framing, not a guest.
     use super::*;
@@ -1345,6 +1394,70 @@ mod tests {
             "no round trip is left to its deadline"
         );
         assert!(dir.is_dir());
+    }
+
+    /// Makes the file that shows room in `dir` fail to be written, as on
+    /// a full file system.
+    fn fill(console: &Console, dir: &std::path::Path) {
+        let room = dir.join(format!("out-{}-room", console.nonce));
+        let _ = std::fs::remove_file(&room);
+        std::os::unix::fs::symlink("/dev/full", room).expect("symlink");
+    }
+
+    #[test]
+    fn a_full_home_is_left_for_the_next_and_the_commands_run_there() {
+        let mut guest = fake_guest();
+        let second = tempfile::tempdir().expect("a second home");
+        guest
+            .console
+            .homes
+            .push(second.path().display().to_string());
+        fill(&guest.console, &guest.home.path().join("vmrepro"));
+        let out = guest
+            .console
+            .run("after", "echo fine", Duration::from_secs(10))
+            .expect("run");
+        assert_eq!(out.stdout, "fine\n");
+        let runner = guest.console.runner.clone().unwrap_or_default();
+        assert!(
+            runner.starts_with(&second.path().display().to_string()),
+            "{runner}"
+        );
+        // Every home full: said, naming them.
+        fill(&guest.console, &second.path().join("vmrepro"));
+        let err = guest
+            .console
+            .run("after", "echo fine", Duration::from_secs(10))
+            .expect_err("nowhere to write");
+        assert!(err.to_string().contains("read-only or full"), "{err}");
+    }
+
+    /// A command that leaves the guest unable to keep what it printed: the
+    /// files that say each stream was kept fully become /dev/full (the
+    /// command is run as `bash DIR/cmd-TAG-0`).
+    pub(crate) const LOSES_ITS_OUTPUT: &str = r#"echo hi
+d=${0%/*}; t=${0##*/cmd-}; t=${t%-*}
+ln -sf /dev/full "$d/out-$t-0.out.done"; ln -sf /dev/full "$d/out-$t-0.err.done"
+exit 3"#;
+
+    #[test]
+    fn a_command_whose_output_is_lost_keeps_its_status_and_says_why() {
+        let mut guest = fake_guest();
+        let err = guest
+            .console
+            .run("a step", LOSES_ITS_OUTPUT, Duration::from_secs(10))
+            .expect_err("its output is lost");
+        let ConsoleError::Unrecorded { detail, status, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(*status, Some(3));
+        // The directory takes bytes again by the time it is looked at.
+        assert!(
+            detail.starts_with("record what the command printed in ")
+                && detail.ends_with("which was full or read-only for a while"),
+            "{detail}"
+        );
+        still_answers(&mut guest);
     }
 
     #[test]

@@ -278,6 +278,20 @@ mod tests {
         (l, port)
     }
 
+    /// A connection table that shows `before` until its `nth` look, and
+    /// `then` from it on.
+    fn turns(nth: usize, before: Seen, then: Seen) -> impl FnMut() -> Seen {
+        let mut looks = 0;
+        move || {
+            looks += 1;
+            if looks >= nth {
+                then
+            } else {
+                before
+            }
+        }
+    }
+
     /// A connection table that never shows the connection.
     fn unseen(undecided: &[usize]) -> Vec<Seen> {
         vec![Seen::Nothing; undecided.len()]
@@ -365,16 +379,13 @@ mod tests {
         // the connection table says the guest accepted.
         let (_l, port) = listener();
         let mut asked = 0;
+        let mut look = turns(3, Seen::Nothing, Seen::Accepted);
         let state = probe_tcp(
             port,
             PROBE_WAIT,
             &mut || {
                 asked += 1;
-                if asked >= 3 {
-                    Seen::Accepted
-                } else {
-                    Seen::Nothing
-                }
+                look()
             },
             &mut || false,
         )
@@ -414,21 +425,8 @@ mod tests {
     #[test]
     fn an_answer_the_table_shows_after_the_barrier_still_counts() {
         let (_l, port) = listener();
-        let mut looks = 0;
-        let state = probe_tcp(
-            port,
-            PROBE_WAIT,
-            &mut || {
-                looks += 1;
-                if looks >= 3 {
-                    Seen::Accepted
-                } else {
-                    Seen::Sent
-                }
-            },
-            &mut || true,
-        )
-        .expect("probe");
+        let mut look = turns(3, Seen::Sent, Seen::Accepted);
+        let state = probe_tcp(port, PROBE_WAIT, &mut look, &mut || true).expect("probe");
         assert_eq!(state, PortState::Open);
     }
 

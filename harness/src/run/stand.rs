@@ -171,6 +171,7 @@ impl Machine for Stand {
             return Err(ConsoleError::Unrecorded {
                 what: format!("capture ({when})"),
                 detail: "store what it printed (No space left on device)".into(),
+                status: None,
             });
         }
         let mut captures = Vec::new();

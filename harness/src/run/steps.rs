@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::check::capture::{self, Capture, Taken};
 use crate::check::evidence;
 use crate::check::outcome::{NotBack, StepRecord, Timings};
-use crate::guest::console::{Console, ConsoleError};
+use crate::guest::console::{CommandOutput, Console, ConsoleError};
 use crate::guest::vm::{Vm, VmError};
 use crate::host::progress::Events;
 use crate::project::{Action, CaptureSpec, Cell, Expectations, GuestEnd, Scenario, StepStatus};
@@ -282,6 +282,29 @@ pub(super) fn run(
                 });
                 continue;
             }
+        };
+        // A command that ran to its end but whose output the guest could
+        // not keep (it filled the harness's memory file system, say) has
+        // its status: the step is judged by it, and says what was lost.
+        let ran = match ran {
+            Err(ConsoleError::Unrecorded {
+                status: Some(status),
+                detail,
+                ..
+            }) => {
+                ledger.events.note(
+                    label,
+                    &format!("{what}: exit status {status}; what it printed is lost"),
+                );
+                Ok(CommandOutput {
+                    stdout: format!(
+                        "[… what the command printed is lost: the guest could not {detail} …]\n"
+                    ),
+                    stderr: String::new(),
+                    status,
+                })
+            }
+            other => other,
         };
         // Writes and waits have no status of their own to expect: they
         // must succeed.

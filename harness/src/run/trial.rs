@@ -249,12 +249,16 @@ mod tests {
         (result, notes.taken())
     }
 
-    fn status(outcome: &Outcome) -> Status {
+    /// The verdict on a trial whose snapshot matched.
+    fn verdict_of(outcome: &Outcome) -> verdict::Verdict {
         verdict::decide(verdict::Ended::Checked {
             outcome,
             snapshot: &Ok(()),
         })
-        .status
+    }
+
+    fn status(outcome: &Outcome) -> Status {
+        verdict_of(outcome).status
     }
 
     /// A setting made by hand and gone after the reboot.
@@ -348,10 +352,7 @@ snapshot = true
         let after = std::fs::read_to_string(dir.join("evidence.after.txt")).expect("file");
         assert!(after.contains("app.service loaded failed"), "{after}");
         // No expectation is broken, but the verdict says what changed.
-        let verdict = verdict::decide(verdict::Ended::Checked {
-            outcome: &outcome,
-            snapshot: &Ok(()),
-        });
+        let verdict = verdict_of(&outcome);
         assert_eq!(verdict.status, Status::Pass);
         assert!(
             verdict.text.contains("the reboot changed"),
@@ -406,16 +407,41 @@ unchanged = ["journal"]
             outcome.failures,
             vec!["the reboot changed journal — journal slow.service: Stopping timed out. Terminating. (going down)".to_owned()]
         );
-        let verdict = verdict::decide(verdict::Ended::Checked {
-            outcome: &outcome,
-            snapshot: &Ok(()),
-        });
+        let verdict = verdict_of(&outcome);
         assert_eq!(verdict.status, Status::Fail);
         assert!(
             verdict.text.contains("1 warning going down"),
             "{}",
             verdict.text
         );
+    }
+
+    #[test]
+    fn a_step_whose_output_is_lost_is_judged_by_its_status_and_the_flow_goes_on() {
+        let (_keep, dir) = dir();
+        let scenario = scenario(
+            &dir,
+            &format!(
+                "[[step]]\nrun = '''\n{}\n'''\nstatus = 3\n\n[[step]]\nrun = \"echo after\"\n",
+                crate::guest::console::tests::LOSES_ITS_OUTPUT
+            ),
+        );
+        let mut stand = Stand::new(&dir);
+        let (outcome, _) = trial(&mut stand, &scenario, &dir);
+        let outcome = outcome.expect("the flow ran to its end");
+        assert_eq!(outcome.steps.len(), 2);
+        let lost = outcome.steps[0].output.as_ref().expect("a record");
+        assert_eq!(lost.status, 3);
+        assert!(
+            lost.stdout.starts_with(
+                "[… what the command printed is lost: the guest could not record what the command printed in "
+            ),
+            "{}",
+            lost.stdout
+        );
+        let after = outcome.steps[1].output.as_ref().expect("a record");
+        assert_eq!(after.stdout, "after\n");
+        assert_eq!(status(&outcome), Status::Pass);
     }
 
     #[test]
