@@ -211,21 +211,9 @@ fn make(
         }
         let _ = fs::remove_file(&script);
     }
-    let mut convert = Command::new("qemu-img");
-    convert
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&disk);
-    process::run_logged(
-        events,
-        &format!("{label}: qemu-img convert"),
-        convert,
-        &work.join("qemu-img.log"),
-        Duration::from_secs(600),
-    )
-    .map_err(failed)?;
+    super::qcow2_from_raw(events, label, &raw, &disk, work).map_err(failed)?;
     fs::remove_file(&raw).map_err(io(&raw))?;
-    for log in ["mke2fs.log", "debugfs.log", "qemu-img.log"] {
+    for log in ["mke2fs.log", "debugfs.log"] {
         let _ = fs::remove_file(work.join(log));
     }
     Ok(DiskMeta {

@@ -413,27 +413,9 @@ fn finish_tree(
     .map_err(failed)?;
     fs::remove_dir_all(tree).map_err(io_error(tree))?;
     let disk = work.join("rootfs.qcow2");
-    let mut convert = Command::new("qemu-img");
-    convert
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&disk);
-    process::run_logged(
-        events,
-        &format!("{label}: qemu-img convert"),
-        convert,
-        &work.join("qemu-img.log"),
-        Duration::from_secs(600),
-    )
-    .map_err(failed)?;
+    super::qcow2_from_raw(events, &label, &raw, &disk, work).map_err(failed)?;
     fs::remove_file(&raw).map_err(io_error(&raw))?;
-    for log in [
-        "mmdebstrap.log",
-        "mke2fs.log",
-        "qemu-img.log",
-        "tar.log",
-        "debugfs.log",
-    ] {
+    for log in ["mmdebstrap.log", "mke2fs.log", "tar.log", "debugfs.log"] {
         let _ = fs::remove_file(work.join(log));
     }
     Ok(Manifest {
