@@ -32,10 +32,12 @@ pub(crate) fn markdown(
     );
     let explaining = explaining_lines(outcome);
     if !explaining.is_empty() {
-        let _ = writeln!(
-            md,
-            "Journal lines that explain it (the boot after the reboot, and the way down to it where marked):\n\n```"
-        );
+        let whence = if explaining.iter().any(|l| l.ends_with(ON_THE_WAY_DOWN)) {
+            "the boot after the reboot, and the way down to it where marked"
+        } else {
+            "the boot after the reboot"
+        };
+        let _ = writeln!(md, "Journal lines that explain it ({whence}):\n\n```");
         for line in &explaining {
             let _ = writeln!(md, "{line}");
         }
@@ -364,7 +366,7 @@ fn explaining_lines(outcome: &Outcome) -> Vec<String> {
                 changes
                     .going_down
                     .iter()
-                    .map(|(who, message)| format!("{who}: {message} (on the way down)")),
+                    .map(|(who, message)| format!("{who}: {message}{ON_THE_WAY_DOWN}")),
             )
             .chain(
                 changes
@@ -391,6 +393,10 @@ fn explaining_lines(outcome: &Outcome) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// How a journal line that explains a verdict is marked when the boot
+/// before logged it on its way down to the reboot.
+const ON_THE_WAY_DOWN: &str = " (on the way down)";
 
 /// What the harness found the last reboot changed, most telling first:
 /// failed units with their journal lines, new warnings, then settings,
@@ -943,6 +949,45 @@ units = { "netfilter-persistent.service" = "inactive", "systemd-modules-load.ser
             artifacts: "target/vmrepro/s/x".into(),
             not_back: None,
         }
+    }
+
+    #[test]
+    fn the_way_down_is_its_own_part_of_what_the_reboot_changed() {
+        use crate::check::evidence::{Changes, Source};
+        let mut o = outcome("bookworm", "", &[]);
+        o.reboot_changes = Some(Changes {
+            going_down: vec![(
+                "slow.service".into(),
+                "slow.service: Stopping timed out. Terminating.".into(),
+            )],
+            compared: vec![Source::Journal],
+            ..Changes::default()
+        });
+        let md = markdown(&scenario(), &o, &Row::of(&o, &Ok(())), &Ok(()), "QEMU 10");
+        for needle in [
+            "Journal lines that explain it (the boot after the reboot, and the way down to it where marked):",
+            "slow.service: slow.service: Stopping timed out. Terminating. (on the way down)",
+            "- **Warnings on the way down**: ",
+            "  - slow.service: `slow.service: Stopping timed out. Terminating.`",
+        ] {
+            assert!(md.contains(needle), "{needle:?} not in\n{md}");
+        }
+        // Nothing on the way down: the lines are the boot after's alone.
+        o.reboot_changes = Some(Changes {
+            changes: vec![crate::check::evidence::Change {
+                source: Source::Journal,
+                item: "app.service".into(),
+                before: None,
+                after: Some("Failed to start app".into()),
+            }],
+            compared: vec![Source::Journal],
+            ..Changes::default()
+        });
+        let md = markdown(&scenario(), &o, &Row::of(&o, &Ok(())), &Ok(()), "QEMU 10");
+        assert!(
+            md.contains("Journal lines that explain it (the boot after the reboot):\n\n```\napp.service: Failed to start app\n"),
+            "{md}"
+        );
     }
 
     #[test]
