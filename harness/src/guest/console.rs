@@ -433,7 +433,7 @@ impl Console {
         )?;
         self.expect_marker(what, &format!(r"VMRS-{id}\r?\n"), deadline)?;
         // The runner's directory, in the first of the homes with room for a
-        // round trip's files (see ROOM). A runner already there (a resumed
+        // round trip's files (see `room_test`). A runner already there (a resumed
         // guest saved with it) is not sent again: typing costs time on the
         // serial port.
         let runner = compact_runner();
@@ -448,11 +448,11 @@ impl Console {
             .map(|home| crate::text::shell_quote(home))
             .collect::<Vec<_>>()
             .join(" ");
-        let (room, nonce) = (ROOM, &self.nonce);
+        let room = room_test(&format!("\"$__vmrepro_b/vmrepro/out-{}-room\"", self.nonce));
         self.send(
             what,
             &format!(
-                "__vmrepro_d=; for __vmrepro_b in {homes}; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && {{ {room} > \"$__vmrepro_b/vmrepro/out-{nonce}-room\"; }} 2>/dev/null && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
+                "__vmrepro_d=; for __vmrepro_b in {homes}; do mkdir -p \"$__vmrepro_b/vmrepro\" 2>/dev/null && [ -w \"$__vmrepro_b/vmrepro\" ] && {room} && __vmrepro_d=$__vmrepro_b/vmrepro && break; done; if [ -n \"$__vmrepro_d\" ] && [ -f \"$__vmrepro_d/{name}\" ]; then __vmrepro_h=have; else __vmrepro_h=need; fi; printf '%s-%s %s %s\\n' VMRI {id} $__vmrepro_h \"$__vmrepro_d\"\n"
             ),
         )?;
         let answer = self.expect_marker(
@@ -673,9 +673,11 @@ echo \"$state\"
         // trip that never starts and waits out its deadline, or loses what
         // its commands print.
         let quoted_runner = crate::text::shell_quote(&runner);
-        let room_file = crate::text::shell_quote(&format!("{dir}/out-{}-room", self.nonce));
-        let mut text =
-            format!("if [ -f {quoted_runner} ] && {{ {ROOM} > {room_file}; }} 2>/dev/null; then\n");
+        let room = room_test(&crate::text::shell_quote(&format!(
+            "{dir}/out-{}-room",
+            self.nonce
+        )));
+        let mut text = format!("if [ -f {quoted_runner} ] && {room}; then\n");
         let mut lines = format!("'{id} {limit_secs} {KILL_AFTER_SECS} {}'", self.nonce);
         for (i, (_, script, max)) in scripts.iter().enumerate() {
             let file = crate::text::shell_quote(&format!("{dir}/cmd-{}-{i}", self.nonce));
@@ -814,14 +816,17 @@ echo \"$state\"
     }
 
     /// Whether `dir` has room for a round trip's files now (see
-    /// [`ROOM`]); `None` when the shell does not say.
+    /// [`room_test`]); `None` when the shell does not say.
     fn has_room(&mut self, what: &str, dir: &str, deadline: Instant) -> Option<bool> {
         let id = self.fresh_id();
-        let file = crate::text::shell_quote(&format!("{dir}/out-{}-room", self.nonce));
+        let room = room_test(&crate::text::shell_quote(&format!(
+            "{dir}/out-{}-room",
+            self.nonce
+        )));
         self.send(
             what,
             &format!(
-                "if {{ {ROOM} > {file}; }} 2>/dev/null; then printf '%s-%s room\\n' VMRF {id}; else printf '%s-%s full\\n' VMRF {id}; fi\n"
+                "if {room}; then printf '%s-%s room\\n' VMRF {id}; else printf '%s-%s full\\n' VMRF {id}; fi\n"
             ),
         )
         .ok()?;
@@ -1197,13 +1202,17 @@ fn read_port(stream: &mut UnixStream, detached: &AtomicBool, shared: &Shared) {
     }
 }
 
-/// The shell's own printf writing 64 KiB of spaces: a file written with it
-/// (named like the round trip's output files, which the runner removes as
-/// it starts) shows that a directory has room for a round trip's command
+/// A shell test that `file` can take 64 KiB, written with the shell's own
+/// printf: it shows that its directory has room for a round trip's command
 /// and result files, as an empty file would not (a full memory file system
 /// still makes one) nor a byte written over an old one (the page it frees
-/// is the one it takes).
-const ROOM: &str = "printf '%65536s' ''";
+/// is the one it takes). The file is named like the round trip's output
+/// files, which the runner removes as it starts; where the write fails it
+/// is removed at once, so that the test takes none of what little room a
+/// guest has left.
+fn room_test(file: &str) -> String {
+    format!("{{ {{ printf '%65536s' '' > {file}; }} 2>/dev/null || {{ rm -f {file}; false; }}; }}")
+}
 
 /// How many bytes of the start and of the end of a stream are kept when it
 /// may bring back `max` in all.
@@ -1396,12 +1405,39 @@ pub(crate) mod tests {
         assert!(dir.is_dir());
     }
 
-    /// Makes the file that shows room in `dir` fail to be written, as on
-    /// a full file system.
+    /// Makes the file that shows room in `dir` fail to be written, and
+    /// stay so, as on a full file system: a folder in its place, which
+    /// neither a write nor `rm -f` gets rid of.
     fn fill(console: &Console, dir: &std::path::Path) {
         let room = dir.join(format!("out-{}-room", console.nonce));
         let _ = std::fs::remove_file(&room);
-        std::os::unix::fs::symlink("/dev/full", room).expect("symlink");
+        std::fs::create_dir_all(&room).expect("a folder in the way");
+    }
+
+    #[test]
+    fn a_failed_look_for_room_takes_none_of_it() {
+        let mut guest = fake_guest();
+        let dir = guest.home.path().join("vmrepro");
+        let room = dir.join(format!("out-{}-room", guest.console.nonce));
+        // Left by the look for a home, until the first round trip.
+        std::fs::remove_file(&room).expect("the home's own look");
+        std::os::unix::fs::symlink("/dev/full", &room).expect("symlink");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let dir_text = dir.display().to_string();
+        assert_eq!(
+            guest.console.has_room("look", &dir_text, deadline),
+            Some(false)
+        );
+        assert!(
+            room.symlink_metadata().is_err(),
+            "the failed write is removed"
+        );
+        assert_eq!(
+            guest.console.has_room("look", &dir_text, deadline),
+            Some(true)
+        );
+        still_answers(&mut guest);
+        assert!(room.symlink_metadata().is_err(), "the runner removes it");
     }
 
     #[test]
