@@ -257,9 +257,11 @@ fn probe(
     // call, the guest's hardware address being known since the card was
     // brought up). The guest's kernel takes that interrupt, and answers or
     // drops the SYN in the softirq that follows it, before it returns to
-    // any program (kernel/softirq.c, `irq_exit` → `invoke_softirq`); a
-    // shell that reads a line typed after the table was read has therefore
-    // run past it. Twice: where the kernel leaves softirqs to its
+    // any program (kernel/softirq.c, `irq_exit` → `invoke_softirq`); on
+    // the guest's one processor (QEMU is given `-smp 1`, see
+    // `MachineOptions::qemu_args`) a shell that reads a line typed after
+    // the table was read has therefore run past it. Twice: where the
+    // kernel leaves softirqs to its
     // ksoftirqd thread (`ksoftirqd_running`, from "softirq: Let ksoftirqd
     // do its job" in Linux 4.9 until its revert in 6.5), that thread has
     // run by the time the shell, having blocked on its next read, is woken
