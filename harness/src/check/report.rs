@@ -32,7 +32,14 @@ pub(crate) fn markdown(
     );
     let explaining = explaining_lines(outcome);
     if !explaining.is_empty() {
-        let whence = if explaining.iter().any(|l| l.ends_with(ON_THE_WAY_DOWN)) {
+        // From the evidence, not from the lines: a guest's message may end
+        // in the same words as the mark.
+        let way_down = outcome.reboot_changes.as_ref().is_some_and(|c| {
+            c.compared
+                .contains(&crate::check::evidence::Source::Journal)
+                && !c.going_down.is_empty()
+        });
+        let whence = if way_down {
             "the boot after the reboot, and the way down to it where marked"
         } else {
             "the boot after the reboot"
